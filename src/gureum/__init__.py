@@ -1,0 +1,11 @@
+"""gureum: a self-hostable AI cloud.
+
+The public surface is the SDK: ``gureum.Client`` and its errors.
+"""
+
+__version__ = "0.1.0"
+
+from gureum.client import Client  # noqa: E402
+from gureum.client.errors import GureumError  # noqa: E402
+
+__all__ = ["Client", "GureumError", "__version__"]

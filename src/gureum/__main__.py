@@ -1,0 +1,3 @@
+from gureum.cli.main import main
+
+main()

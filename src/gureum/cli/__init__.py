@@ -1,0 +1,1 @@
+"""The `gureum` command line: a thin layer over the SDK."""

@@ -1,0 +1,26 @@
+"""Entry point: one sub-command group per noun."""
+
+from __future__ import annotations
+
+import typer
+
+from gureum.cli import cloud, datasets, samples, tenancy
+
+app = typer.Typer(
+    name="gureum",
+    help="gureum: your own AI cloud. Datasets, training, registry and metered model APIs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+cloud.register(app)
+samples.register(app)
+tenancy.register(app)
+app.add_typer(datasets.app, name="datasets")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Request/response models shared by the server and the SDK."""

@@ -1,0 +1,1 @@
+"""The control plane: REST API, auth, metadata."""

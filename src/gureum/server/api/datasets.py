@@ -1,0 +1,5 @@
+"""PLACEHOLDER: replaced by the datasets work."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["datasets"])

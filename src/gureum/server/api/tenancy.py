@@ -1,0 +1,5 @@
+"""PLACEHOLDER: replaced by the tenancy work."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["tenancy"])

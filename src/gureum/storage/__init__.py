@@ -1,0 +1,1 @@
+"""The artifact store: content-addressed blobs over any fsspec URL."""

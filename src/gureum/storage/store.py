@@ -1,0 +1,161 @@
+"""Artifact store over fsspec.
+
+Blobs are addressed by their SHA-256 and kept per workspace, so an unchanged file is stored
+once however many dataset versions use it, and one workspace can never probe another's
+contents. Writes go to a temporary key first and are moved into place only after the hash
+checks out, so a reader never sees a partial blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+CHUNK = 1024 * 1024
+SHA256_HEX = 64
+
+
+class BlobTooLarge(Exception):
+    pass
+
+
+class BlobHashMismatch(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    sha256: str
+    size: int
+
+
+def is_sha256(value: str) -> bool:
+    return len(value) == SHA256_HEX and all(c in "0123456789abcdef" for c in value)
+
+
+class BlobWriter:
+    """Streams one blob in: hashes as it writes, enforces a size limit, commits atomically."""
+
+    def __init__(self, store: ArtifactStore, workspace_id: int, max_bytes: int) -> None:
+        self._store = store
+        self._workspace_id = workspace_id
+        self._max_bytes = max_bytes
+        self._tmp = store.tmp_key()
+        self._fh: IO[bytes] = store.fs.open(self._tmp, "wb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._closed = False
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self._max_bytes:
+            self.abort()
+            raise BlobTooLarge(f"file is larger than the limit of {self._max_bytes} bytes")
+        self._hash.update(chunk)
+        self._fh.write(chunk)
+
+    def commit(self, expected_sha256: str | None = None) -> BlobInfo:
+        self._fh.close()
+        self._closed = True
+        digest = self._hash.hexdigest()
+        if expected_sha256 is not None and digest != expected_sha256:
+            self._store.fs.rm(self._tmp)
+            raise BlobHashMismatch(f"content hashes to {digest}, not {expected_sha256}")
+        self._store.commit_tmp(self._tmp, self._workspace_id, digest)
+        return BlobInfo(digest, self.size)
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._fh.close()
+            self._closed = True
+        if self._store.fs.exists(self._tmp):
+            self._store.fs.rm(self._tmp)
+
+
+class ArtifactStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        fs, root = fsspec.core.url_to_fs(url)
+        self.fs: Any = fs
+        self.root = root.rstrip("/")
+        self.is_local = isinstance(fs, LocalFileSystem)
+        if self.is_local:
+            os.makedirs(self._join("tmp"), exist_ok=True)
+
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def key(self, *parts: str) -> str:
+        """Full path of an artifact under the store root (checkpoints, reports, ...)."""
+        return self._join(*parts)
+
+    def tmp_key(self) -> str:
+        return self._join("tmp", uuid.uuid4().hex)
+
+    def blob_key(self, workspace_id: int, sha256: str) -> str:
+        return self._join("workspaces", str(workspace_id), "blobs", sha256[:2], sha256)
+
+    def has_blob(self, workspace_id: int, sha256: str) -> bool:
+        return bool(self.fs.exists(self.blob_key(workspace_id, sha256)))
+
+    def missing(self, workspace_id: int, digests: Iterable[str]) -> list[str]:
+        return [d for d in dict.fromkeys(digests) if not self.has_blob(workspace_id, d)]
+
+    def writer(self, workspace_id: int, max_bytes: int) -> BlobWriter:
+        return BlobWriter(self, workspace_id, max_bytes)
+
+    def write_blob(
+        self,
+        workspace_id: int,
+        chunks: Iterable[bytes],
+        *,
+        max_bytes: int,
+        expected_sha256: str | None = None,
+    ) -> BlobInfo:
+        w = self.writer(workspace_id, max_bytes)
+        try:
+            for chunk in chunks:
+                w.write(chunk)
+        except BaseException:
+            w.abort()
+            raise
+        return w.commit(expected_sha256)
+
+    def commit_tmp(self, tmp: str, workspace_id: int, sha256: str) -> None:
+        final = self.blob_key(workspace_id, sha256)
+        if self.fs.exists(final):
+            self.fs.rm(tmp)
+            return
+        if self.is_local:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(tmp, final)
+        else:
+            self.fs.mv(tmp, final)
+
+    def open_blob(self, workspace_id: int, sha256: str) -> IO[bytes]:
+        fh: IO[bytes] = self.fs.open(self.blob_key(workspace_id, sha256), "rb")
+        return fh
+
+    def iter_blob(self, workspace_id: int, sha256: str, chunk: int = CHUNK) -> Iterator[bytes]:
+        with self.open_blob(workspace_id, sha256) as fh:
+            while data := fh.read(chunk):
+                yield data
+
+    def delete_blob(self, workspace_id: int, sha256: str) -> None:
+        key = self.blob_key(workspace_id, sha256)
+        if self.fs.exists(key):
+            self.fs.rm(key)
+
+    def healthy(self) -> bool:
+        try:
+            self.fs.ls(self.root)
+        except OSError:
+            return False
+        return True

@@ -1,0 +1,159 @@
+"""Shared fixtures: a fresh database per test (SQLite always, PostgreSQL when
+GUREUM_TEST_DATABASE_URL is set), an app, its bootstrap admin key and SDK clients.
+
+PostgreSQL tests never touch the database named in the URL: each test gets its own database
+cloned from a migrated template, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from gureum import Client
+from gureum.config import Settings
+from gureum.server.app import create_app
+from gureum.server.db.migrate import upgrade
+from gureum.server.db.session import make_engine
+from gureum.server.services.bootstrap import bootstrap
+
+PG_URL = os.environ.get("GUREUM_TEST_DATABASE_URL", "")
+BACKENDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_admin_url() -> str:
+    return make_url(PG_URL).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dbtemplate") / "template.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str | None]:
+    if not PG_URL:
+        yield None
+        return
+    name = f"gureum_tmpl_{secrets.token_hex(4)}"
+    admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield name
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    sqlite_template: Path,
+    pg_template: str | None,
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        path = tmp_path / "gureum.db"
+        shutil.copy(sqlite_template, path)
+        yield f"sqlite:///{path}"
+        return
+    assert pg_template is not None
+    name = f"gureum_t_{secrets.token_hex(6)}"
+    admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+    yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    home = tmp_path / "home"
+    return Settings(
+        home=home, database_url=database_url, artifacts=str(home / "artifacts")
+    )
+
+
+@dataclass
+class Cloud:
+    app: FastAPI
+    settings: Settings
+    admin_key: str
+
+    def client(self, key: str | None = None) -> Client:
+        """An SDK client going through the ASGI app in-process."""
+        http = TestClient(self.app, base_url="http://testserver", raise_server_exceptions=False)
+        return Client("http://testserver", key or self.admin_key, http=http)
+
+    def http(self, key: str | None = None) -> TestClient:
+        """A raw HTTP client (for testing the REST surface itself)."""
+        c = TestClient(self.app, raise_server_exceptions=False)
+        if key is not False:
+            c.headers["Authorization"] = f"Bearer {key or self.admin_key}"
+        return c
+
+
+@pytest.fixture
+def cloud(settings: Settings) -> Iterator[Cloud]:
+    app = create_app(settings, migrate=True)
+    token = bootstrap(app.state.db)
+    assert token is not None
+    yield Cloud(app, settings, token)
+    app.state.db.dispose()
+
+
+@dataclass
+class LiveServer:
+    url: str
+    cloud: Cloud
+
+    def client(self, key: str | None = None) -> Client:
+        return Client(self.url, key or self.cloud.admin_key)
+
+
+@pytest.fixture
+def live_server(cloud: Cloud) -> Iterator[LiveServer]:
+    """The same app served by a real uvicorn on a free port (real streaming, real sockets)."""
+    port = free_port()
+    config = uvicorn.Config(cloud.app, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    yield LiveServer(f"http://127.0.0.1:{port}", cloud)
+    server.should_exit = True
+    thread.join(timeout=10)
