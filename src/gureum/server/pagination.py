@@ -42,7 +42,7 @@ def decode_cursor(cursor: str) -> Any:
 
 def paginate(
     session: Session,
-    stmt: Select[tuple[T]],
+    stmt: Select[T],
     key: InstrumentedAttribute[Any],
     params: PageParams,
     *,
