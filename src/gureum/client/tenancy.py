@@ -1,6 +1,25 @@
-"""PLACEHOLDER: replaced by the tenancy work."""
+"""SDK for workspaces, users, API keys and the audit log."""
 
-from gureum.client.base import Transport
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from gureum.client.base import Transport, pages
+from gureum.schemas.tenancy import (
+    AuditEventOut,
+    KeyCreated,
+    KeyOut,
+    MemberOut,
+    Role,
+    WorkspaceOut,
+)
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
 
 
 class _API:
@@ -9,16 +28,85 @@ class _API:
 
 
 class WorkspacesAPI(_API):
-    pass
+    def create(self, name: str) -> WorkspaceOut:
+        """Create a workspace (site admins); you become its owner."""
+        data = self._t.json("POST", "/v1/workspaces", json={"name": name})
+        return WorkspaceOut.model_validate(data)
+
+    def list(self) -> builtins.list[WorkspaceOut]:
+        """Workspaces you are a member of (site admins: all)."""
+        return [WorkspaceOut.model_validate(w) for w in pages(self._t, "/v1/workspaces")]
+
+    def get(self, name: str) -> WorkspaceOut:
+        return WorkspaceOut.model_validate(self._t.json("GET", f"/v1/workspaces/{_seg(name)}"))
+
+    def delete(self, name: str) -> None:
+        self._t.json("DELETE", f"/v1/workspaces/{_seg(name)}")
 
 
 class UsersAPI(_API):
-    pass
+    """Members of the workspace your key acts in."""
+
+    def add(self, name: str, role: Role = "developer", email: str | None = None) -> MemberOut:
+        body = {"name": name, "role": role, "email": email}
+        return MemberOut.model_validate(self._t.json("POST", "/v1/users", json=body))
+
+    def list(self) -> builtins.list[MemberOut]:
+        return [MemberOut.model_validate(u) for u in pages(self._t, "/v1/users")]
+
+    def set_role(self, name: str, role: Role) -> MemberOut:
+        data = self._t.json("PATCH", f"/v1/users/{_seg(name)}", json={"role": role})
+        return MemberOut.model_validate(data)
+
+    def remove(self, name: str) -> None:
+        self._t.json("DELETE", f"/v1/users/{_seg(name)}")
 
 
 class KeysAPI(_API):
-    pass
+    def create(
+        self,
+        name: str,
+        *,
+        role: Role | None = None,
+        expires_in_days: int | None = None,
+        expires_at: datetime | None = None,
+        user: str | None = None,
+        workspace: str | None = None,
+    ) -> KeyCreated:
+        """Create a key; ``token`` in the result is shown this once and never again."""
+        fields: dict[str, Any] = {
+            "name": name,
+            "role": role,
+            "expires_in_days": expires_in_days,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+            "user": user,
+            "workspace": workspace,
+        }
+        body = {k: v for k, v in fields.items() if v is not None}
+        return KeyCreated.model_validate(self._t.json("POST", "/v1/keys", json=body))
+
+    def list(self) -> builtins.list[KeyOut]:
+        """All keys of the workspace for admins; your own keys otherwise."""
+        return [KeyOut.model_validate(k) for k in pages(self._t, "/v1/keys")]
+
+    def revoke(self, key_id: str) -> KeyOut:
+        return KeyOut.model_validate(self._t.json("DELETE", f"/v1/keys/{_seg(key_id)}"))
 
 
 class AuditAPI(_API):
-    pass
+    def list(
+        self, action: str | None = None, limit: int | None = None
+    ) -> builtins.list[AuditEventOut]:
+        """Events of your workspace, newest first; all of them unless ``limit`` is given."""
+        params: dict[str, Any] = {"action": action} if action else {}
+        if limit is None:
+            return [AuditEventOut.model_validate(e) for e in pages(self._t, "/v1/audit", params)]
+        events: builtins.list[AuditEventOut] = []
+        params["limit"] = min(limit, 1000)
+        while len(events) < limit:
+            page = self._t.json("GET", "/v1/audit", params=params)
+            events.extend(AuditEventOut.model_validate(e) for e in page["items"])
+            if not page.get("next_cursor"):
+                break
+            params["cursor"] = page["next_cursor"]
+        return events[:limit]

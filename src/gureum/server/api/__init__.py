@@ -2,6 +2,13 @@
 
 from fastapi import APIRouter
 
-from gureum.server.api import datasets, health, tenancy
+from gureum.server.api import audit, datasets, health, keys, users, workspaces
 
-ROUTERS: list[APIRouter] = [health.router, tenancy.router, datasets.router]
+ROUTERS: list[APIRouter] = [
+    health.router,
+    workspaces.router,
+    users.router,
+    keys.router,
+    audit.router,
+    datasets.router,
+]

@@ -38,7 +38,12 @@ def bootstrap(db: Database) -> str | None:
             )
         )
         record(
-            s, None, "system.bootstrap", "workspace", ws.name, {"user": user.name},
+            s,
+            None,
+            "system.bootstrap",
+            "workspace",
+            ws.name,
+            {"user": user.name},
             workspace_id=ws.id,
         )
         return key.token

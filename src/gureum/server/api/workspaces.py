@@ -1,0 +1,39 @@
+"""Workspaces: create (site admins), list and show (members), delete (owners)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response, status
+
+from gureum.schemas.common import ErrorBody, Page
+from gureum.schemas.tenancy import WorkspaceCreate, WorkspaceOut
+from gureum.server.deps import AuthDep, DbDep, Viewer
+from gureum.server.pagination import PageParams, page_params
+from gureum.server.services import workspaces as svc
+
+router = APIRouter(prefix="/workspaces", tags=["workspaces"], responses={404: {"model": ErrorBody}})
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_workspace(body: WorkspaceCreate, db: DbDep, principal: Viewer) -> WorkspaceOut:
+    return svc.create(db, principal, body)
+
+
+@router.get("")
+def list_workspaces(
+    db: DbDep, principal: Viewer, params: Annotated[PageParams, Depends(page_params)]
+) -> Page[WorkspaceOut]:
+    return svc.list_visible(db, principal, params)
+
+
+@router.get("/{name}")
+def get_workspace(name: str, db: DbDep, principal: Viewer) -> WorkspaceOut:
+    return svc.get(db, principal, name)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_workspace(name: str, db: DbDep, auth: AuthDep, principal: Viewer) -> Response:
+    svc.delete(db, principal, name)
+    auth.invalidate()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
