@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from gureum import Client
+from gureum.compute.local_ray import RayHead, start_head, stop_head
 from gureum.config import Settings
 from gureum.server.app import create_app
 from gureum.server.db.migrate import upgrade
@@ -99,9 +101,7 @@ def database_url(
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     home = tmp_path / "home"
-    return Settings(
-        home=home, database_url=database_url, artifacts=str(home / "artifacts")
-    )
+    return Settings(home=home, database_url=database_url, artifacts=str(home / "artifacts"))
 
 
 @dataclass
@@ -157,3 +157,32 @@ def live_server(cloud: Cloud) -> Iterator[LiveServer]:
     yield LiveServer(f"http://127.0.0.1:{port}", cloud)
     server.should_exit = True
     thread.join(timeout=10)
+
+
+# One real local Ray head for the whole test session, started only when a test asks for it.
+# Enough logical CPUs for a few concurrent test tasks; a small object store to be a good
+# neighbour on a shared machine. Exactly this head is stopped at the end (never `ray stop`).
+TEST_NUM_CPUS = 4
+TEST_OBJECT_STORE_BYTES = 512 * 1024**2
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
+    temp_dir = Path(tempfile.mkdtemp(prefix="gureum-ray-t", dir="/tmp"))
+    head = start_head(
+        temp_dir,
+        tmp_path_factory.mktemp("ray-logs") / "ray.log",
+        num_cpus=TEST_NUM_CPUS,
+        object_store_memory=TEST_OBJECT_STORE_BYTES,
+    )
+    try:
+        yield head
+    finally:
+        stop_head(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_head: RayHead) -> str:
+    """The address (host:port) of the session's local Ray head."""
+    return ray_head.address

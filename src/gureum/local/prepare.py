@@ -1,0 +1,129 @@
+"""The steps `gureum up` runs in its own process before any server starts.
+
+Migrations and the bootstrap run here, not in the server, so the one-time admin key is
+handed straight to the credentials file and never passes through a server log.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from gureum.compute.local_ray import (
+    RayStartError,
+    default_temp_dir,
+    head_alive,
+    parse_address,
+    reachable,
+    remove_temp_dir,
+    start_head,
+    stop_head,
+)
+from gureum.config import Settings
+from gureum.local.credentials import update_url, write_credentials
+from gureum.local.procs import port_open
+from gureum.local.results import UpError
+from gureum.local.state import RayState
+from gureum.server.db.migrate import upgrade
+from gureum.server.db.session import Database
+from gureum.server.services.bootstrap import DEFAULT_WORKSPACE, bootstrap
+from gureum.storage.store import ArtifactStore
+
+
+def mask_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def client_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host``."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+
+
+def server_url(host: str, port: int) -> str:
+    h = client_host(host)
+    return f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
+
+
+def check_port_free(host: str, port: int) -> None:
+    if port_open(client_host(host), port):
+        raise UpError(
+            f"port {port} on {client_host(host)} is already in use by another program; "
+            "choose another with --port"
+        )
+
+
+def prepare_database(settings: Settings) -> str | None:
+    """Migrate the database and bootstrap it; the admin key on first start, else None."""
+    url = settings.resolved_database_url
+    try:
+        db = Database(url)
+    except (ArgumentError, ImportError, ValueError) as exc:
+        raise UpError(f"invalid database URL {mask_url(url)}: {exc}") from exc
+    try:
+        upgrade(db.engine)
+        return bootstrap(db)
+    except SQLAlchemyError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UpError(f"cannot prepare the database {mask_url(url)}: {first}") from exc
+    finally:
+        db.dispose()
+
+
+def check_artifacts(settings: Settings) -> None:
+    url = settings.resolved_artifacts
+    try:
+        ArtifactStore(url)
+    except Exception as exc:  # any fsspec backend error: missing driver, bad URL, no access
+        raise UpError(f"cannot open the artifact store {url}: {exc}") from exc
+
+
+def save_credentials(settings: Settings, url: str, token: str | None) -> bool:
+    """Write the admin key on first start, else point saved credentials at ``url``.
+
+    Returns False when there are no credentials to use (a database set up elsewhere).
+    """
+    path = settings.credentials_path
+    if token is not None:
+        write_credentials(path, url=url, api_key=token, workspace=DEFAULT_WORKSPACE)
+        return True
+    return update_url(path, url)
+
+
+def requested_ray_address(settings: Settings) -> str:
+    return settings.ray_address or os.environ.get("RAY_ADDRESS", "")
+
+
+def check_ray_address(settings: Settings) -> None:
+    """Fail early, before touching the database, if a given Ray cluster does not answer."""
+    address = requested_ray_address(settings)
+    if address and parse_address(address) is not None and not reachable(address, timeout=3.0):
+        raise UpError(f"cannot reach the Ray cluster at {address}")
+
+
+def ensure_ray(settings: Settings, previous: RayState | None) -> tuple[RayState, bool]:
+    """The Ray cluster to use, and whether this call started it.
+
+    A given address is used as it is (check_ray_address has checked it). Otherwise a head
+    that an earlier `up` started and that is still alive (the server crashed, Ray did not)
+    is kept, so running jobs survive.
+    """
+    old_head = previous.head if previous else None
+    address = requested_ray_address(settings)
+    if old_head is not None:
+        if not address and head_alive(old_head):
+            return RayState(address=old_head.address, head=old_head), False
+        # Ours, and no longer used (or half dead): stop what is left of it.
+        stop_head(old_head)
+        remove_temp_dir(old_head)
+    if address:
+        return RayState(address=address), False
+    try:
+        head = start_head(default_temp_dir(settings.home), settings.log_dir / "ray.log")
+    except RayStartError as exc:
+        raise UpError(f"cannot start a local Ray head: {exc}") from exc
+    return RayState(address=head.address, head=head), True
