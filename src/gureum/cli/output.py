@@ -72,7 +72,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def fail(message: str, output: Format = Format.table, code: str = "error", exit_code: int = 1) -> NoReturn:
+def fail(
+    message: str, output: Format = Format.table, code: str = "error", exit_code: int = 1
+) -> NoReturn:
     if output is Format.json:
         print_json({"error": {"code": code, "message": message}})
     else:
