@@ -87,24 +87,39 @@ class Authenticator:
         with self._lock:
             self._cache.clear()
 
-    def authenticate(self, authorization: str | None) -> Principal:
+    @staticmethod
+    def _token(authorization: str | None) -> str:
         if not authorization:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'")
-        token = token.strip()
-        cache_key = hash_secret(token)
-        now_mono = time.monotonic()
+        return token.strip()
+
+    def cached(self, authorization: str | None) -> Principal | None:
+        """The principal of a recently verified key, without I/O; None means: look it up."""
+        cache_key = hash_secret(self._token(authorization))
         with self._lock:
             hit = self._cache.get(cache_key)
-        if hit is not None:
-            principal, until, expires_at = hit
-            if now_mono < until and (expires_at is None or expires_at > utcnow()):
-                return principal
+        if hit is None:
+            return None
+        principal, until, expires_at = hit
+        if time.monotonic() < until and (expires_at is None or expires_at > utcnow()):
+            return principal
+        return None
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        principal = self.cached(authorization)
+        if principal is not None:
+            return principal
+        token = self._token(authorization)
         principal, expires_at = self._lookup(token)
         with self._lock:
-            self._cache[cache_key] = (principal, now_mono + CACHE_SECONDS, expires_at)
+            self._cache[hash_secret(token)] = (
+                principal,
+                time.monotonic() + CACHE_SECONDS,
+                expires_at,
+            )
         self._touch(principal.key_id)
         return principal
 

@@ -22,10 +22,11 @@ class PageParams(BaseModel):
     cursor: str | None
 
 
-def page_params(
-    limit: Annotated[int, Query(ge=1, le=1000, description="items per page")] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
-) -> PageParams:
+Limit = Annotated[int, Query(ge=1, le=1000, description="items per page")]
+Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
+
+
+async def page_params(limit: Limit = 50, cursor: Cursor = None) -> PageParams:
     return PageParams(limit=limit, cursor=cursor)
 
 
