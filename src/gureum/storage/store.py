@@ -8,6 +8,7 @@ checks out, so a reader never sees a partial blob.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -48,7 +49,7 @@ class BlobWriter:
         self._workspace_id = workspace_id
         self._max_bytes = max_bytes
         self._tmp = store.tmp_key()
-        self._fh: IO[bytes] = store.fs.open(self._tmp, "wb")
+        self._fh: IO[bytes] = store.open_write(self._tmp)
         self._hash = hashlib.sha256()
         self.size = 0
         self._closed = False
@@ -61,22 +62,35 @@ class BlobWriter:
         self._hash.update(chunk)
         self._fh.write(chunk)
 
-    def commit(self, expected_sha256: str | None = None) -> BlobInfo:
+    def stage(self) -> StagedBlob:
+        """Close and hash, but leave the bytes at their temporary key for the caller to place.
+
+        Lets a caller check a whole batch (an archive) before any blob becomes visible.
+        """
         self._fh.close()
         self._closed = True
-        digest = self._hash.hexdigest()
+        return StagedBlob(self._tmp, BlobInfo(self._hash.hexdigest(), self.size))
+
+    def commit(self, expected_sha256: str | None = None) -> BlobInfo:
+        staged = self.stage()
+        digest = staged.info.sha256
         if expected_sha256 is not None and digest != expected_sha256:
-            self._store.fs.rm(self._tmp)
+            self._store.discard(self._tmp)
             raise BlobHashMismatch(f"content hashes to {digest}, not {expected_sha256}")
         self._store.commit_tmp(self._tmp, self._workspace_id, digest)
-        return BlobInfo(digest, self.size)
+        return staged.info
 
     def abort(self) -> None:
         if not self._closed:
             self._fh.close()
             self._closed = True
-        if self._store.fs.exists(self._tmp):
-            self._store.fs.rm(self._tmp)
+        self._store.discard(self._tmp)
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    tmp: str
+    info: BlobInfo
 
 
 class ArtifactStore:
@@ -103,10 +117,44 @@ class ArtifactStore:
         return self._join("workspaces", str(workspace_id), "blobs", sha256[:2], sha256)
 
     def has_blob(self, workspace_id: int, sha256: str) -> bool:
-        return bool(self.fs.exists(self.blob_key(workspace_id, sha256)))
+        key = self.blob_key(workspace_id, sha256)
+        if self.is_local:
+            return os.path.exists(key)
+        return bool(self.fs.exists(key))
 
     def missing(self, workspace_id: int, digests: Iterable[str]) -> list[str]:
         return [d for d in dict.fromkeys(digests) if not self.has_blob(workspace_id, d)]
+
+    def open_write(self, key: str) -> IO[bytes]:
+        if self.is_local:
+            return open(key, "wb")
+        fh: IO[bytes] = self.fs.open(key, "wb")
+        return fh
+
+    def discard(self, key: str) -> None:
+        """Remove a temporary key if it is there."""
+        if self.is_local:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(key)
+        elif self.fs.exists(key):
+            self.fs.rm(key)
+
+    def blob_size(self, workspace_id: int, sha256: str) -> int | None:
+        """The stored size of a blob, or None when the workspace does not have it."""
+        key = self.blob_key(workspace_id, sha256)
+        if self.is_local:
+            try:
+                return os.stat(key).st_size
+            except FileNotFoundError:
+                return None
+        try:
+            return int(self.fs.size(key))
+        except FileNotFoundError:
+            return None
+
+    def local_path(self, workspace_id: int, sha256: str) -> str | None:
+        """A filesystem path to serve the blob from directly, when the store is local."""
+        return self.blob_key(workspace_id, sha256) if self.is_local else None
 
     def writer(self, workspace_id: int, max_bytes: int) -> BlobWriter:
         return BlobWriter(self, workspace_id, max_bytes)
@@ -128,19 +176,30 @@ class ArtifactStore:
             raise
         return w.commit(expected_sha256)
 
-    def commit_tmp(self, tmp: str, workspace_id: int, sha256: str) -> None:
+    def commit_tmp(self, tmp: str, workspace_id: int, sha256: str) -> bool:
+        """Move a verified temporary blob into place; False when the blob was already there."""
         final = self.blob_key(workspace_id, sha256)
+        if self.is_local:
+            if os.path.exists(final):
+                self.discard(tmp)
+                return False
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                os.replace(tmp, final)
+            return True
         if self.fs.exists(final):
             self.fs.rm(tmp)
-            return
-        if self.is_local:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.replace(tmp, final)
-        else:
-            self.fs.mv(tmp, final)
+            return False
+        self.fs.mv(tmp, final)
+        return True
 
     def open_blob(self, workspace_id: int, sha256: str) -> IO[bytes]:
-        fh: IO[bytes] = self.fs.open(self.blob_key(workspace_id, sha256), "rb")
+        key = self.blob_key(workspace_id, sha256)
+        if self.is_local:
+            return open(key, "rb")
+        fh: IO[bytes] = self.fs.open(key, "rb")
         return fh
 
     def iter_blob(self, workspace_id: int, sha256: str, chunk: int = CHUNK) -> Iterator[bytes]:
@@ -149,9 +208,7 @@ class ArtifactStore:
                 yield data
 
     def delete_blob(self, workspace_id: int, sha256: str) -> None:
-        key = self.blob_key(workspace_id, sha256)
-        if self.fs.exists(key):
-            self.fs.rm(key)
+        self.discard(self.blob_key(workspace_id, sha256))
 
     def healthy(self) -> bool:
         try:

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from gureum.server.api import audit, datasets, health, keys, users, workspaces
+from gureum.server.api import audit, blobs, datasets, health, keys, users, workspaces
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -11,4 +11,5 @@ ROUTERS: list[APIRouter] = [
     keys.router,
     audit.router,
     datasets.router,
+    blobs.router,
 ]

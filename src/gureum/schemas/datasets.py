@@ -1,0 +1,124 @@
+"""Request and response shapes of datasets, their versions and files, and blobs.
+
+Paths are checked here, once, for server and SDK alike: a file path is relative POSIX with no
+empty, ``.`` or ``..`` part, so nothing a client sends can name a place outside the dataset.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from gureum.schemas.common import Out
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+MAX_PATH_CHARS = 1024
+MAX_FILES = 1_000_000
+MAX_MISSING_QUERY = 10_000
+
+VersionKind = Literal["images", "table", "text", "jsonl", "mixed", "files"]
+FileKind = Literal["image", "table", "jsonl", "text", "other"]
+SplitName = Literal["train", "validation"]
+
+
+def check_relative_path(path: str) -> str:
+    """Accept only a clean relative POSIX path; raise ValueError otherwise."""
+    if not path or len(path) > MAX_PATH_CHARS:
+        raise ValueError(f"path must be 1 to {MAX_PATH_CHARS} characters")
+    if path.startswith("/") or "\\" in path or "\x00" in path:
+        raise ValueError("path must be relative POSIX (no leading '/', no '\\', no NUL)")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise ValueError("path must not have empty, '.' or '..' parts")
+    if len(path) >= 2 and path[1] == ":":
+        raise ValueError("path must not start with a drive letter")
+    return path
+
+
+RelPath = Annotated[str, AfterValidator(check_relative_path)]
+Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN, description="lowercase hex SHA-256")]
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FileEntry(In):
+    path: RelPath
+    sha256: Sha256
+    size: int = Field(ge=0)
+
+
+class PushRequest(In):
+    files: list[FileEntry] = Field(min_length=1, max_length=MAX_FILES)
+    message: str = Field(default="", max_length=10_000)
+    validation_ratio: float = Field(default=0.2, ge=0.0, lt=1.0)
+    seed: int = 0
+    description: str | None = Field(default=None, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _unique_paths(self) -> Self:
+        seen: set[str] = set()
+        dupes: list[str] = []
+        for f in self.files:
+            if f.path in seen:
+                dupes.append(f.path)
+            seen.add(f.path)
+        if dupes:
+            raise ValueError(f"duplicate paths: {', '.join(sorted(set(dupes))[:10])}")
+        return self
+
+
+class DatasetOut(Out):
+    name: str
+    description: str
+    latest_version: int | None
+    version_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class VersionOut(Out):
+    dataset: str
+    version: int
+    kind: VersionKind
+    file_count: int
+    total_bytes: int
+    schema_: dict[str, Any] = Field(alias="schema")
+    split: dict[str, Any]
+    preview: dict[str, Any]
+    message: str
+    pushed_by: str | None
+    created_at: datetime
+
+    # "schema" would shadow a BaseModel attribute; the wire name stays "schema" both ways.
+    model_config = ConfigDict(
+        from_attributes=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
+
+
+class FileOut(Out):
+    path: str
+    sha256: str
+    size: int
+    kind: FileKind
+    label: str | None
+    split: SplitName
+
+
+class MissingRequest(In):
+    sha256: list[Sha256] = Field(max_length=MAX_MISSING_QUERY)
+
+
+class MissingOut(BaseModel):
+    missing: list[str]
+
+
+class BlobOut(BaseModel):
+    sha256: str
+    size: int
+
+
+class BatchOut(BaseModel):
+    stored: list[BlobOut]

@@ -1,0 +1,90 @@
+"""Blobs: ask which are missing, upload (one streamed PUT, or a tar batch), download."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Path, Request, Response, status
+from fastapi.responses import FileResponse, StreamingResponse
+
+from gureum.datasets.streams import body_reader
+from gureum.schemas.common import ErrorBody
+from gureum.schemas.datasets import SHA256_PATTERN, BatchOut, BlobOut, MissingOut, MissingRequest
+from gureum.server.deps import Developer, SettingsDep, StoreDep, Viewer
+from gureum.server.services import blobs as svc
+
+router = APIRouter(
+    prefix="/blobs",
+    tags=["blobs"],
+    responses={
+        400: {"model": ErrorBody},
+        404: {"model": ErrorBody},
+        413: {"model": ErrorBody},
+    },
+)
+
+Sha256 = Annotated[str, Path(pattern=SHA256_PATTERN, description="lowercase hex SHA-256")]
+
+
+def binary_body(media_type: str) -> dict[str, Any]:
+    """OpenAPI for a raw streamed request body (FastAPI cannot infer it from a signature)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {media_type: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    }
+
+
+def check_length(request: Request, limit: int, what: str = "file") -> None:
+    """Refuse a declared body over the limit before reading a byte of it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise svc.too_large(limit, what)
+
+
+@router.post("/missing")
+def missing(body: MissingRequest, store: StoreDep, principal: Developer) -> MissingOut:
+    return svc.missing(store, principal, body.sha256)
+
+
+@router.put(
+    "/{sha256}",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=binary_body("application/octet-stream"),
+)
+async def put_blob(
+    sha256: Sha256, request: Request, store: StoreDep, settings: SettingsDep, principal: Developer
+) -> BlobOut:
+    check_length(request, settings.max_file_bytes)
+    body = body_reader(request.stream())
+    return await to_thread.run_sync(svc.put_blob, store, settings, principal, sha256, body)
+
+
+@router.post(
+    "/batch", status_code=status.HTTP_201_CREATED, openapi_extra=binary_body("application/x-tar")
+)
+async def put_batch(
+    request: Request, store: StoreDep, settings: SettingsDep, principal: Developer
+) -> BatchOut:
+    check_length(request, settings.max_archive_bytes + settings.max_archive_bytes // 10, "batch")
+    body = body_reader(request.stream())
+    return await to_thread.run_sync(svc.put_batch, store, settings, principal, body)
+
+
+@router.get(
+    "/{sha256}",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def get_blob(sha256: str, store: StoreDep, principal: Viewer) -> Response:
+    size = svc.blob_size_or_404(store, principal, sha256)
+    path = store.local_path(principal.workspace_id, sha256)
+    if path is not None:
+        return FileResponse(path, media_type="application/octet-stream")
+    return StreamingResponse(
+        store.iter_blob(principal.workspace_id, sha256),
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(size)},
+    )
