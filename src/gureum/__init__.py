@@ -5,7 +5,7 @@ The public surface is the SDK: ``gureum.Client`` and its errors.
 
 __version__ = "0.1.0"
 
-from gureum.client import Client  # noqa: E402
-from gureum.client.errors import GureumError  # noqa: E402
+from gureum.client import Client
+from gureum.client.errors import GureumError
 
 __all__ = ["Client", "GureumError", "__version__"]

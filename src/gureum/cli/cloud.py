@@ -34,7 +34,7 @@ def _home_hint(home: str) -> str:
     return f"\n  other commands find it with: export GUREUM_HOME={home}"
 
 
-def _render_up(result: UpResult) -> None:
+def render_up(result: UpResult) -> None:
     p = console.print
     if result.status == "already_running":
         p(f"gureum is already running at [bold]{result.url}[/bold]", soft_wrap=True)
@@ -146,4 +146,4 @@ def _emit_up(result: UpResult, output: Format, *, foreground: bool) -> None:
     # In a container the console is a log: print the key only to a person at a terminal.
     if foreground and result.api_key and not console.is_terminal:
         result = result.model_copy(update={"api_key": None})
-    emit(result.model_dump(), output, lambda _: _render_up(result))
+    emit(result.model_dump(), output, lambda _: render_up(result))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from gureum.cli import cloud, datasets, samples, tenancy
+from gureum.cli import cloud, datasets, demo, samples, tenancy
 
 app = typer.Typer(
     name="gureum",
@@ -13,6 +13,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 cloud.register(app)
+demo.register(app)
 samples.register(app)
 tenancy.register(app)
 app.add_typer(datasets.app, name="datasets")
