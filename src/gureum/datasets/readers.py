@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -45,6 +46,8 @@ _MAGIC = (
 )
 _INT = re.compile(r"^[+-]?\d+$")
 _BOOL = frozenset({"true", "false"})
+_BLANK = object()
+_INVALID = object()
 
 
 def extension(path: str) -> str:
@@ -183,6 +186,29 @@ class TableInfo:
         return out
 
 
+def column_names(header: Sequence[str]) -> list[str]:
+    """Column names as a version's schema records them: stripped, blank ones numbered."""
+    return [h.strip() or f"column_{i + 1}" for i, h in enumerate(header)]
+
+
+def _data_rows(reader: Iterator[list[str]]) -> Iterator[list[str]]:
+    """The rows a table counts, in order: an empty line is no row."""
+    return (row for row in reader if row)
+
+
+def table_rows(fh: IO[bytes], delimiter: str = ",") -> Iterator[dict[str, str]]:
+    """Each row as column -> value (missing values ""), numbered as the row split numbers
+    them; raises csv.Error on a malformed file."""
+    with _text(fh) as text:
+        reader = csv.reader(text, delimiter=delimiter)
+        header = next(reader, None)
+        if header is None:
+            return
+        names = column_names(header)
+        for row in _data_rows(reader):
+            yield {n: row[i] if i < len(row) else "" for i, n in enumerate(names)}
+
+
 def read_table(fh: IO[bytes], delimiter: str = ",") -> TableInfo:
     """Columns (names and inferred dtypes from the first rows), the row count, a preview."""
     with _text(fh) as text:
@@ -196,12 +222,10 @@ def _read_table(text: io.TextIOWrapper, delimiter: str) -> TableInfo:
         header = next(reader, None)
         if header is None:
             return info
-        names = [h.strip() or f"column_{i + 1}" for i, h in enumerate(header)]
+        names = column_names(header)
         dtypes: list[str | None] = [None] * len(names)
         first: list[list[str]] = []
-        for row in reader:
-            if not row:
-                continue
+        for row in _data_rows(reader):
             info.rows += 1
             if info.rows <= DTYPE_SAMPLE_ROWS:
                 for i, value in enumerate(row[: len(names)]):
@@ -247,12 +271,30 @@ def read_jsonl(fh: IO[bytes]) -> JsonlInfo:
     return info
 
 
-def _jsonl_line(info: JsonlInfo, keys: dict[str, None], line: str) -> None:
+def jsonl_rows(fh: IO[bytes]) -> Iterator[Any]:
+    """Each row's JSON value, numbered as the row split numbers them: blank lines and lines
+    that are no JSON are no rows."""
+    with _text(fh) as text:
+        for line in text:
+            row = _jsonl_value(line)
+            if row is not _BLANK and row is not _INVALID:
+                yield row
+
+
+def _jsonl_value(line: str) -> Any:
     if not line.strip():
-        return
+        return _BLANK
     try:
-        row = json.loads(line)
+        return json.loads(line)
     except ValueError:
+        return _INVALID
+
+
+def _jsonl_line(info: JsonlInfo, keys: dict[str, None], line: str) -> None:
+    row = _jsonl_value(line)
+    if row is _BLANK:
+        return
+    if row is _INVALID:
         info.invalid_rows += 1
         return
     info.rows += 1
@@ -276,9 +318,20 @@ class TextInfo:
     preview: list[str] = field(default_factory=list)
 
 
+def _utf8(fh: IO[bytes]) -> io.TextIOWrapper:
+    return io.TextIOWrapper(fh, encoding="utf-8", errors="replace")
+
+
+def text_lines(fh: IO[bytes]) -> Iterator[str]:
+    """Each line without its line end, numbered as ``read_text`` counts them."""
+    with _utf8(fh) as text:
+        for line in text:
+            yield line.rstrip("\r\n")
+
+
 def read_text(fh: IO[bytes]) -> TextInfo:
     info = TextInfo()
-    with io.TextIOWrapper(fh, encoding="utf-8", errors="replace") as text:
+    with _utf8(fh) as text:
         for line in text:
             info.lines += 1
             info.chars += len(line)

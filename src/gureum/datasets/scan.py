@@ -9,7 +9,7 @@ at ``<class>/<file>``, the folder is its label.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -159,6 +159,11 @@ def _split(files: list[ScannedFile], facts: _Facts, ratio: float, seed: int) -> 
         validation += f.split == "validation"
     out.update(unit="file", train=len(files) - validation, validation=validation)
     return out
+
+
+def version_kind(file_kinds: Iterable[str]) -> str:
+    """A version's kind from its files' kinds, as a push records it."""
+    return _version_kind(Counter(file_kinds))
 
 
 def _version_kind(kinds: Counter[str]) -> str:

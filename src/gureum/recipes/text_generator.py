@@ -1,0 +1,326 @@
+"""text-generator: a small byte-level GPT trained from scratch, or LoRA fine-tuning of a Hugging
+Face causal LM read from a local folder (``base_model=<path>``).
+
+Both modes train on random windows of the training text, measure the held-out text (perplexity
+per token, and bits per byte, which compares across tokenizers) and write sample generations
+to ``samples.txt`` in the artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from gureum.recipes import gpt
+from gureum.recipes.base import (
+    BadInput,
+    DatasetMismatch,
+    EvalOutput,
+    ModelConfig,
+    RecipeBase,
+    RecipeError,
+    RecipeParams,
+    RunContext,
+    TrainOutput,
+    export_files,
+)
+from gureum.recipes.dataset import LocalDataset
+from gureum.recipes.textdata import load_text, require_text
+from gureum.recipes.training import (
+    WEIGHTS_FILE,
+    fit,
+    is_main,
+    load_weights,
+    resolve_device,
+    save_weights,
+    seed_everything,
+    world,
+)
+
+NAME = "text-generator"
+GPT_ONLY = frozenset({"n_layer", "n_head", "n_embd", "dropout"})
+LORA_ONLY = frozenset({"lora_r", "lora_alpha", "lora_dropout"})
+SAMPLE_PROMPTS = 3
+MAX_TOKENS = 2048
+
+
+class TextParams(RecipeParams):
+    base_model: str | None = Field(None, description="local Hugging Face model folder: LoRA")
+    epochs: int = Field(5, ge=1, le=10000)
+    steps_per_epoch: int = Field(100, ge=1, le=1_000_000)
+    batch_size: int = Field(16, ge=1, le=4096)
+    block_size: int = Field(128, ge=8, le=8192, description="context length in tokens")
+    lr: float | None = Field(None, gt=0, le=1, description="default 3e-3 (GPT), 5e-4 (LoRA)")
+    n_layer: int = Field(4, ge=1, le=48)
+    n_head: int = Field(4, ge=1, le=64)
+    n_embd: int = Field(128, ge=8, le=4096)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    lora_r: int = Field(8, ge=1, le=1024)
+    lora_alpha: int = Field(16, ge=1, le=4096)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    sample_tokens: int = Field(200, ge=1, le=MAX_TOKENS, description="length of samples")
+    eval_windows: int = Field(200, ge=1, le=100_000, description="held-out windows measured")
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> TextParams:
+        given = self.model_fields_set
+        if self.base_model and given & GPT_ONLY:
+            names = ", ".join(sorted(given & GPT_ONLY))
+            raise ValueError(f"{names} shape a model trained from scratch; not with base_model")
+        if not self.base_model and given & LORA_ONLY:
+            names = ", ".join(sorted(given & LORA_ONLY))
+            raise ValueError(f"{names} apply to LoRA fine-tuning; give base_model too")
+        if not self.base_model and self.n_embd % self.n_head:
+            raise ValueError("n_embd must be a multiple of n_head")
+        return self
+
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (5e-4 if self.base_model else 3e-3)
+
+
+@dataclass
+class LanguageModel:
+    """What the shared loop needs from either kind of model."""
+
+    model: nn.Module
+    encode: Callable[[str], torch.Tensor]
+    window_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (B, T+1) tokens
+    generate: Callable[[str, int, float, int], str]  # prompt, max tokens, temperature, seed
+
+
+def _gpt_lm(model: gpt.TinyGPT, device: torch.device) -> LanguageModel:
+    def window_loss(m: nn.Module, w: torch.Tensor) -> torch.Tensor:
+        logits = m(w[:, :-1])  # m may be the DistributedDataParallel wrapper
+        return F.cross_entropy(logits.reshape(-1, gpt.VOCAB), w[:, 1:].reshape(-1))
+
+    def generate(prompt: str, max_new: int, temperature: float, seed: int) -> str:
+        ids = gpt.encode(prompt).to(device)
+        if not len(ids):
+            ids = gpt.encode("\n").to(device)
+        gen = torch.Generator().manual_seed(seed)
+        out = model.generate(ids, max_new, temperature, gen)
+        return gpt.decode(out[len(ids) :])
+
+    return LanguageModel(model, gpt.encode, window_loss, generate)
+
+
+def _hf_lm(model: nn.Module, tokenizer: Any, device: torch.device) -> LanguageModel:
+    from gureum.recipes import hf_lora  # optional, heavy: only when a base model is used
+
+    def generate(prompt: str, max_new: int, temperature: float, seed: int) -> str:
+        return hf_lora.generate(model, tokenizer, prompt, max_new, temperature, seed, device)
+
+    return LanguageModel(
+        model, lambda text: hf_lora.encode(tokenizer, text), hf_lora.window_loss, generate
+    )
+
+
+def _windows(tokens: torch.Tensor, size: int, count: int) -> torch.Tensor:
+    """Up to ``count`` non-overlapping (size + 1)-token windows, evenly spread: fixed, so one
+    model and one text always give one perplexity."""
+    n = (len(tokens) - 1) // size
+    if n < 1:
+        return tokens[: size + 1].unsqueeze(0) if len(tokens) > 1 else tokens.new_zeros((0, 2))
+    picks = np.linspace(0, n - 1, num=min(n, count)).round().astype(np.int64)
+    return torch.stack([tokens[i * size : i * size + size + 1] for i in picks])
+
+
+@torch.no_grad()
+def _held_out(lm: LanguageModel, windows: torch.Tensor, device: torch.device) -> float:
+    """Mean loss (nats per predicted token) over the windows."""
+    if not len(windows):
+        return float("nan")
+    lm.model.eval()
+    total = 0.0
+    for i in range(0, len(windows), 32):
+        chunk = windows[i : i + 32].to(device)
+        total += float(lm.window_loss(lm.model, chunk)) * len(chunk)
+    return total / len(windows)
+
+
+class TextPredictor:
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+
+    def predict(self, inputs: list[Any]) -> list[Any]:
+        """A prompt, or ``{"prompt", "max_tokens", "temperature", "seed"}`` -> ``{"text"}``."""
+        out = []
+        for item in inputs:
+            spec = {"prompt": item} if isinstance(item, str) else item
+            if not isinstance(spec, dict) or not isinstance(spec.get("prompt"), str):
+                raise BadInput('each input must be a prompt or {"prompt": "...", ...}')
+            max_tokens = spec.get("max_tokens", 64)
+            temperature, seed = spec.get("temperature", 0.8), spec.get("seed", 0)
+            if not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS:
+                raise BadInput(f'"max_tokens" must be an integer from 1 to {MAX_TOKENS}')
+            if not isinstance(temperature, int | float) or temperature < 0:
+                raise BadInput('"temperature" must be a number >= 0 (0 is greedy)')
+            if not isinstance(seed, int):
+                raise BadInput('"seed" must be an integer')
+            text = self.lm.generate(spec["prompt"], max_tokens, float(temperature), seed)
+            out.append({"prompt": spec["prompt"], "text": text})
+        return out
+
+
+class TextGenerator(RecipeBase):
+    name = NAME
+    description = "byte-level GPT from scratch, or LoRA fine-tuning of a local HF causal LM"
+    Params = TextParams
+
+    def check_dataset(self, ds: LocalDataset, params: TextParams | None = None) -> None:
+        require_text(ds, NAME)
+
+    def _build(self, params: TextParams, device: torch.device) -> tuple[LanguageModel, Any]:
+        if params.base_model is None:
+            model = gpt.TinyGPT(
+                params.block_size, params.n_layer, params.n_head, params.n_embd, params.dropout
+            ).to(device)
+            return _gpt_lm(model, device), None
+        from gureum.recipes import hf_lora  # optional, heavy: only when a base model is used
+
+        base, tokenizer = hf_lora.load_base(params.base_model, device)
+        limit = hf_lora.max_positions(base)
+        if limit is not None and params.block_size + 1 > limit:
+            raise RecipeError(
+                f"{NAME}: block_size {params.block_size} is too long for the base model, "
+                f"which takes at most {limit} positions; choose block_size < {limit}"
+            )
+        tuned = hf_lora.add_lora(base, params.lora_r, params.lora_alpha, params.lora_dropout)
+        return _hf_lm(tuned, tokenizer, device), tokenizer
+
+    def train(self, ctx: RunContext, ds: LocalDataset, params: TextParams) -> TrainOutput:
+        self.check_dataset(ds, params)
+        seed_everything(params.seed)
+        device = resolve_device(ctx.device)
+        text = load_text(ds, NAME)
+        lm, tokenizer = self._build(params, device)
+        tokens, held = lm.encode(text.train), lm.encode(text.validation)
+        if len(tokens) <= params.block_size + 1:
+            raise RecipeError(
+                f"{NAME}: {len(tokens)} training tokens; need more than block_size "
+                f"({params.block_size}) + 1"
+            )
+        ctx.log(f"{NAME}: {len(tokens)} training and {len(held)} held-out tokens")
+        val_windows = _windows(held, params.block_size, min(params.eval_windows, 50))
+        trainable = [p for p in lm.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=params.learning_rate(), weight_decay=0.01)
+        rank, _ = world()
+        span = params.block_size + 1
+
+        def batches(epoch: int) -> Any:
+            rng = np.random.default_rng([params.seed, epoch, rank])
+            for _ in range(params.steps_per_epoch):
+                starts = rng.integers(0, len(tokens) - span + 1, size=params.batch_size)
+                yield torch.stack([tokens[s : s + span] for s in starts]).to(device)
+
+        def step(m: nn.Module, window: torch.Tensor) -> dict[str, float]:
+            loss = lm.window_loss(m, window)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            opt.step()
+            return {"loss": loss.item(), "samples": len(window)}
+
+        def validate(m: nn.Module) -> dict[str, float]:
+            loss = _held_out(lm, val_windows, device)
+            return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
+
+        result = fit(
+            ctx,
+            lm.model,
+            opt,
+            epochs=params.epochs,
+            steps_per_epoch=params.steps_per_epoch,
+            batches=batches,
+            step=step,
+            validate=validate,
+            trainable_only=params.base_model is not None,
+        )
+        model_dir = ctx.artifacts_dir / "model"
+        if is_main():
+            self._save(lm, tokenizer, params, model_dir)
+        return TrainOutput(model_dir, result.metrics, result.epochs_run, result.resumed_from_epoch)
+
+    def _save(self, lm: LanguageModel, tokenizer: Any, params: TextParams, model_dir: Path) -> None:
+        info: dict[str, Any] = {"mode": "gpt" if params.base_model is None else "lora"}
+        if params.base_model is None:
+            save_weights(lm.model, model_dir)
+        else:
+            from gureum.recipes import hf_lora  # optional, heavy: only when a base model is used
+
+            hf_lora.save(lm.model, tokenizer, model_dir)
+            info["base_model"] = str(Path(params.base_model).resolve())
+        ModelConfig(NAME, params.model_dump(), info).write(model_dir)
+
+    def _load(self, model_dir: Path, device: str) -> tuple[LanguageModel, ModelConfig]:
+        cfg = ModelConfig.read(model_dir, NAME)
+        dev = resolve_device(device)
+        p = cfg.params
+        if cfg.info.get("mode") == "lora":
+            from gureum.recipes import hf_lora  # optional, heavy: only when a base model is used
+
+            model, tokenizer = hf_lora.load_finetuned(model_dir, cfg.info["base_model"], dev)
+            return _hf_lm(model, tokenizer, dev), cfg
+        net = gpt.TinyGPT(
+            int(p["block_size"]), int(p["n_layer"]), int(p["n_head"]), int(p["n_embd"])
+        )
+        loaded = load_weights(net, model_dir, dev)
+        assert isinstance(loaded, gpt.TinyGPT)
+        return _gpt_lm(loaded, dev), cfg
+
+    def evaluate(self, ctx: RunContext, model_dir: Path, ds: LocalDataset) -> EvalOutput:
+        lm, cfg = self._load(model_dir, ctx.device)
+        dev = resolve_device(ctx.device)
+        text = load_text(ds, NAME)
+        tokens = lm.encode(text.validation)
+        windows = _windows(tokens, int(cfg.params["block_size"]), int(cfg.params["eval_windows"]))
+        if not len(windows):
+            raise DatasetMismatch(f"{NAME}: the held-out text is too short to measure")
+        loss = _held_out(lm, windows, dev)
+        bytes_per_token = len(text.validation.encode()) / max(len(tokens), 1)
+        metrics = {
+            "val_loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "bits_per_byte": loss / bytes_per_token / math.log(2),
+        }
+        lines = [line for line in text.validation.splitlines() if line.strip()]
+        prompts = [" ".join(line.split()[:3]) for line in lines[:SAMPLE_PROMPTS]] or [""]
+        n = int(cfg.params["sample_tokens"])
+        samples = [{"prompt": p, "text": lm.generate(p, n, 0.8, i)} for i, p in enumerate(prompts)]
+        sample_file = ctx.artifacts_dir / "samples.txt"
+        sample_file.write_text(
+            "".join(f"### {s['prompt']}\n{s['prompt']}{s['text']}\n\n" for s in samples)
+        )
+        report = ctx.artifacts_dir / "evaluation.json"
+        details = {
+            "mode": cfg.info.get("mode"),
+            "held_out_windows": int(windows.shape[0]),
+            "split_by_line": text.split_by_line,
+            "samples": samples,
+        }
+        report.write_text(json.dumps({"metrics": metrics, **details}, indent=2))
+        shown = f"perplexity {metrics['perplexity']:.3f}, {metrics['bits_per_byte']:.3f} bits/byte"
+        ctx.log(f"{NAME}: {shown}")
+        return EvalOutput(metrics, details, [sample_file, report])
+
+    def load(self, model_dir: Path, device: str = "cpu") -> TextPredictor:
+        return TextPredictor(self._load(model_dir, device)[0])
+
+    def export(self, model_dir: Path, dest: Path) -> list[Path]:
+        cfg = ModelConfig.read(model_dir, NAME)
+        if cfg.info.get("mode") == "lora":
+            from gureum.recipes import hf_lora  # optional, heavy: only when a base model is used
+
+            files = hf_lora.export_merged(model_dir, cfg.info["base_model"], dest)
+            return [*files, *export_files(model_dir, dest, ["config.json"])]
+        return export_files(model_dir, dest, [WEIGHTS_FILE, "config.json"])
