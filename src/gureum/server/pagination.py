@@ -9,12 +9,14 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Query
 from pydantic import BaseModel
-from sqlalchemy import Select
+from sqlalchemy import Row, Select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from gureum.server.errors import BadRequest
 
 T = TypeVar("T")
+R = TypeVar("R")
+AnySelect = Select[*tuple[Any, ...]]
 
 
 class PageParams(BaseModel):
@@ -41,6 +43,24 @@ def decode_cursor(cursor: str) -> Any:
         raise BadRequest("invalid cursor") from exc
 
 
+def _window(
+    stmt: AnySelect, key: InstrumentedAttribute[Any], params: PageParams, descending: bool
+) -> AnySelect:
+    if params.cursor is not None:
+        after = decode_cursor(params.cursor)
+        stmt = stmt.where(key < after if descending else key > after)
+    return stmt.order_by(key.desc() if descending else key.asc()).limit(params.limit + 1)
+
+
+def _cut(
+    items: Sequence[R], key: InstrumentedAttribute[Any], params: PageParams
+) -> tuple[Sequence[R], str | None]:
+    if len(items) <= params.limit:
+        return items, None
+    items = items[: params.limit]
+    return items, encode_cursor(getattr(items[-1], key.key))
+
+
 def paginate(
     session: Session,
     stmt: Select[T],
@@ -49,13 +69,19 @@ def paginate(
     *,
     descending: bool = False,
 ) -> tuple[Sequence[T], str | None]:
-    """Return one page of ``stmt`` ordered by the unique column ``key``, and the next cursor."""
-    if params.cursor is not None:
-        after = decode_cursor(params.cursor)
-        stmt = stmt.where(key < after if descending else key > after)
-    stmt = stmt.order_by(key.desc() if descending else key.asc()).limit(params.limit + 1)
-    rows = session.scalars(stmt).all()
-    if len(rows) <= params.limit:
-        return rows, None
-    rows = rows[: params.limit]
-    return rows, encode_cursor(getattr(rows[-1], key.key))
+    """One page of ``stmt`` (one entity) ordered by the unique column ``key``, and the cursor."""
+    items: Sequence[T] = session.scalars(_window(stmt, key, params, descending)).all()
+    return _cut(items, key, params)
+
+
+def paginate_rows(
+    session: Session,
+    stmt: AnySelect,
+    key: InstrumentedAttribute[Any],
+    params: PageParams,
+    *,
+    descending: bool = False,
+) -> tuple[Sequence[Row[Any]], str | None]:
+    """``paginate`` for multi-column rows; ``key`` must be among the selected columns."""
+    rows = session.execute(_window(stmt, key, params, descending)).all()
+    return _cut(rows, key, params)

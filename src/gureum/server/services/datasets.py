@@ -8,11 +8,10 @@ Creating versions lives in ``dataset_push``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,12 +21,11 @@ from gureum.server.auth import Principal
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Dataset, DatasetFile, DatasetReference, DatasetVersion, User
 from gureum.server.errors import Conflict, NotFound, Unprocessable
-from gureum.server.pagination import PageParams, decode_cursor, encode_cursor, paginate
+from gureum.server.pagination import AnySelect, PageParams, paginate, paginate_rows
 from gureum.server.services import audit
 from gureum.server.services.blobs import collect_garbage
 from gureum.storage.store import ArtifactStore
 
-AnySelect = Select[*tuple[Any, ...]]
 LATEST = "latest"
 _SHOWN_PROBLEMS = 100
 
@@ -62,25 +60,10 @@ def _dataset_out(row: Any) -> DatasetOut:
     )
 
 
-def _keyset(
-    session: Session, stmt: AnySelect, key: Any, name: str, params: PageParams, *, desc: bool
-) -> tuple[Sequence[Any], str | None]:
-    """``paginate`` for multi-column rows: ``name`` is the key's label in each row."""
-    if params.cursor is not None:
-        after = decode_cursor(params.cursor)
-        stmt = stmt.where(key < after if desc else key > after)
-    stmt = stmt.order_by(key.desc() if desc else key.asc()).limit(params.limit + 1)
-    rows = session.execute(stmt).all()
-    if len(rows) <= params.limit:
-        return rows, None
-    rows = rows[: params.limit]
-    return rows, encode_cursor(getattr(rows[-1], name))
-
-
 def list_datasets(db: Database, principal: Principal, params: PageParams) -> Page[DatasetOut]:
     stmt = _dataset_columns().where(Dataset.workspace_id == principal.workspace_id)
     with db.read() as s:
-        rows, cursor = _keyset(s, stmt, Dataset.name, "name", params, desc=False)
+        rows, cursor = paginate_rows(s, stmt, Dataset.name, params)
     return Page(items=[_dataset_out(r) for r in rows], next_cursor=cursor)
 
 
@@ -164,7 +147,7 @@ def list_versions(
             .outerjoin(User, User.id == DatasetVersion.pushed_by)
             .where(DatasetVersion.dataset_id == ds.id)
         )
-        rows, cursor = _keyset(s, stmt, DatasetVersion.version, "version", params, desc=True)
+        rows, cursor = paginate_rows(s, stmt, DatasetVersion.version, params, descending=True)
     items = [version_out(r[0], name, r.user) for r in rows]
     return Page(items=items, next_cursor=cursor)
 
