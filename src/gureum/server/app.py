@@ -41,7 +41,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     )
     app.state.settings = settings
     app.state.db = db
-    app.state.store = ArtifactStore(settings.resolved_artifacts)
+    app.state.store = store = ArtifactStore(settings.resolved_artifacts)
+    store.sweep_tmp()  # uploads cut off by a crash of an earlier server
     app.state.auth = Authenticator(db)
     install_error_handlers(app)
     for router in ROUTERS:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import IO, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+TMP_MAX_AGE_SECONDS = 6 * 3600
 CHUNK = 1024 * 1024
 SHA256_HEX = 64
 
@@ -209,6 +211,24 @@ class ArtifactStore:
 
     def delete_blob(self, workspace_id: int, sha256: str) -> None:
         self.discard(self.blob_key(workspace_id, sha256))
+
+    def sweep_tmp(self, older_than: float = TMP_MAX_AGE_SECONDS) -> int:
+        """Remove temporary uploads a crashed server left behind; returns how many.
+
+        Only entries older than ``older_than`` seconds go, so uploads in flight are safe.
+        """
+        tmp = self._join("tmp")
+        if not self.fs.exists(tmp):
+            return 0
+        cutoff = time.time() - older_than
+        removed = 0
+        for info in self.fs.ls(tmp, detail=True):
+            mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+            stamp = mtime.timestamp() if hasattr(mtime, "timestamp") else mtime
+            if isinstance(stamp, int | float) and stamp < cutoff:
+                self.fs.rm(info["name"], recursive=info.get("type") == "directory")
+                removed += 1
+        return removed
 
     def healthy(self) -> bool:
         try:
