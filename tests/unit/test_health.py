@@ -29,3 +29,7 @@ def test_unknown_route_has_error_shape(cloud: Cloud) -> None:
     r = cloud.http().get("/v1/does-not-exist")
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "not_found"
+
+
+def test_ready_reports_database_and_artifacts(cloud: Cloud) -> None:
+    assert cloud.client().ready() == {"database": True, "artifacts": True}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from gureum.cli import cloud, datasets, demo, samples, tenancy
+from gureum.cli import cloud, datasets, demo, models, samples, tenancy
 
 app = typer.Typer(
     name="gureum",
@@ -17,6 +17,7 @@ demo.register(app)
 samples.register(app)
 tenancy.register(app)
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(models.app, name="models")
 
 
 def main() -> None:

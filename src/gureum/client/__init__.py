@@ -9,6 +9,7 @@ import httpx
 from gureum.client.base import Transport, resolve
 from gureum.client.datasets import DatasetsAPI
 from gureum.client.errors import GureumError
+from gureum.client.models import ModelsAPI
 from gureum.client.tenancy import AuditAPI, KeysAPI, UsersAPI, WorkspacesAPI
 
 
@@ -38,9 +39,15 @@ class Client:
         self.users = UsersAPI(self._t)
         self.keys = KeysAPI(self._t)
         self.audit = AuditAPI(self._t)
+        self.models = ModelsAPI(self._t)
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self._t.json("GET", "/v1/health")
+        return result
+
+    def ready(self) -> dict[str, Any]:
+        """Whether the server reaches its database and artifact store."""
+        result: dict[str, Any] = self._t.json("GET", "/v1/health/ready")
         return result
 
     def whoami(self) -> dict[str, Any]:

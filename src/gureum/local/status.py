@@ -7,7 +7,7 @@ import os
 import httpx
 from pydantic import BaseModel
 
-from gureum.client.base import Transport
+from gureum.client import Client
 from gureum.client.errors import GureumError
 from gureum.compute.local_ray import head_processes, parse_address, reachable
 from gureum.config import Settings
@@ -83,17 +83,15 @@ def _readiness(settings: Settings, state: RunState, server_ok: bool) -> dict[str
             "database": Part(ok=False, detail=reason),
             "artifacts": Part(ok=False, detail=reason),
         }
-    transport = Transport(state.url, key, timeout=PROBE_TIMEOUT)
     try:
-        ready = transport.json("GET", "/v1/health/ready")
+        with Client(state.url, key, timeout=PROBE_TIMEOUT) as client:
+            ready = client.ready()
     except GureumError as exc:
         reason = f"unknown: {exc.message}"
         return {
             "database": Part(ok=False, detail=reason),
             "artifacts": Part(ok=False, detail=reason),
         }
-    finally:
-        transport.close()
     return {
         "database": Part(ok=bool(ready.get("database")), detail=state.database),
         "artifacts": Part(ok=bool(ready.get("artifacts")), detail=state.artifacts),

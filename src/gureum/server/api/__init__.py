@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from gureum.server.api import audit, blobs, datasets, health, keys, users, workspaces
+from gureum.server.api import audit, blobs, datasets, health, keys, models, users, workspaces
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -12,4 +12,5 @@ ROUTERS: list[APIRouter] = [
     audit.router,
     datasets.router,
     blobs.router,
+    models.router,
 ]

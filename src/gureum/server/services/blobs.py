@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-from sqlalchemy import select
+from sqlalchemy import select, union
 from sqlalchemy.orm import Session
 
 from gureum.config import Settings
@@ -26,7 +26,15 @@ from gureum.datasets.archive import open_tar_stream
 from gureum.schemas.datasets import BatchOut, BlobOut, MissingOut
 from gureum.server.auth import Principal
 from gureum.server.db.session import Database
-from gureum.server.db.tables import Dataset, DatasetFile, DatasetVersion, Workspace
+from gureum.server.db.tables import (
+    Dataset,
+    DatasetFile,
+    DatasetVersion,
+    Model,
+    ModelFile,
+    ModelVersion,
+    Workspace,
+)
 from gureum.server.errors import BadRequest, NotFound, PayloadTooLarge
 from gureum.storage.store import CHUNK, ArtifactStore, BlobHashMismatch, BlobTooLarge, is_sha256
 
@@ -145,19 +153,24 @@ def blob_size_or_404(store: ArtifactStore, principal: Principal, sha256: str) ->
 
 
 def referenced(session: Session, workspace_id: int, digests: Iterable[str]) -> set[str]:
-    """Which of ``digests`` some file row of the workspace still uses."""
+    """Which of ``digests`` some dataset or model file row of the workspace still uses."""
     todo = list(digests)
     used: set[str] = set()
     for i in range(0, len(todo), _IN_CHUNK):
-        stmt = (
+        chunk = todo[i : i + _IN_CHUNK]
+        datasets = (
             select(DatasetFile.sha256)
             .join(DatasetVersion, DatasetVersion.id == DatasetFile.version_id)
             .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
-            .where(Dataset.workspace_id == workspace_id)
-            .where(DatasetFile.sha256.in_(todo[i : i + _IN_CHUNK]))
-            .distinct()
+            .where(Dataset.workspace_id == workspace_id, DatasetFile.sha256.in_(chunk))
         )
-        used.update(session.scalars(stmt))
+        models = (
+            select(ModelFile.sha256)
+            .join(ModelVersion, ModelVersion.id == ModelFile.version_id)
+            .join(Model, Model.id == ModelVersion.model_id)
+            .where(Model.workspace_id == workspace_id, ModelFile.sha256.in_(chunk))
+        )
+        used.update(session.scalars(union(datasets, models)))
     return used
 
 

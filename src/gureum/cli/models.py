@@ -1,0 +1,240 @@
+"""`gureum models ...`: the model registry over the SDK: list, show, import, gate, promote."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gureum.cli.datasets import progress_bar
+from gureum.cli.output import Format, OutputOpt, api_errors, console, emit, fail, kv_table, table
+from gureum.client import Client
+from gureum.client.models import UNSET, Unset, VersionRef
+from gureum.schemas.models import MetricGate, ModelOut, ModelVersionOut, MustBeat, PromoteOut, Stage
+
+app = typer.Typer(help="Model registry: versions, lineage, gates and stages.", no_args_is_help=True)
+
+RefArg = Annotated[
+    str, typer.Argument(help="NAME or NAME:VERSION (a number, 'latest' or 'production')")
+]
+_GATE = re.compile(r"^\s*([^<>=\s]+)\s*(>=|<=|>|<)\s*(\S+)\s*$")
+_NAMED_REFS = ("latest", "production")
+
+
+def parse_ref(ref: str, output: Format = Format.table) -> tuple[str, VersionRef | None]:
+    """Split ``NAME[:V]``; V is a positive number, 'latest' or 'production'; None when absent."""
+    name, sep, version = ref.partition(":")
+    if not name or (sep and not version):
+        fail(f"{ref!r} is not NAME or NAME:VERSION", output, "bad_request")
+    if not sep:
+        return name, None
+    if version in _NAMED_REFS:
+        return name, version
+    if not version.isdigit() or int(version) < 1:
+        fail(
+            f"version {version!r} must be a positive number, 'latest' or 'production'",
+            output,
+            "bad_request",
+        )
+    return name, int(version)
+
+
+def parse_gate(text: str, output: Format = Format.table) -> MetricGate:
+    """``metric>=0.9`` (or <=, >, <) as a gate."""
+    match = _GATE.match(text)
+    if match is None:
+        fail(f"gate {text!r} is not METRIC OP NUMBER (e.g. accuracy>=0.9)", output, "bad_request")
+    metric, op, number = match.groups()
+    try:
+        threshold = float(number)
+    except ValueError:
+        fail(f"gate {text!r}: {number!r} is not a number", output, "bad_request")
+    return MetricGate.model_validate({"metric": metric, "op": op, "threshold": threshold})
+
+
+@contextmanager
+def _errors(output: Format) -> Iterator[None]:
+    with api_errors(output):
+        try:
+            yield
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            fail(f"{where}{exc.strerror or exc}", output, "os_error")
+
+
+def _gates_text(m: ModelOut) -> str:
+    parts = [f"{g.metric} {g.op} {g.threshold:g}" for g in m.gates]
+    if m.must_beat_production is not None:
+        better = "higher" if m.must_beat_production.higher_is_better else "lower"
+        parts.append(f"beat production on {m.must_beat_production.metric} ({better} is better)")
+    return ", ".join(parts) or "-"
+
+
+def _version_row(v: ModelVersionOut) -> dict[str, Any]:
+    return {
+        "version": v.version,
+        "stage": v.stage,
+        "format": v.format,
+        "recipe": v.recipe,
+        "dataset": v.dataset,
+        "metrics": v.metrics,
+        "created_by": v.created_by,
+        "created_at": v.created_at.isoformat(timespec="seconds"),
+    }
+
+
+def _render_list(items: list[ModelOut]) -> None:
+    if not items:
+        console.print("no models yet: `gureum models import NAME PATH` or train one")
+        return
+    rows = [
+        {
+            "name": m.name,
+            "versions": m.version_count,
+            "latest": m.latest_version,
+            "production": m.production_version,
+            "gates": _gates_text(m),
+        }
+        for m in items
+    ]
+    console.print(table(rows))
+
+
+@app.command("list")
+def list_cmd(output: OutputOpt = Format.table) -> None:
+    """List the workspace's models."""
+    with _errors(output), Client() as client:
+        items = client.models.list()
+    emit([m.model_dump(mode="json") for m in items], output, lambda _: _render_list(items))
+
+
+def _render_model(m: ModelOut, versions: list[ModelVersionOut]) -> None:
+    facts = {
+        "name": m.name,
+        "description": m.description or "-",
+        "production": m.production_version,
+        "gates": _gates_text(m),
+    }
+    console.print(kv_table(facts))
+    if versions:
+        console.print(table([_version_row(v) for v in versions]))
+
+
+def _render_version(v: ModelVersionOut, files: list[dict[str, Any]]) -> None:
+    data = v.model_dump(mode="json")
+    console.print(kv_table(data))
+    if files:
+        console.print(table(files, ["path", "size", "sha256"]))
+
+
+@app.command("show")
+def show_cmd(ref: RefArg, output: OutputOpt = Format.table) -> None:
+    """A model with its versions (NAME), or one version with lineage and files (NAME:V)."""
+    name, version = parse_ref(ref, output)
+    with _errors(output), Client() as client:
+        if version is None:
+            model = client.models.get(name)
+            versions = client.models.versions(name)
+        else:
+            ver = client.models.version(name, version)
+            files = [f.model_dump(mode="json") for f in client.models.files(name, ver.version)]
+    if version is None:
+        data = model.model_dump(mode="json")
+        data["versions"] = [v.model_dump(mode="json") for v in versions]
+        emit(data, output, lambda _: _render_model(model, versions))
+    else:
+        data = ver.model_dump(mode="json")
+        data["files"] = files
+        emit(data, output, lambda _: _render_version(ver, files))
+
+
+@app.command("import")
+def import_cmd(
+    name: Annotated[str, typer.Argument(help="model name (created on first version)")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="a .safetensors, .pt/.pth/.bin, .onnx file or a Hugging Face model folder"
+        ),
+    ],
+    message: Annotated[str, typer.Option("--message", "-m", help="where it came from")] = "",
+    output: OutputOpt = Format.table,
+) -> None:
+    """Register external weights as a new version of model NAME (format told from PATH)."""
+    with _errors(output), Client() as client, progress_bar(output, f"import {name}") as progress:
+        ver = client.models.import_weights(name, path, message=message, progress=progress)
+    emit(
+        ver.model_dump(mode="json"),
+        output,
+        lambda _: console.print(
+            f"imported [bold]{ver.model}:{ver.version}[/bold] ({ver.format}, "
+            f"{ver.file_count} file(s), {ver.total_bytes} bytes)"
+        ),
+    )
+
+
+@app.command("gate")
+def gate_cmd(
+    name: str,
+    require: Annotated[
+        list[str] | None,
+        typer.Option("--require", help="a metric gate like 'accuracy>=0.9' (repeatable)"),
+    ] = None,
+    clear_gates: Annotated[bool, typer.Option("--clear-gates", help="remove all gates")] = False,
+    must_beat: Annotated[
+        str | None, typer.Option("--must-beat", help="metric the candidate must beat production on")
+    ] = None,
+    lower_is_better: Annotated[
+        bool, typer.Option("--lower-is-better", help="for --must-beat: lower wins (e.g. loss)")
+    ] = False,
+    no_must_beat: Annotated[
+        bool, typer.Option("--no-must-beat", help="drop the must-beat-production rule")
+    ] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Set the gates a version of NAME must pass to be promoted to production."""
+    gates = [parse_gate(g, output) for g in require or []]
+    must: MustBeat | Unset | None = UNSET
+    if must_beat is not None:
+        must = MustBeat(metric=must_beat, higher_is_better=not lower_is_better)
+    elif no_must_beat:
+        must = None
+    new_gates = gates if gates or clear_gates else None
+    with _errors(output), Client() as client:
+        model = client.models.update(name, gates=new_gates, must_beat_production=must)
+    emit(model.model_dump(mode="json"), output, lambda _: _render_model(model, []))
+
+
+def _render_promoted(result: PromoteOut) -> None:
+    v = result.version
+    line = f"{v.model}:{v.version}: {result.previous_stage} -> [bold]{v.stage}[/bold]"
+    if result.forced:
+        line += " [yellow](forced)[/yellow]"
+    console.print(line)
+    for c in result.checks:
+        mark = "[green]pass[/green]" if c.passed else "[red]FAIL[/red]"
+        console.print(f"  {mark} {c.reason}")
+    if result.archived:
+        console.print(f"  archived: {', '.join(f'v{n}' for n in result.archived)}")
+
+
+@app.command("promote")
+def promote_cmd(
+    ref: RefArg,
+    stage: Annotated[Stage, typer.Option("--stage", "-s", help="none|staging|production|archived")],
+    force: Annotated[
+        bool, typer.Option("--force", help="skip the gates (needs the admin role)")
+    ] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Move NAME:V to a stage; production only if it passes the model's gates."""
+    name, version = parse_ref(ref, output)
+    if version is None:
+        fail(f"{ref!r} names no version: use NAME:VERSION", output, "bad_request")
+    with _errors(output), Client() as client:
+        result = client.models.promote(name, version, stage, force=force)
+    emit(result.model_dump(mode="json"), output, lambda _: _render_promoted(result))
