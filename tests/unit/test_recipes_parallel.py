@@ -11,13 +11,18 @@ from torch import distributed as dist
 
 from gureum import samples
 from gureum.recipes import LocalDataset, LocalRunContext, get_recipe
+from tests.conftest import free_port
 
 PARAMS = {"epochs": 2, "image_size": 16, "width": 8, "batch_size": 8}
 WORLD = 2
 
 
-def _worker(rank: int, store: str, data: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+def _worker(rank: int, port: int, data: str, out: str) -> None:
+    # A TCP store on a free port: the file:// store was flaky when the last rank removed its
+    # file while the other still read it.
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
     try:
         torch.set_num_threads(1)
         recipe = get_recipe("image-classifier")
@@ -33,7 +38,7 @@ def test_two_workers_split_each_epoch_and_rank_zero_writes(tmp_path: Path) -> No
     train_n = len(ds.select("image", "train"))
     mp.spawn(
         _worker,
-        args=(str(tmp_path / "store"), str(tmp_path / "data"), str(tmp_path / "out")),
+        args=(free_port(), str(tmp_path / "data"), str(tmp_path / "out")),
         nprocs=WORLD,
         join=True,
     )
