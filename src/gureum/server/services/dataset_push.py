@@ -14,8 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from gureum.config import Settings
@@ -35,6 +34,7 @@ from gureum.server.services.blobs import (
     too_large,
 )
 from gureum.server.services.datasets import version_out
+from gureum.server.services.versioned import get_or_create, next_version
 from gureum.storage.store import ArtifactStore, BlobTooLarge, StagedBlob
 
 _SHOWN_PROBLEMS = 100
@@ -88,36 +88,8 @@ def _scan(
         raise
 
 
-def _dataset_for_push(s: Session, principal: Principal, name: str) -> Dataset:
-    """The dataset, created on first push; two concurrent first pushes both find one row."""
-    stmt = select(Dataset).where(
-        Dataset.workspace_id == principal.workspace_id, Dataset.name == name
-    )
-    ds = s.scalar(stmt)
-    if ds is not None:
-        return ds
-    try:
-        with s.begin_nested():
-            ds = Dataset(
-                workspace_id=principal.workspace_id, name=name, created_by=principal.user_id
-            )
-            s.add(ds)
-    except IntegrityError:
-        ds = s.scalar(stmt)
-        if ds is None:  # pragma: no cover - the conflicting row committed before we read
-            raise
-    return ds
-
-
 def _next_number(s: Session, dataset_id: int) -> int:
-    stmt = (
-        update(Dataset)
-        .where(Dataset.id == dataset_id)
-        .values(version_counter=Dataset.version_counter + 1)
-        .returning(Dataset.version_counter)
-        .execution_options(synchronize_session=False)
-    )
-    number = s.execute(stmt).scalar()
+    number = next_version(s, Dataset, dataset_id)
     if number is None:
         raise Conflict("the dataset was deleted while this push ran; push again")
     return int(number)
@@ -142,7 +114,7 @@ def _commit(
                 f"{len(gone)} blob(s) were removed meanwhile; upload them and push again",
                 details={"missing": gone},
             )
-        ds = _dataset_for_push(s, principal, name)
+        ds = get_or_create(s, Dataset, principal, name)
         if opts.description is not None:
             ds.description = opts.description
         v = DatasetVersion(

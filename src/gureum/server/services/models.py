@@ -12,8 +12,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from gureum.schemas.common import Page
@@ -33,6 +32,7 @@ from gureum.server.pagination import AnySelect, PageParams, paginate, paginate_r
 from gureum.server.services import audit
 from gureum.server.services.blobs import MissingBlobs, lock_workspace
 from gureum.server.services.datasets import add_reference, resolve_version
+from gureum.server.services.versioned import get_or_create, next_version
 from gureum.storage.store import ArtifactStore
 
 LATEST = "latest"
@@ -255,34 +255,8 @@ def check_format(store: ArtifactStore, workspace_id: int, body: VersionCreate) -
             )
 
 
-def _model_for_register(s: Session, principal: Principal, name: str) -> Model:
-    """The model, created on its first version; concurrent first versions find one row."""
-    stmt = select(Model).where(Model.workspace_id == principal.workspace_id, Model.name == name)
-    model = s.scalar(stmt)
-    if model is not None:
-        return model
-    try:
-        with s.begin_nested():
-            model = Model(
-                workspace_id=principal.workspace_id, name=name, created_by=principal.user_id
-            )
-            s.add(model)
-    except IntegrityError:
-        model = s.scalar(stmt)
-        if model is None:  # pragma: no cover - the conflicting row committed before we read
-            raise
-    return model
-
-
 def _next_number(s: Session, model_id: int) -> int:
-    stmt = (
-        update(Model)
-        .where(Model.id == model_id)
-        .values(version_counter=Model.version_counter + 1)
-        .returning(Model.version_counter)
-        .execution_options(synchronize_session=False)
-    )
-    number = s.execute(stmt).scalar()
+    number = next_version(s, Model, model_id)
     if number is None:  # pragma: no cover - models are not deleted yet
         raise Conflict("the model was deleted while this version was registered")
     return int(number)
@@ -313,7 +287,7 @@ def register_version(
                 details={"missing": gone},
             )
         dataset = _dataset_lineage(s, workspace_id, body.dataset) if body.dataset else None
-        model = _model_for_register(s, principal, name)
+        model = get_or_create(s, Model, principal, name)
         if body.description is not None:
             model.description = body.description
         v = ModelVersion(
