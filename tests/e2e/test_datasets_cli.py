@@ -18,8 +18,9 @@ from rich.style import Style
 from typer.testing import CliRunner
 
 from gureum.cli import datasets as datasets_cli
-from gureum.cli.datasets import HALF_BLOCK, parse_ref, thumbnail_text
+from gureum.cli.datasets import HALF_BLOCK, thumbnail_text
 from gureum.cli.main import app
+from gureum.cli.refs import parse_ref
 from tests.conftest import LiveServer
 
 runner = CliRunner()

@@ -41,8 +41,8 @@ from gureum.cli.output import (
     kv_table,
     table,
 )
+from gureum.cli.refs import parse_ref
 from gureum.client import Client
-from gureum.client.datasets import VersionRef
 from gureum.schemas.datasets import DatasetOut, FileOut, VersionOut
 
 app = typer.Typer(help="Versioned datasets.", no_args_is_help=True)
@@ -52,20 +52,6 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confir
 HALF_BLOCK = "▀"
 # Thumbnails are drawn at most this many characters wide (and half as many lines high).
 THUMB_CELLS = 16
-
-
-def parse_ref(ref: str, output: Format = Format.table) -> tuple[str, VersionRef | None]:
-    """Split ``NAME[:V]``; V is a positive number or ``latest``, None when absent."""
-    name, sep, version = ref.partition(":")
-    if not name or (sep and not version):
-        fail(f"{ref!r} is not NAME or NAME:VERSION", output, "bad_request")
-    if not sep:
-        return name, None
-    if version == "latest":
-        return name, version
-    if not version.isdigit() or int(version) < 1:
-        fail(f"version {version!r} must be a positive number or 'latest'", output, "bad_request")
-    return name, int(version)
 
 
 @contextmanager

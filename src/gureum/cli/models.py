@@ -12,8 +12,9 @@ import typer
 
 from gureum.cli.datasets import progress_bar
 from gureum.cli.output import Format, OutputOpt, api_errors, console, emit, fail, kv_table, table
+from gureum.cli.refs import parse_ref
 from gureum.client import Client
-from gureum.client.models import UNSET, Unset, VersionRef
+from gureum.client.models import UNSET, Unset
 from gureum.schemas.models import MetricGate, ModelOut, ModelVersionOut, MustBeat, PromoteOut, Stage
 
 app = typer.Typer(help="Model registry: versions, lineage, gates and stages.", no_args_is_help=True)
@@ -23,24 +24,6 @@ RefArg = Annotated[
 ]
 _GATE = re.compile(r"^\s*([^<>=\s]+)\s*(>=|<=|>|<)\s*(\S+)\s*$")
 _NAMED_REFS = ("latest", "production")
-
-
-def parse_ref(ref: str, output: Format = Format.table) -> tuple[str, VersionRef | None]:
-    """Split ``NAME[:V]``; V is a positive number, 'latest' or 'production'; None when absent."""
-    name, sep, version = ref.partition(":")
-    if not name or (sep and not version):
-        fail(f"{ref!r} is not NAME or NAME:VERSION", output, "bad_request")
-    if not sep:
-        return name, None
-    if version in _NAMED_REFS:
-        return name, version
-    if not version.isdigit() or int(version) < 1:
-        fail(
-            f"version {version!r} must be a positive number, 'latest' or 'production'",
-            output,
-            "bad_request",
-        )
-    return name, int(version)
 
 
 def parse_gate(text: str, output: Format = Format.table) -> MetricGate:
@@ -134,7 +117,7 @@ def _render_version(v: ModelVersionOut, files: list[dict[str, Any]]) -> None:
 @app.command("show")
 def show_cmd(ref: RefArg, output: OutputOpt = Format.table) -> None:
     """A model with its versions (NAME), or one version with lineage and files (NAME:V)."""
-    name, version = parse_ref(ref, output)
+    name, version = parse_ref(ref, output, _NAMED_REFS)
     with _errors(output), Client() as client:
         if version is None:
             model = client.models.get(name)
@@ -232,7 +215,7 @@ def promote_cmd(
     output: OutputOpt = Format.table,
 ) -> None:
     """Move NAME:V to a stage; production only if it passes the model's gates."""
-    name, version = parse_ref(ref, output)
+    name, version = parse_ref(ref, output, _NAMED_REFS)
     if version is None:
         fail(f"{ref!r} names no version: use NAME:VERSION", output, "bad_request")
     with _errors(output), Client() as client:

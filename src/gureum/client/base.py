@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -13,6 +14,14 @@ from gureum.client.errors import ConnectionFailed, GureumError, error_for
 from gureum.config import default_home
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+
+# A version by number, or by name ("latest"; for models also "production").
+VersionRef = int | str
+
+
+def segment(value: str | int) -> str:
+    """One URL path segment: names and refs are quoted so nothing can change the route."""
+    return quote(str(value), safe="")
 
 
 def load_credentials(home: Path | None = None) -> dict[str, str]:
@@ -113,4 +122,12 @@ def pages(transport: Transport, path: str, params: dict[str, Any] | None = None)
         params["cursor"] = page["next_cursor"]
 
 
-__all__ = ["GureumError", "Transport", "load_credentials", "pages", "resolve"]
+__all__ = [
+    "GureumError",
+    "Transport",
+    "VersionRef",
+    "load_credentials",
+    "pages",
+    "resolve",
+    "segment",
+]

@@ -10,12 +10,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 from pydantic import ValidationError
 
-from gureum.client.base import Transport, pages
+from gureum.client.base import Transport, VersionRef, pages, segment
 from gureum.client.errors import BadRequestError, GureumError
 from gureum.client.upload import (
     CHUNK,
@@ -39,7 +38,6 @@ from gureum.schemas.datasets import (
     check_relative_path,
 )
 
-VersionRef = int | str
 # Creating a version can take the server a while (schema, split, preview of many files), so
 # those requests wait longer for the answer. Given as a request extension, which is what
 # httpx's own ``timeout=`` argument becomes.
@@ -54,14 +52,6 @@ class IntegrityError(GureumError):
     """A downloaded blob does not hash to what the server said it would."""
 
 
-def _name(name: str) -> str:
-    return quote(name, safe="")
-
-
-def _ref(version: VersionRef) -> str:
-    return quote(str(version), safe="")
-
-
 class DatasetsAPI:
     def __init__(self, t: Transport) -> None:
         self._t = t
@@ -72,18 +62,18 @@ class DatasetsAPI:
         return [DatasetOut.model_validate(d) for d in pages(self._t, "/v1/datasets")]
 
     def get(self, name: str) -> DatasetOut:
-        return DatasetOut.model_validate(self._t.json("GET", f"/v1/datasets/{_name(name)}"))
+        return DatasetOut.model_validate(self._t.json("GET", f"/v1/datasets/{segment(name)}"))
 
     def versions(self, name: str) -> builtins.list[VersionOut]:
-        items = pages(self._t, f"/v1/datasets/{_name(name)}/versions")
+        items = pages(self._t, f"/v1/datasets/{segment(name)}/versions")
         return [VersionOut.model_validate(v) for v in items]
 
     def version(self, name: str, version: VersionRef = "latest") -> VersionOut:
-        path = f"/v1/datasets/{_name(name)}/versions/{_ref(version)}"
+        path = f"/v1/datasets/{segment(name)}/versions/{segment(version)}"
         return VersionOut.model_validate(self._t.json("GET", path))
 
     def files(self, name: str, version: VersionRef = "latest") -> builtins.list[FileOut]:
-        items = pages(self._t, f"/v1/datasets/{_name(name)}/versions/{_ref(version)}/files")
+        items = pages(self._t, f"/v1/datasets/{segment(name)}/versions/{segment(version)}/files")
         return [FileOut.model_validate(f) for f in items]
 
     # -- pushing -----------------------------------------------------------------------------
@@ -143,7 +133,7 @@ class DatasetsAPI:
             ) from exc
         body = request.model_dump(mode="json", exclude_none=True)
         data = self._t.json(
-            "POST", f"/v1/datasets/{_name(name)}/versions", json=body, extensions=PUSH_TIMEOUT
+            "POST", f"/v1/datasets/{segment(name)}/versions", json=body, extensions=PUSH_TIMEOUT
         )
         return VersionOut.model_validate(data)
 
@@ -168,7 +158,7 @@ class DatasetsAPI:
         with open(source, "rb", buffering=0) as fh:
             data = self._t.json(
                 "POST",
-                f"/v1/datasets/{_name(name)}/versions/archive",
+                f"/v1/datasets/{segment(name)}/versions/archive",
                 params=params,
                 content=file_chunks(fh, counter.add),
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
@@ -248,9 +238,9 @@ class DatasetsAPI:
 
         The server refuses (409) while a job or model references the version.
         """
-        path = f"/v1/datasets/{_name(name)}"
+        path = f"/v1/datasets/{segment(name)}"
         if version is not None:
-            path += f"/versions/{_ref(version)}"
+            path += f"/versions/{segment(version)}"
         self._t.request("DELETE", path)
 
 

@@ -7,9 +7,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from gureum.client.base import Transport, pages
+from gureum.client.base import Transport, VersionRef, pages, segment
 from gureum.client.datasets import PUSH_TIMEOUT
 from gureum.client.errors import BadRequestError
 from gureum.client.upload import BlobUploader, LocalPathError, Progress, scan
@@ -25,7 +24,6 @@ from gureum.schemas.models import (
     Stage,
 )
 
-VersionRef = int | str
 PYTORCH_SUFFIXES = (".pt", ".pth", ".bin")
 HF_CONFIG = "config.json"
 
@@ -39,14 +37,6 @@ class Unset:
 
 
 UNSET = Unset()
-
-
-def _name(name: str) -> str:
-    return quote(name, safe="")
-
-
-def _ref(version: VersionRef) -> str:
-    return quote(str(version), safe="")
 
 
 def detect_format(path: str | os.PathLike[str]) -> ModelFormat:
@@ -88,18 +78,18 @@ class ModelsAPI:
         return [ModelOut.model_validate(m) for m in pages(self._t, "/v1/models")]
 
     def get(self, name: str) -> ModelOut:
-        return ModelOut.model_validate(self._t.json("GET", f"/v1/models/{_name(name)}"))
+        return ModelOut.model_validate(self._t.json("GET", f"/v1/models/{segment(name)}"))
 
     def versions(self, name: str) -> builtins.list[ModelVersionOut]:
-        items = pages(self._t, f"/v1/models/{_name(name)}/versions")
+        items = pages(self._t, f"/v1/models/{segment(name)}/versions")
         return [ModelVersionOut.model_validate(v) for v in items]
 
     def version(self, name: str, version: VersionRef = "latest") -> ModelVersionOut:
-        path = f"/v1/models/{_name(name)}/versions/{_ref(version)}"
+        path = f"/v1/models/{segment(name)}/versions/{segment(version)}"
         return ModelVersionOut.model_validate(self._t.json("GET", path))
 
     def files(self, name: str, version: VersionRef = "latest") -> builtins.list[ModelFileOut]:
-        items = pages(self._t, f"/v1/models/{_name(name)}/versions/{_ref(version)}/files")
+        items = pages(self._t, f"/v1/models/{segment(name)}/versions/{segment(version)}/files")
         return [ModelFileOut.model_validate(f) for f in items]
 
     # -- changing ----------------------------------------------------------------------------
@@ -124,7 +114,7 @@ class ModelsAPI:
                 if must_beat_production is None
                 else MustBeat.model_validate(must_beat_production).model_dump()
             )
-        data = self._t.json("PATCH", f"/v1/models/{_name(name)}", json=body)
+        data = self._t.json("PATCH", f"/v1/models/{segment(name)}", json=body)
         return ModelOut.model_validate(data)
 
     def register(
@@ -172,7 +162,7 @@ class ModelsAPI:
         }
         body = {k: v for k, v in body.items() if v is not None}
         data = self._t.json(
-            "POST", f"/v1/models/{_name(name)}/versions", json=body, extensions=PUSH_TIMEOUT
+            "POST", f"/v1/models/{segment(name)}/versions", json=body, extensions=PUSH_TIMEOUT
         )
         return ModelVersionOut.model_validate(data)
 
@@ -195,6 +185,6 @@ class ModelsAPI:
         self, name: str, version: VersionRef, stage: Stage, *, force: bool = False
     ) -> PromoteOut:
         """Move a version to a stage; to production only through the model's gates."""
-        path = f"/v1/models/{_name(name)}/versions/{_ref(version)}/promote"
+        path = f"/v1/models/{segment(name)}/versions/{segment(version)}/promote"
         data = self._t.json("POST", path, json={"stage": stage, "force": force})
         return PromoteOut.model_validate(data)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import builtins
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
-from gureum.client.base import Transport, pages
+from gureum.client.base import Transport, pages, segment
 from gureum.schemas.tenancy import (
     AuditEventOut,
     KeyCreated,
@@ -16,10 +15,6 @@ from gureum.schemas.tenancy import (
     Role,
     WorkspaceOut,
 )
-
-
-def _seg(value: str) -> str:
-    return quote(value, safe="")
 
 
 class _API:
@@ -38,10 +33,10 @@ class WorkspacesAPI(_API):
         return [WorkspaceOut.model_validate(w) for w in pages(self._t, "/v1/workspaces")]
 
     def get(self, name: str) -> WorkspaceOut:
-        return WorkspaceOut.model_validate(self._t.json("GET", f"/v1/workspaces/{_seg(name)}"))
+        return WorkspaceOut.model_validate(self._t.json("GET", f"/v1/workspaces/{segment(name)}"))
 
     def delete(self, name: str) -> None:
-        self._t.json("DELETE", f"/v1/workspaces/{_seg(name)}")
+        self._t.json("DELETE", f"/v1/workspaces/{segment(name)}")
 
 
 class UsersAPI(_API):
@@ -55,11 +50,11 @@ class UsersAPI(_API):
         return [MemberOut.model_validate(u) for u in pages(self._t, "/v1/users")]
 
     def set_role(self, name: str, role: Role) -> MemberOut:
-        data = self._t.json("PATCH", f"/v1/users/{_seg(name)}", json={"role": role})
+        data = self._t.json("PATCH", f"/v1/users/{segment(name)}", json={"role": role})
         return MemberOut.model_validate(data)
 
     def remove(self, name: str) -> None:
-        self._t.json("DELETE", f"/v1/users/{_seg(name)}")
+        self._t.json("DELETE", f"/v1/users/{segment(name)}")
 
 
 class KeysAPI(_API):
@@ -90,7 +85,7 @@ class KeysAPI(_API):
         return [KeyOut.model_validate(k) for k in pages(self._t, "/v1/keys")]
 
     def revoke(self, key_id: str) -> KeyOut:
-        return KeyOut.model_validate(self._t.json("DELETE", f"/v1/keys/{_seg(key_id)}"))
+        return KeyOut.model_validate(self._t.json("DELETE", f"/v1/keys/{segment(key_id)}"))
 
 
 class AuditAPI(_API):
