@@ -55,17 +55,6 @@ THUMB_CELLS = 16
 
 
 @contextmanager
-def _errors(output: Format) -> Iterator[None]:
-    """API errors and local file errors both end as one line and exit 1."""
-    with api_errors(output):
-        try:
-            yield
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            fail(f"{where}{exc.strerror or exc}", output, "os_error")
-
-
-@contextmanager
 def progress_bar(output: Format, label: str) -> Iterator[Callable[[int, int], None] | None]:
     """A byte progress bar on stderr for people at a terminal; nothing for programs."""
     if output is Format.json or not err_console.is_terminal:
@@ -106,7 +95,7 @@ def push_cmd(
     output: OutputOpt = Format.table,
 ) -> None:
     """Push PATH as a new immutable version of dataset NAME."""
-    with _errors(output), Client() as client, progress_bar(output, f"push {name}") as progress:
+    with api_errors(output), Client() as client, progress_bar(output, f"push {name}") as progress:
         ver = client.datasets.push(
             name,
             path,
@@ -121,7 +110,7 @@ def push_cmd(
 @app.command("list")
 def list_cmd(output: OutputOpt = Format.table) -> None:
     """List the workspace's datasets."""
-    with _errors(output), Client() as client:
+    with api_errors(output), Client() as client:
         items = client.datasets.list()
     emit([d.model_dump(mode="json") for d in items], output, lambda _: _render_list(items))
 
@@ -129,7 +118,7 @@ def list_cmd(output: OutputOpt = Format.table) -> None:
 @app.command("versions")
 def versions_cmd(name: str, output: OutputOpt = Format.table) -> None:
     """List the versions of dataset NAME, newest first."""
-    with _errors(output), Client() as client:
+    with api_errors(output), Client() as client:
         items = client.datasets.versions(name)
     emit([v.model_dump(mode="json") for v in items], output, lambda _: _render_versions(items))
 
@@ -138,7 +127,7 @@ def versions_cmd(name: str, output: OutputOpt = Format.table) -> None:
 def show_cmd(ref: RefArg, output: OutputOpt = Format.table) -> None:
     """Stats, schema, split and a preview of NAME[:V] (latest by default)."""
     name, version = parse_ref(ref, output)
-    with _errors(output), Client() as client:
+    with api_errors(output), Client() as client:
         ver = client.datasets.version(name, version or "latest")
     emit(ver.model_dump(mode="json"), output, lambda _: render_version(ver))
 
@@ -147,7 +136,7 @@ def show_cmd(ref: RefArg, output: OutputOpt = Format.table) -> None:
 def files_cmd(ref: RefArg, output: OutputOpt = Format.table) -> None:
     """The files of NAME[:V] with their kind, label and split."""
     name, version = parse_ref(ref, output)
-    with _errors(output), Client() as client:
+    with api_errors(output), Client() as client:
         items = client.datasets.files(name, version or "latest")
     emit([f.model_dump(mode="json") for f in items], output, lambda _: _render_files(items))
 
@@ -163,7 +152,7 @@ def pull_cmd(
 ) -> None:
     """Write the files of NAME[:V] into DEST, byte for byte."""
     name, version = parse_ref(ref, output)
-    with _errors(output), Client() as client, progress_bar(output, f"pull {name}") as progress:
+    with api_errors(output), Client() as client, progress_bar(output, f"pull {name}") as progress:
         ver = client.datasets.pull(
             name, version or "latest", dest, overwrite=overwrite, progress=progress
         )
@@ -187,7 +176,7 @@ def delete_cmd(ref: RefArg, yes: YesOpt = False, output: OutputOpt = Format.tabl
             fail(f"refusing to delete {what} without --yes", output, "confirmation_required")
         if not typer.confirm(f"Delete {what}?"):
             fail("not deleted", output, "cancelled")
-    with _errors(output), Client() as client:
+    with api_errors(output), Client() as client:
         client.datasets.delete(name, version)
     data = {"deleted": True, "dataset": name, "version": version}
     emit(data, output, lambda _: console.print(f"deleted {what}", highlight=False))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,16 +35,6 @@ def parse_gate(text: str, output: Format = Format.table) -> MetricGate:
     except ValueError:
         fail(f"gate {text!r}: {number!r} is not a number", output, "bad_request")
     return MetricGate.model_validate({"metric": metric, "op": op, "threshold": threshold})
-
-
-@contextmanager
-def _errors(output: Format) -> Iterator[None]:
-    with api_errors(output):
-        try:
-            yield
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            fail(f"{where}{exc.strerror or exc}", output, "os_error")
 
 
 def _gates_text(m: ModelOut) -> str:
@@ -90,7 +78,7 @@ def _render_list(items: list[ModelOut]) -> None:
 @app.command("list")
 def list_cmd(output: OutputOpt = Format.table) -> None:
     """List the workspace's models."""
-    with _errors(output), Client() as client:
+    with api_errors(output), Client() as client:
         items = client.models.list()
     emit([m.model_dump(mode="json") for m in items], output, lambda _: _render_list(items))
 
@@ -118,7 +106,7 @@ def _render_version(v: ModelVersionOut, files: list[dict[str, Any]]) -> None:
 def show_cmd(ref: RefArg, output: OutputOpt = Format.table) -> None:
     """A model with its versions (NAME), or one version with lineage and files (NAME:V)."""
     name, version = parse_ref(ref, output, _NAMED_REFS)
-    with _errors(output), Client() as client:
+    with api_errors(output), Client() as client:
         if version is None:
             model = client.models.get(name)
             versions = client.models.versions(name)
@@ -148,7 +136,7 @@ def import_cmd(
     output: OutputOpt = Format.table,
 ) -> None:
     """Register external weights as a new version of model NAME (format told from PATH)."""
-    with _errors(output), Client() as client, progress_bar(output, f"import {name}") as progress:
+    with api_errors(output), Client() as client, progress_bar(output, f"import {name}") as progress:
         ver = client.models.import_weights(name, path, message=message, progress=progress)
     emit(
         ver.model_dump(mode="json"),
@@ -187,7 +175,7 @@ def gate_cmd(
     elif no_must_beat:
         must = None
     new_gates = gates if gates or clear_gates else None
-    with _errors(output), Client() as client:
+    with api_errors(output), Client() as client:
         model = client.models.update(name, gates=new_gates, must_beat_production=must)
     emit(model.model_dump(mode="json"), output, lambda _: _render_model(model, []))
 
@@ -218,6 +206,6 @@ def promote_cmd(
     name, version = parse_ref(ref, output, _NAMED_REFS)
     if version is None:
         fail(f"{ref!r} names no version: use NAME:VERSION", output, "bad_request")
-    with _errors(output), Client() as client:
+    with api_errors(output), Client() as client:
         result = client.models.promote(name, version, stage, force=force)
     emit(result.model_dump(mode="json"), output, lambda _: _render_promoted(result))

@@ -84,8 +84,12 @@ def fail(
 
 @contextmanager
 def api_errors(output: Format) -> Iterator[None]:
-    """Turn SDK errors into a one-line message and a non-zero exit, never a traceback."""
+    """Turn SDK errors and local file errors into a one-line message and exit 1, never a
+    traceback."""
     try:
         yield
     except GureumError as exc:
         fail(exc.message, output, exc.code)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"{where}{exc.strerror or exc}", output, "os_error")
