@@ -145,6 +145,11 @@ class LocalDataset:
         return cls(root, files, kind, result.schema, name, SplitRule.from_record(result.split))
 
     @classmethod
+    def empty(cls, root: Path | str) -> LocalDataset:
+        """No data at all: what a script job that reads none of the platform's data gets."""
+        return cls(Path(root), (), "files")
+
+    @classmethod
     def from_manifest(cls, root: Path | str, manifest: Mapping[str, Any]) -> LocalDataset:
         """The platform's form: a version (``kind``, ``schema``, ``split`` record) with its
         ``files`` [{path, kind, label, split}]."""

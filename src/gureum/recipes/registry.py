@@ -85,11 +85,20 @@ class JobResult:
 
 
 def train_and_evaluate(
-    ctx: RunContext, name: str, raw_params: Mapping[str, Any], ds: LocalDataset
+    ctx: RunContext,
+    recipe: str | Recipe[Any],
+    raw_params: Mapping[str, Any],
+    ds: LocalDataset,
 ) -> JobResult:
     """A train job: train (resuming from the context's checkpoint), then evaluate the model on
-    the held-out split. ``result.json`` in the artifacts sums it up for the registry."""
-    recipe, params = prepare(name, raw_params, ds)
+    the held-out split. ``result.json`` in the artifacts sums it up for the registry.
+
+    ``recipe`` is a name, or a recipe object configured for this run (a script with its code).
+    """
+    if isinstance(recipe, str):
+        recipe = get_recipe(recipe)
+    params = parse_params(recipe.name, recipe.Params, dict(raw_params))
+    recipe.check_dataset(ds, params)
     ctx.log(f"training {recipe.name} on {ds.describe()} with {params.model_dump()}")
     out = recipe.train(ctx, ds, params)
     evaluation = recipe.evaluate(ctx, out.model_dir, ds) if is_main() else None

@@ -6,28 +6,47 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gureum import __version__
+from gureum.compute.backend import ComputeBackend
+from gureum.compute.ray_backend import RayBackend
 from gureum.config import Settings
 from gureum.server.api import ROUTERS
 from gureum.server.auth import Authenticator
 from gureum.server.db.migrate import upgrade
 from gureum.server.db.session import Database
 from gureum.server.errors import install_error_handlers
+from gureum.server.services.job_controller import JobController
 from gureum.storage.store import ArtifactStore
 
 
-def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    migrate: bool = True,
+    compute: ComputeBackend | None = None,
+) -> FastAPI:
+    """``compute`` runs the jobs (tests pass a fake); by default the Ray cluster at
+    ``settings.ray_address`` does, and without one jobs are accepted and wait in the queue."""
     settings = settings or Settings()
     db = Database(settings.resolved_database_url)
     if migrate:
         upgrade(db.engine)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.jobs is None and settings.ray_address:
+            backend = await to_thread.run_sync(RayBackend, settings.ray_address)
+            app.state.jobs = JobController(db, backend, app.state.store)
+        controller: JobController | None = app.state.jobs
+        if controller is not None:
+            await to_thread.run_sync(controller.start)
         yield
+        if controller is not None:
+            await to_thread.run_sync(controller.stop)
         db.dispose()
 
     app = FastAPI(
@@ -44,6 +63,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.store = store = ArtifactStore(settings.resolved_artifacts)
     store.sweep_tmp()  # uploads cut off by a crash of an earlier server
     app.state.auth = Authenticator(db)
+    app.state.jobs = JobController(db, compute, store) if compute is not None else None
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router, prefix="/v1")

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from gureum.config import Settings
 from gureum.server.auth import Authenticator, Principal
 from gureum.server.db.session import Database
+from gureum.server.services.job_controller import JobController
 from gureum.storage.store import ArtifactStore
 
 
@@ -70,3 +71,11 @@ Viewer = Annotated[Principal, Depends(_role("viewer"))]
 Developer = Annotated[Principal, Depends(_role("developer"))]
 Admin = Annotated[Principal, Depends(_role("admin"))]
 Owner = Annotated[Principal, Depends(_role("owner"))]
+
+
+async def get_jobs(request: Request) -> JobController | None:
+    controller: JobController | None = request.app.state.jobs
+    return controller
+
+
+JobsDep = Annotated[JobController | None, Depends(get_jobs)]

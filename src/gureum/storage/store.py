@@ -141,6 +141,17 @@ class ArtifactStore:
         elif self.fs.exists(key):
             self.fs.rm(key)
 
+    def write_atomic(self, key: str, data: bytes) -> None:
+        """Readers see all of ``data`` under ``key`` or nothing (object stores put atomically)."""
+        if not self.is_local:
+            self.fs.pipe_file(key, data)
+            return
+        os.makedirs(os.path.dirname(key), exist_ok=True)
+        tmp = f"{key}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, key)
+
     def blob_size(self, workspace_id: int, sha256: str) -> int | None:
         """The stored size of a blob, or None when the workspace does not have it."""
         key = self.blob_key(workspace_id, sha256)

@@ -2,7 +2,17 @@
 
 from fastapi import APIRouter
 
-from gureum.server.api import audit, blobs, datasets, health, keys, models, users, workspaces
+from gureum.server.api import (
+    audit,
+    blobs,
+    datasets,
+    health,
+    jobs,
+    keys,
+    models,
+    users,
+    workspaces,
+)
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -13,4 +23,5 @@ ROUTERS: list[APIRouter] = [
     datasets.router,
     blobs.router,
     models.router,
+    jobs.router,
 ]

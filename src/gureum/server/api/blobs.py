@@ -13,6 +13,7 @@ from gureum.schemas.common import ErrorBody
 from gureum.schemas.datasets import SHA256_PATTERN, BatchOut, BlobOut, MissingOut, MissingRequest
 from gureum.server.deps import Developer, SettingsDep, StoreDep, Viewer
 from gureum.server.services import blobs as svc
+from gureum.storage.store import ArtifactStore
 
 router = APIRouter(
     prefix="/blobs",
@@ -80,11 +81,19 @@ async def put_batch(
 )
 def get_blob(sha256: str, store: StoreDep, principal: Viewer) -> Response:
     size = svc.blob_size_or_404(store, principal, sha256)
-    path = store.local_path(principal.workspace_id, sha256)
+    return blob_response(store, principal.workspace_id, sha256, size)
+
+
+def blob_response(
+    store: ArtifactStore, workspace_id: int, sha256: str, size: int, media_type: str | None = None
+) -> Response:
+    """A blob's bytes: the file itself from a local store, else streamed from the object store."""
+    media_type = media_type or "application/octet-stream"
+    path = store.local_path(workspace_id, sha256)
     if path is not None:
-        return FileResponse(path, media_type="application/octet-stream")
+        return FileResponse(path, media_type=media_type)
     return StreamingResponse(
-        store.iter_blob(principal.workspace_id, sha256),
-        media_type="application/octet-stream",
+        store.iter_blob(workspace_id, sha256),
+        media_type=media_type,
         headers={"Content-Length": str(size)},
     )

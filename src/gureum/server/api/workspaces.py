@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 
 from gureum.schemas.common import ErrorBody, Page
+from gureum.schemas.jobs import WorkspaceQuotas
 from gureum.schemas.tenancy import WorkspaceCreate, WorkspaceOut
-from gureum.server.deps import AuthDep, DbDep, Viewer
+from gureum.server.deps import AuthDep, DbDep, JobsDep, Viewer
 from gureum.server.pagination import PageParams, page_params
 from gureum.server.services import workspaces as svc
 
@@ -37,3 +38,18 @@ def delete_workspace(name: str, db: DbDep, auth: AuthDep, principal: Viewer) -> 
     svc.delete(db, principal, name)
     auth.invalidate()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{name}/quotas")
+def get_quotas(name: str, db: DbDep, principal: Viewer) -> WorkspaceQuotas:
+    return svc.get_quotas(db, principal, name)
+
+
+@router.put("/{name}/quotas")
+def set_quotas(
+    name: str, body: WorkspaceQuotas, db: DbDep, jobs: JobsDep, principal: Viewer
+) -> WorkspaceQuotas:
+    out = svc.set_quotas(db, principal, name, body)
+    if jobs is not None:
+        jobs.wake()  # a raised ceiling may let queued jobs start
+    return out

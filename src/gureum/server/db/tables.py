@@ -9,7 +9,9 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -25,6 +27,10 @@ class Workspace(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    # Ceilings the job queue holds this workspace's jobs against; None is no limit.
+    max_cpus: Mapped[float | None] = mapped_column(Float, default=None)
+    max_gpus: Mapped[float | None] = mapped_column(Float, default=None)
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -220,6 +226,111 @@ class ModelFile(Base):
     version_id: Mapped[int] = mapped_column(
         ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
     )
+    path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class Job(Base):
+    """A train, evaluate or batch-predict run; its Ray work is found again by ``id``/``attempt``."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_queue", "state", "priority", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    recipe: Mapped[str] = mapped_column(String(64))
+    dataset_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("dataset_versions.id", ondelete="SET NULL"), default=None
+    )
+    dataset_label: Mapped[str | None] = mapped_column(String(200), default=None)
+    # train: the model name to register under; evaluate/predict: the "NAME:V" used.
+    model_label: Mapped[str | None] = mapped_column(String(200), default=None)
+    model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), default=None
+    )
+    # train: the "NAME:V" registered from this job.
+    output_version: Mapped[str | None] = mapped_column(String(200), default=None)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    code: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    code_hash: Mapped[str | None] = mapped_column(String(128), default=None)
+    resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    workers: Mapped[int] = mapped_column(Integer, default=1)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    max_retries: Mapped[int] = mapped_column(Integer, default=0)
+    timeout_s: Mapped[float | None] = mapped_column(Float, default=None)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    wait_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    # Set by a cancel or a timeout; the controller stops the Ray work and settles the state.
+    stop_state: Mapped[str | None] = mapped_column(String(16), default=None)
+    stop_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # Last report of the running attempt already stored (reports are delivered at least once).
+    report_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    event_seq: Mapped[int] = mapped_column(Integer, default=0)
+    metric_seq: Mapped[int] = mapped_column(Integer, default=0)
+    log_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class JobMetric(Base):
+    __tablename__ = "job_metrics"
+    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int | None] = mapped_column(Integer, default=None)
+    time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    values: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+
+
+class JobLog(Base):
+    """A chunk of a job's log; ``offset`` is its first byte in the whole log (UTF-8)."""
+
+    __tablename__ = "job_logs"
+    __table_args__ = (UniqueConstraint("job_id", "offset"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    offset: Mapped[int] = mapped_column(BigInteger)
+    text: Mapped[str] = mapped_column(Text)
+
+
+class JobOutput(Base):
+    """A file a job produced, stored as a blob of the workspace (kept from garbage collection)."""
+
+    __tablename__ = "job_outputs"
+    __table_args__ = (UniqueConstraint("job_id", "path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     path: Mapped[str] = mapped_column(String(1024))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int] = mapped_column(BigInteger)

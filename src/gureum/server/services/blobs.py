@@ -30,6 +30,8 @@ from gureum.server.db.tables import (
     Dataset,
     DatasetFile,
     DatasetVersion,
+    Job,
+    JobOutput,
     Model,
     ModelFile,
     ModelVersion,
@@ -153,7 +155,7 @@ def blob_size_or_404(store: ArtifactStore, principal: Principal, sha256: str) ->
 
 
 def referenced(session: Session, workspace_id: int, digests: Iterable[str]) -> set[str]:
-    """Which of ``digests`` some dataset or model file row of the workspace still uses."""
+    """Which of ``digests`` a dataset file, model file or job output of the workspace uses."""
     todo = list(digests)
     used: set[str] = set()
     for i in range(0, len(todo), _IN_CHUNK):
@@ -170,7 +172,12 @@ def referenced(session: Session, workspace_id: int, digests: Iterable[str]) -> s
             .join(Model, Model.id == ModelVersion.model_id)
             .where(Model.workspace_id == workspace_id, ModelFile.sha256.in_(chunk))
         )
-        used.update(session.scalars(union(datasets, models)))
+        outputs = (
+            select(JobOutput.sha256)
+            .join(Job, Job.id == JobOutput.job_id)
+            .where(Job.workspace_id == workspace_id, JobOutput.sha256.in_(chunk))
+        )
+        used.update(session.scalars(union(datasets, models, outputs)))
     return used
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gureum.schemas.common import Page
+from gureum.schemas.jobs import WorkspaceQuotas
 from gureum.schemas.tenancy import WorkspaceCreate, WorkspaceOut
 from gureum.server.auth import Principal
 from gureum.server.db.base import Base
@@ -154,3 +155,30 @@ def delete(db: Database, principal: Principal, name: str) -> None:
             )
         s.delete(ws)
         record(s, principal, "workspace.delete", "workspace", name)
+
+
+def _quotas(ws: Workspace) -> WorkspaceQuotas:
+    return WorkspaceQuotas(
+        max_cpus=ws.max_cpus, max_gpus=ws.max_gpus, max_concurrent_jobs=ws.max_concurrent_jobs
+    )
+
+
+def get_quotas(db: Database, principal: Principal, name: str) -> WorkspaceQuotas:
+    with db.read() as s:
+        ws, _ = visible(s, principal, name)
+        return _quotas(ws)
+
+
+def set_quotas(
+    db: Database, principal: Principal, name: str, body: WorkspaceQuotas
+) -> WorkspaceQuotas:
+    """Site admins set every workspace's ceilings; an owner may set its own workspace's."""
+    principal.require("admin")
+    with db.write() as s:
+        ws, role = visible(s, principal, name)
+        if role != "owner" and not principal.is_site_admin:
+            raise Forbidden(f"only an owner of workspace '{name}' or a site admin can set quotas")
+        ws.max_cpus, ws.max_gpus = body.max_cpus, body.max_gpus
+        ws.max_concurrent_jobs = body.max_concurrent_jobs
+        record(s, principal, "workspace.quotas", "workspace", name, body.model_dump())
+        return _quotas(ws)

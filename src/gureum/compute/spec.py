@@ -1,0 +1,77 @@
+"""What the control plane hands a job's Ray work, and what comes back.
+
+Everything the work needs travels in the ``JobSpec``: the work never calls the control plane's
+API or database, it reads blobs from the artifact store and reports through its supervisor
+actor. Reports are plain dicts with a ``type`` (see ``Item``), numbered by the supervisor so the
+control plane can store each exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from gureum.schemas.jobs import JobKind, Resources
+
+Outcome = Literal["succeeded", "failed", "cancelled", "lost"]
+# Item types a supervisor reports: started, log, metrics, progress, event, end.
+Item = dict[str, Any]
+
+
+class BlobFile(BaseModel):
+    path: str
+    sha256: str
+    size: int = 0
+
+
+class JobSpec(BaseModel):
+    job_id: str
+    attempt: int = Field(ge=1)
+    workspace_id: int
+    artifacts: str = Field(description="the artifact store URL (fsspec)")
+    kind: JobKind
+    recipe: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    # The dataset version's manifest (kind, schema, split, files) with each file's sha256.
+    dataset: dict[str, Any] | None = None
+    code_files: list[BlobFile] = Field(default_factory=list)
+    entrypoint: str | None = None
+    args: list[str] = Field(default_factory=list)
+    model_files: list[BlobFile] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
+    workers: int = 1
+
+    @property
+    def attempt_name(self) -> str:
+        """The Ray name of this attempt's supervisor actor (found again after a restart)."""
+        return attempt_name(self.job_id, self.attempt)
+
+
+NAMESPACE = "gureum"
+ACTOR_PREFIX = "gureum-job-"
+
+
+def attempt_name(job_id: str, attempt: int) -> str:
+    return f"{ACTOR_PREFIX}{job_id}-{attempt}"
+
+
+def parse_attempt_name(name: str) -> tuple[str, int] | None:
+    if not name.startswith(ACTOR_PREFIX):
+        return None
+    job_id, sep, attempt = name.removeprefix(ACTOR_PREFIX).rpartition("-")
+    return (job_id, int(attempt)) if sep and attempt.isdigit() else None
+
+
+def checkpoint_prefix(workspace_id: int, job_id: str) -> str:
+    """Where a job's checkpoints live in the store: shared by all its attempts."""
+    return f"workspaces/{workspace_id}/jobs/{job_id}/checkpoints"
+
+
+@dataclass
+class Report:
+    """What one poll of an attempt returned: new items, and whether its supervisor lives."""
+
+    items: list[Item]
+    alive: bool

@@ -1,0 +1,340 @@
+"""The job controller: a reconciliation loop that makes the cluster match the jobs table.
+
+Every tick it (1) stores what running attempts reported, (2) stops what was cancelled or ran
+past its timeout, (3) settles attempts that ended: success registers the model, a lost worker
+is retried from the last checkpoint, and (4) starts queued jobs in priority order as quotas and
+free resources allow, recording why the others wait. It keeps no state that matters in memory:
+a controller started after a crash re-attaches to the attempts still on the cluster (their
+supervisors kept every report) and settles the ones that ended meanwhile, so no job is left
+"running" forever. The compute engine is behind ``ComputeBackend``; tests inject a fake.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from gureum.compute.backend import ComputeBackend
+from gureum.compute.resources import NodeInfo, demand, scaled, shortfall
+from gureum.compute.spec import BlobFile, Item, JobSpec
+from gureum.schemas.jobs import ACTIVE_STATES, Resources
+from gureum.server.db.base import utcnow
+from gureum.server.db.session import Database
+from gureum.server.db.tables import Dataset, DatasetVersion, Job, Workspace
+from gureum.server.services import job_results
+from gureum.server.services.jobs import add_event, dataset_manifest, model_files, settle
+from gureum.storage.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+TICK_S = 0.25
+STOP_GRACE_S = 8.0
+CLUSTER_REFRESH_S = 2.0
+
+
+@dataclass
+class _Usage:
+    cpus: float = 0.0
+    gpus: float = 0.0
+    jobs: int = 0
+
+
+@dataclass
+class JobController:
+    db: Database
+    backend: ComputeBackend
+    store: ArtifactStore
+    max_log_bytes: int = 64 << 20
+    tick_s: float = TICK_S
+    _nodes: list[NodeInfo] | None = None
+    _nodes_at: float = 0.0
+    _stopping: dict[tuple[str, int], float] = field(default_factory=dict)
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _halt: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.reconcile()
+        self._thread = threading.Thread(target=self._loop, name="gureum-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def nodes(self) -> list[NodeInfo] | None:
+        """The cluster's nodes as last seen (submission refuses what none could hold)."""
+        if self._nodes is None or time.monotonic() - self._nodes_at > CLUSTER_REFRESH_S:
+            try:
+                self._nodes, self._nodes_at = self.backend.nodes(), time.monotonic()
+            except Exception:
+                log.warning("cannot list the cluster's nodes", exc_info=True)
+        return self._nodes
+
+    def _loop(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("job controller tick failed")
+            self._wake.wait(self.tick_s)
+            self._wake.clear()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """At start: release attempts the cluster holds that no active job owns."""
+        with self.db.read() as s:
+            active = {
+                (j.id, j.attempt)
+                for j in s.scalars(select(Job).where(Job.state.in_(ACTIVE_STATES)))
+            }
+        for key in self.backend.attempts():
+            if key not in active:
+                log.info("releasing leftover attempt %s/%s", *key)
+                self.backend.release(*key)
+
+    def tick(self) -> None:
+        self._poll()
+        self._schedule()
+
+    def _poll(self) -> None:
+        with self.db.read() as s:
+            active = [
+                (j.id, j.attempt, j.report_seq, j.stop_state, j.started_at, j.timeout_s)
+                for j in s.scalars(select(Job).where(Job.state.in_(ACTIVE_STATES)))
+            ]
+        if not active:
+            return
+        reports = self.backend.poll([(jid, att, seq) for jid, att, seq, *_ in active])
+        now = time.monotonic()
+        for jid, att, _, stop_state, started, timeout_s in active:
+            report = reports.get((jid, att))
+            if report is None:
+                continue
+            end = next((i for i in report.items if i["type"] == "end"), None)
+            if report.items:
+                self._store(jid, att, report.items)
+            if end is not None:
+                self._finish(jid, att, end)
+            elif not report.alive:
+                self._finish(jid, att, {"type": "end", "outcome": "lost", "error": None})
+            elif stop_state is None and timeout_s and started is not None:
+                if (utcnow() - started).total_seconds() > timeout_s:
+                    self._request_stop(jid, "failed", f"timed out after {timeout_s:g}s")
+            elif stop_state is not None:
+                sent = self._stopping.get((jid, att))
+                if sent is None:
+                    self.backend.stop(jid, att)
+                    self._stopping[(jid, att)] = now
+                elif now - sent > STOP_GRACE_S:
+                    end_item = {"type": "end", "outcome": "cancelled", "error": None}
+                    self._finish(jid, att, end_item)
+
+    def _request_stop(self, job_id: str, state: str, reason: str) -> None:
+        with self.db.write() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or job.state not in ACTIVE_STATES or job.stop_state is not None:
+                return
+            job.stop_state, job.stop_reason = state, reason
+            add_event(s, job, "info", reason)
+        self.wake()
+
+    # -- storing reports -----------------------------------------------------------------------
+
+    def _store(self, job_id: str, attempt: int, items: list[Item]) -> None:
+        with self.db.write() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or job.attempt != attempt or job.state not in ACTIVE_STATES:
+                return
+            fresh = [i for i in items if i["seq"] > job.report_seq and i["type"] != "end"]
+            if not fresh:
+                return
+            job_results.apply(s, job, fresh, self.max_log_bytes)
+            job.report_seq = max(i["seq"] for i in fresh)
+
+    def _finish(self, job_id: str, attempt: int, end: Item) -> None:
+        """Settle an attempt that ended, then free what is left of it on the cluster."""
+        outcome = end["outcome"]
+        if outcome == "succeeded":
+            job_results.register_outputs(
+                self.db, self.store, job_id, attempt, end.get("result") or {}
+            )
+        with self.db.write() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is not None and job.attempt == attempt and job.state in ACTIVE_STATES:
+                self._settle_attempt(s, job, outcome, end)
+        self._stopping.pop((job_id, attempt), None)
+        self.backend.release(job_id, attempt)
+        self.wake()
+
+    def _settle_attempt(self, s: Any, job: Job, outcome: str, end: Item) -> None:
+        if "seq" in end:
+            job.report_seq = max(job.report_seq, int(end["seq"]))
+        error = end.get("error")
+        if job.stop_state is not None and outcome != "succeeded":
+            state = "failed" if job.stop_state == "failed" else "cancelled"
+            settle(s, job, state, job.stop_reason)  # type: ignore[arg-type]
+        elif outcome == "succeeded":
+            job_results.apply_success(s, job, end.get("result") or {})
+            settle(s, job, "succeeded", None)
+        elif outcome == "lost":
+            reason = error or "its Ray work is gone (the worker, its node or its supervisor died)"
+            if job.attempt <= job.max_retries:
+                job.state, job.wait_reason, job.report_seq = "queued", None, 0
+                add_event(
+                    s,
+                    job,
+                    "retry",
+                    f"attempt {job.attempt} lost: {reason}; retry {job.attempt} of "
+                    f"{job.max_retries} will resume from the last checkpoint",
+                    attempt=job.attempt,
+                )
+            else:
+                retries = f"after {job.max_retries} retries" if job.max_retries else "(no retries)"
+                settle(s, job, "failed", f"{reason}; gave up {retries}")
+        elif outcome == "cancelled":
+            settle(s, job, "cancelled", job.stop_reason or "stopped")
+        else:
+            settle(s, job, "failed", error or "failed")
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        with self.db.read() as s:
+            queued = list(
+                s.scalars(
+                    select(Job)
+                    .where(Job.state == "queued")
+                    .order_by(Job.priority.desc(), Job.created_at, Job.id)
+                )
+            )
+            if not queued:
+                return
+            active = list(s.scalars(select(Job).where(Job.state.in_(ACTIVE_STATES))))
+            quotas = {
+                w.id: w
+                for w in s.scalars(
+                    select(Workspace).where(Workspace.id.in_({j.workspace_id for j in queued}))
+                )
+            }
+            s.expunge_all()
+        usage: dict[int, _Usage] = defaultdict(_Usage)
+        free = dict(self.backend.available())
+        for j in active:
+            r = Resources.model_validate(j.resources)
+            u = usage[j.workspace_id]
+            u.cpus += r.cpus * j.workers
+            u.gpus += r.gpus * j.workers
+            u.jobs += 1
+            if j.state == "starting":  # Ray has not given it its resources yet
+                _take(free, scaled(demand(r), j.workers))
+        for job in queued:
+            r = Resources.model_validate(job.resources)
+            need = scaled(demand(r), job.workers)
+            reason = _quota_reason(
+                quotas.get(job.workspace_id), usage[job.workspace_id], r, job.workers
+            )
+            if reason is None:
+                missing = shortfall(need, free)
+                if missing:
+                    reason = "waiting for " + ", ".join(missing)
+                    _take(free, need)  # held for it: lower priorities do not jump the queue
+            if reason is not None:
+                if reason != job.wait_reason:
+                    self._set_wait(job.id, reason)
+                continue
+            _take(free, need)
+            u = usage[job.workspace_id]
+            u.cpus, u.gpus, u.jobs = (
+                u.cpus + r.cpus * job.workers,
+                u.gpus + r.gpus * job.workers,
+                u.jobs + 1,
+            )
+            self._launch(job.id)
+
+    def _set_wait(self, job_id: str, reason: str) -> None:
+        with self.db.write() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is not None and job.state == "queued" and job.wait_reason != reason:
+                job.wait_reason = reason
+                add_event(s, job, "wait", reason)
+
+    def _launch(self, job_id: str) -> None:
+        with self.db.write() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or job.state != "queued":
+                return
+            job.attempt += 1
+            job.state, job.wait_reason, job.report_seq = "starting", None, 0
+            job.progress = {k: v for k, v in (job.progress or {}).items() if k not in ("t0", "s0")}
+            add_event(s, job, "state", f"starting (attempt {job.attempt})", attempt=job.attempt)
+            spec = self._spec(s, job)
+        try:
+            self.backend.launch(spec)
+        except Exception as exc:
+            log.exception("launching %s failed", job_id)
+            self._finish(
+                job_id, spec.attempt, {"type": "end", "outcome": "lost", "error": str(exc)}
+            )
+
+    def _spec(self, s: Any, job: Job) -> JobSpec:
+        dataset = None
+        if job.dataset_version_id is not None:
+            dv = s.get(DatasetVersion, job.dataset_version_id)
+            name = s.scalar(select(Dataset.name).where(Dataset.id == dv.dataset_id))
+            dataset = dataset_manifest(s, dv, name)
+        code = job.code or {}
+        return JobSpec(
+            job_id=job.id,
+            attempt=job.attempt,
+            workspace_id=job.workspace_id,
+            artifacts=self.store.url,
+            kind=job.kind,
+            recipe=job.recipe,
+            params=job.params,
+            dataset=dataset,
+            code_files=[BlobFile.model_validate(f) for f in code.get("files", [])],
+            entrypoint=code.get("entrypoint"),
+            args=code.get("args", []),
+            model_files=[
+                BlobFile.model_validate(f)
+                for f in (
+                    model_files(s, job.model_version_id)
+                    if job.model_version_id and job.kind != "train"
+                    else []
+                )
+            ],
+            resources=Resources.model_validate(job.resources),
+            workers=job.workers,
+        )
+
+
+def _take(free: dict[str, float], need: Mapping[str, float]) -> None:
+    for k, v in need.items():
+        free[k] = free.get(k, 0.0) - v
+
+
+def _quota_reason(ws: Workspace | None, used: _Usage, r: Resources, workers: int) -> str | None:
+    if ws is None:
+        return None
+    if ws.max_concurrent_jobs is not None and used.jobs + 1 > ws.max_concurrent_jobs:
+        return f"workspace quota: {used.jobs} of {ws.max_concurrent_jobs} concurrent jobs running"
+    if ws.max_cpus is not None and used.cpus + r.cpus * workers > ws.max_cpus + 1e-9:
+        return f"workspace quota: {used.cpus:g} CPUs in use of {ws.max_cpus:g}"
+    if ws.max_gpus is not None and used.gpus + r.gpus * workers > ws.max_gpus + 1e-9:
+        return f"workspace quota: {used.gpus:g} GPUs in use of {ws.max_gpus:g}"
+    return None
