@@ -20,11 +20,17 @@ POLL_TIMEOUT_S = 10.0
 _connect_lock = threading.Lock()
 
 
+_connected: list[str] = []
+
+
 def connect(address: str) -> None:
-    """Join the cluster as a driver once per process (``ray.init`` is process-global)."""
+    """Join the cluster as a driver, once per process and address (``ray.init`` is global)."""
     with _connect_lock:
-        if ray.is_initialized():
+        if ray.is_initialized() and _connected == [address]:
             return
+        if ray.is_initialized():
+            ray.shutdown()  # another cluster (tests connect to several in turn)
+        _connected[:] = [address]
         ray.init(
             address=address,
             namespace=NAMESPACE,

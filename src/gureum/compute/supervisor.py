@@ -10,6 +10,7 @@ actor asks for no CPU of its own, so it never takes resources from the work.
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import threading
 import time
@@ -83,7 +84,7 @@ def _run_one(spec: JobSpec, supervisor: Any) -> dict[str, Any]:
 
 def _started() -> Item:
     ctx = ray.get_runtime_context()
-    return {"type": "started", "node_id": ctx.get_node_id(), "time": time.time()}
+    return {"type": "started", "node_id": ctx.get_node_id(), "pid": os.getpid(), "time": time.time()}
 
 
 def _sender(supervisor: Any) -> Any:

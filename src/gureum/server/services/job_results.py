@@ -63,6 +63,7 @@ def apply(s: Session, job: Job, items: list[Item], max_log_bytes: int) -> None:
                 f"running (attempt {job.attempt}, node {node})",
                 attempt=job.attempt,
                 node_id=item.get("node_id"),
+                pid=item.get("pid"),
             )
     if texts:
         _append_log(s, job, "".join(texts), max_log_bytes)
