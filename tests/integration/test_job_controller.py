@@ -351,5 +351,3 @@ def test_progress_reports_an_eta(env: Env) -> None:
     env.controller.tick()
     p = env.job(job["id"])["progress"]
     assert p["step"] == 5 and p["total_steps"] == 10 and p["eta_s"] is not None
-
-

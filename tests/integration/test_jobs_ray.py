@@ -108,6 +108,13 @@ def test_train_registers_a_model_with_lineage_and_streams_logs(rc: RayCloud) -> 
         assert r.headers["content-type"].startswith("text/event-stream")
         body = "".join(r.iter_text())
     assert "event: log" in body and "classification of" in body and "event: end" in body
+    evaluation = _wait(rc.client, rc.client.jobs.evaluate("returns:1", "orders").id)
+    assert evaluation.state == "succeeded", evaluation.error
+    assert evaluation.metrics["accuracy"] == pytest.approx(done.metrics["accuracy"])
+    batch = _wait(rc.client, rc.client.jobs.predict("returns", "orders").id)
+    assert batch.state == "succeeded", batch.error
+    lines = rc.http.get(f"/v1/jobs/{batch.id}/outputs/predictions.jsonl").text.splitlines()
+    assert len(lines) == 300 and "output" in json.loads(lines[0])
     kinds = [e.split(":")[0] for e in _events(rc.client, job.id)]
     assert kinds[0] == "state" and "running" in " ".join(_events(rc.client, job.id))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from gureum.cli import cloud, datasets, demo, models, samples, tenancy
+from gureum.cli import cloud, datasets, demo, jobs, jobs_submit, models, samples, tenancy
 
 app = typer.Typer(
     name="gureum",
@@ -18,6 +18,8 @@ samples.register(app)
 tenancy.register(app)
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(models.app, name="models")
+jobs.register(app)
+jobs_submit.register(app)
 
 
 def main() -> None:

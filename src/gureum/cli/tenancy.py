@@ -10,8 +10,18 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
-from gureum.cli.output import Format, OutputOpt, api_errors, console, emit, err_console, table
+from gureum.cli.output import (
+    Format,
+    OutputOpt,
+    api_errors,
+    console,
+    emit,
+    err_console,
+    kv_table,
+    table,
+)
 from gureum.client import Client
+from gureum.schemas.jobs import WorkspaceQuotas
 
 workspaces = typer.Typer(help="Workspaces: the unit of tenancy.", no_args_is_help=True)
 users = typer.Typer(help="Members of your key's workspace and their roles.", no_args_is_help=True)
@@ -84,6 +94,47 @@ def ws_delete(name: str, output: OutputOpt = Format.table) -> None:
     with api_errors(output), _client() as c:
         c.workspaces.delete(name)
         emit({"deleted": name}, output, lambda _: console.print(f"deleted workspace {name}"))
+
+
+@workspaces.command("quotas")
+def ws_quotas(
+    name: str,
+    max_cpus: Annotated[
+        float | None, typer.Option("--max-cpus", min=0, help="CPUs its running jobs may hold")
+    ] = None,
+    max_gpus: Annotated[
+        float | None, typer.Option("--max-gpus", min=0, help="GPUs its running jobs may hold")
+    ] = None,
+    max_jobs: Annotated[
+        int | None, typer.Option("--max-jobs", min=0, help="jobs it may run at once")
+    ] = None,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="drop every limit (then apply the options given)")
+    ] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Show a workspace's job quotas, or change the ones given (the rest stay as they are)."""
+    changes = {
+        k: v
+        for k, v in (
+            ("max_cpus", max_cpus),
+            ("max_gpus", max_gpus),
+            ("max_concurrent_jobs", max_jobs),
+        )
+        if v is not None
+    }
+    with api_errors(output), _client() as c:
+        if changes or clear:
+            current = WorkspaceQuotas() if clear else c.workspaces.get_quotas(name)
+            quotas = c.workspaces.set_quotas(name, current.model_copy(update=changes))
+        else:
+            quotas = c.workspaces.get_quotas(name)
+    data = {"workspace": name, **_dump(quotas)}
+    shown = {
+        k: "no limit" if v is None else f"{v:g}" if isinstance(v, float) else v
+        for k, v in data.items()
+    }
+    emit(data, output, lambda _: console.print(kv_table(shown)))
 
 
 @users.command("add")

@@ -9,6 +9,7 @@ import httpx
 from gureum.client.base import Transport, resolve
 from gureum.client.datasets import DatasetsAPI
 from gureum.client.errors import GureumError
+from gureum.client.jobs import JobsAPI
 from gureum.client.models import ModelsAPI
 from gureum.client.tenancy import AuditAPI, KeysAPI, UsersAPI, WorkspacesAPI
 
@@ -40,6 +41,7 @@ class Client:
         self.keys = KeysAPI(self._t)
         self.audit = AuditAPI(self._t)
         self.models = ModelsAPI(self._t)
+        self.jobs = JobsAPI(self._t)
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self._t.json("GET", "/v1/health")
@@ -64,4 +66,4 @@ class Client:
         self.close()
 
 
-__all__ = ["Client", "GureumError"]
+__all__ = ["Client", "GureumError", "JobsAPI"]

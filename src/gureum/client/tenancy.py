@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from gureum.client.base import Transport, pages, segment
+from gureum.schemas.jobs import WorkspaceQuotas
 from gureum.schemas.tenancy import (
     AuditEventOut,
     KeyCreated,
@@ -37,6 +38,17 @@ class WorkspacesAPI(_API):
 
     def delete(self, name: str) -> None:
         self._t.json("DELETE", f"/v1/workspaces/{segment(name)}")
+
+    def get_quotas(self, name: str) -> WorkspaceQuotas:
+        """The ceilings the job queue holds the workspace's jobs against (None: no limit)."""
+        data = self._t.json("GET", f"/v1/workspaces/{segment(name)}/quotas")
+        return WorkspaceQuotas.model_validate(data)
+
+    def set_quotas(self, name: str, quotas: WorkspaceQuotas | dict[str, Any]) -> WorkspaceQuotas:
+        """Replace all of the workspace's quotas (admins); a field left out means no limit."""
+        body = WorkspaceQuotas.model_validate(quotas).model_dump(mode="json")
+        data = self._t.json("PUT", f"/v1/workspaces/{segment(name)}/quotas", json=body)
+        return WorkspaceQuotas.model_validate(data)
 
 
 class UsersAPI(_API):

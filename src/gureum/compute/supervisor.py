@@ -84,7 +84,12 @@ def _run_one(spec: JobSpec, supervisor: Any) -> dict[str, Any]:
 
 def _started() -> Item:
     ctx = ray.get_runtime_context()
-    return {"type": "started", "node_id": ctx.get_node_id(), "pid": os.getpid(), "time": time.time()}
+    return {
+        "type": "started",
+        "node_id": ctx.get_node_id(),
+        "pid": os.getpid(),
+        "time": time.time(),
+    }
 
 
 def _sender(supervisor: Any) -> Any:
