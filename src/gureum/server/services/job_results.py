@@ -75,8 +75,10 @@ def _append_log(s: Session, job: Job, text: str, limit: int) -> None:
     data = text.encode()
     room = limit - job.log_bytes
     if len(data) > room:
-        data = data[:room] + TRUNCATED.format(limit=limit >> 20).encode()
-    s.add(JobLog(job_id=job.id, offset=job.log_bytes, text=data.decode(errors="replace")))
+        # Cut on a character boundary, so offsets count exactly the bytes stored.
+        kept = data[:room].decode(errors="ignore").encode()
+        data = kept + TRUNCATED.format(limit=limit >> 20).encode()
+    s.add(JobLog(job_id=job.id, offset=job.log_bytes, text=data.decode()))
     job.log_bytes += len(data)
 
 
