@@ -200,8 +200,19 @@ def test_queue_orders_by_priority_then_age_and_says_why_jobs_wait(env: Env) -> N
 
 
 def test_workspace_quotas_hold_jobs_in_the_queue_with_the_reason(env: Env) -> None:
+    env.fake.cpus = 8.0
     r = env.http.put("/v1/workspaces/default/quotas", json={"max_cpus": 4})
     assert r.status_code == 200, r.text
+    r = env.http.post(
+        "/v1/jobs",
+        json={
+            "recipe": "tabular",
+            "dataset": "orders",
+            "params": {"target": "returned"},
+            "resources": {"cpus": 5},
+        },
+    )
+    assert r.status_code == 422 and "workspace quota allows 4" in r.text
     first = env.submit(resources={"cpus": 4})
     second = env.submit(resources={"cpus": 1})
     env.controller.tick()

@@ -49,6 +49,7 @@ from gureum.server.db.tables import (
     ModelFile,
     ModelVersion,
     User,
+    Workspace,
 )
 from gureum.server.errors import ApiError, NotFound, Unprocessable
 from gureum.server.pagination import PageParams, paginate
@@ -187,7 +188,7 @@ def submit(
                 recipe.check_dataset(LocalDataset.from_manifest(Path("."), manifest))
             except RecipeError as exc:
                 raise Unprocessable(str(exc)) from None
-    why = unplaceable(body.resources, body.workers, nodes() or [])
+    why = unplaceable(body.resources, body.workers, nodes() or []) or _over_quota(db, ws, body)
     if why is not None:
         raise Unschedulable(f"refused: {why}", details={"resources": body.resources.model_dump()})
     hash_ = builtin_code_hash()
@@ -234,6 +235,22 @@ def submit(
             s, principal, "job.submit", "job", job_id, {"kind": body.kind, "recipe": recipe_name}
         )
         return job_out(s, job)
+
+
+def _over_quota(db: Database, workspace_id: int, body: JobCreate) -> str | None:
+    """A job bigger than its workspace's ceiling would wait forever: say so now."""
+    with db.read() as s:
+        ws = s.get(Workspace, workspace_id)
+    if ws is None:
+        return None
+    cpus, gpus = body.resources.cpus * body.workers, body.resources.gpus * body.workers
+    if ws.max_cpus is not None and cpus > ws.max_cpus:
+        return f"the job needs {cpus:g} CPUs; the workspace quota allows {ws.max_cpus:g}"
+    if ws.max_gpus is not None and gpus > ws.max_gpus:
+        return f"the job needs {gpus:g} GPUs; the workspace quota allows {ws.max_gpus:g}"
+    if ws.max_concurrent_jobs == 0:
+        return "the workspace quota allows no jobs (max_concurrent_jobs is 0)"
+    return None
 
 
 def _valid_model_name(name: str) -> None:
