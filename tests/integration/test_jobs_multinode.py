@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 DATASET = "digits"
 # Tiny on purpose: the point is where the work runs, not what it learns.
 PARAMS = {"epochs": 1, "image_size": 16, "width": 4, "batch_size": 32}
-JOB_TIMEOUT_S = 120.0
+JOB_TIMEOUT_S = 180.0
 # Ray marks a node's accelerator with this resource; a request for accelerator_type asks
 # for a sliver of it (ray.util.accelerators).
 A100 = "accelerator_type:A100"
@@ -74,7 +74,8 @@ class Env:
 def cluster() -> Iterator[Nodes]:
     """Four simulated nodes; torn down (and the driver disconnected) after the module."""
     # ray.init is process-global and this session may be connected to another cluster (the
-    # session's `ray_head`): leave it, so that connect() below joins this one.
+    # session's `ray_head`): disconnect, so that connect() below joins this one. Later modules'
+    # connect() joins theirs again, since this module disconnects at the end.
     ray.shutdown()
     temp_dir = Path(tempfile.mkdtemp(prefix="gureum-ray-mn", dir="/tmp"))  # short socket paths
     common: dict[str, Any] = {"temp_dir": str(temp_dir), "object_store_memory": 100 * 1024**2}
@@ -173,7 +174,9 @@ def test_an_accelerator_no_node_has_is_refused_at_submission(env: Env) -> None:
 
 
 def _train_workers() -> list[dict[str, Any]]:
-    """Every Ray Train worker actor the cluster has had, alive or dead (from the GCS)."""
+    """Every Ray Train worker actor the cluster has had, alive or dead, from the GCS actor
+    table (``ray.util.state.list_actors`` would need the dashboard, which this cluster does not
+    start, to stay light on a small machine)."""
     actors: dict[str, dict[str, Any]] = ray._private.state.actors()
     return [a for a in actors.values() if a["ActorClassName"].endswith("RayTrainWorker")]
 
