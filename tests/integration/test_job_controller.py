@@ -36,10 +36,11 @@ class FakeBackend:
     released: list[tuple[str, int]] = field(default_factory=list)
 
     def nodes(self) -> list[NodeInfo]:
-        return [NodeInfo("node-1", {"CPU": self.cpus, "memory": 8 * 1024**3})]
+        total = {"CPU": self.cpus, "memory": 8 * 1024**3, "accelerator_type:A100": 1.0}
+        return [NodeInfo("node-1", total)]
 
     def available(self) -> Mapping[str, float]:
-        return self.free or {"CPU": self.cpus}
+        return self.free or {"CPU": self.cpus, "accelerator_type:A100": 1.0}
 
     def launch(self, spec: JobSpec) -> None:
         self.launched.append(spec)
@@ -362,3 +363,20 @@ def test_progress_reports_an_eta(env: Env) -> None:
     env.controller.tick()
     p = env.job(job["id"])["progress"]
     assert p["step"] == 5 and p["total_steps"] == 10 and p["eta_s"] is not None
+
+
+def test_a_launched_job_ray_has_not_placed_says_what_it_waits_for(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gureum.server.services.job_controller.PLACE_WAIT_S", 0.0)
+    job = env.submit(resources={"cpus": 1, "accelerator_type": "A100"})
+    env.controller.tick()
+    env.controller.tick()
+    waiting = env.job(job["id"])
+    assert waiting["state"] == "starting"
+    assert waiting["wait_reason"] == (
+        "waiting for Ray to place it: a node with 1 CPU, an accelerator of type A100 free per worker"
+    )
+    env.fake.emit(job["id"], 1, {"type": "started", "node_id": "n"})
+    env.controller.tick()
+    assert env.job(job["id"])["wait_reason"] is None

@@ -61,7 +61,7 @@ def _amount(name: str, value: float) -> str:
     if name == "memory":
         return f"{value / GiB:g} GiB memory"
     if name.startswith(ACCELERATOR_PREFIX):
-        return f"a {name.removeprefix(ACCELERATOR_PREFIX)} accelerator"
+        return f"an accelerator of type {name.removeprefix(ACCELERATOR_PREFIX)}"
     unit = {"CPU": "CPU", "GPU": "GPU"}.get(name, name)
     plural = "" if abs(value - 1) < _EPS or not unit.isupper() else "s"
     return f"{value:g} {unit}{plural}"
@@ -108,7 +108,7 @@ def unplaceable(r: Resources, workers: int, nodes: list[NodeInfo]) -> str | None
     slots = sum(_slots(need, n.total) for n in fits)
     if slots < workers:
         return (
-            f"{workers} workers need {workers} slots of {_describe(need)}; "
+            f"{workers} workers need {workers} slots of {describe(need)}; "
             f"the whole cluster has {slots}"
         )
     return None
@@ -123,7 +123,7 @@ def _slots(need: Mapping[str, float], total: Mapping[str, float]) -> int:
     return min(counts) if counts else 1_000_000
 
 
-def _describe(need: Mapping[str, float]) -> str:
+def describe(need: Mapping[str, float]) -> str:
     return ", ".join(_amount(k, v) for k, v in need.items()) or "nothing"
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 
 from gureum.compute.backend import ComputeBackend
-from gureum.compute.resources import NodeInfo, demand, scaled, shortfall
+from gureum.compute.resources import NodeInfo, demand, describe, scaled, shortfall
 from gureum.compute.spec import BlobFile, Item, JobSpec
 from gureum.schemas.jobs import ACTIVE_STATES, Resources
 from gureum.server.db.base import utcnow
@@ -35,6 +35,7 @@ from gureum.storage.store import ArtifactStore
 log = logging.getLogger(__name__)
 TICK_S = 0.25
 STOP_GRACE_S = 8.0
+PLACE_WAIT_S = 3.0
 CLUSTER_REFRESH_S = 2.0
 
 
@@ -55,6 +56,7 @@ class JobController:
     _nodes: list[NodeInfo] | None = None
     _nodes_at: float = 0.0
     _stopping: dict[tuple[str, int], float] = field(default_factory=dict)
+    _launched: dict[tuple[str, int], float] = field(default_factory=dict)
     _wake: threading.Event = field(default_factory=threading.Event)
     _halt: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -117,6 +119,13 @@ class JobController:
                 (j.id, j.attempt, j.report_seq, j.stop_state, j.started_at, j.timeout_s)
                 for j in s.scalars(select(Job).where(Job.state.in_(ACTIVE_STATES)))
             ]
+            placing = {
+                (j.id, j.attempt): j
+                for j in s.scalars(
+                    select(Job).where(Job.state == "starting", Job.wait_reason.is_(None))
+                )
+            }
+            s.expunge_all()
         if not active:
             return
         reports = self.backend.poll([(jid, att, seq) for jid, att, seq, *_ in active])
@@ -128,6 +137,8 @@ class JobController:
             end = next((i for i in report.items if i["type"] == "end"), None)
             if report.items:
                 self._store(jid, att, report.items)
+            elif (jid, att) in placing:
+                self._note_placement(placing[(jid, att)], now)
             if end is not None:
                 self._finish(jid, att, end)
             elif not report.alive:
@@ -143,6 +154,15 @@ class JobController:
                 elif now - sent > STOP_GRACE_S:
                     end_item = {"type": "end", "outcome": "cancelled", "error": None}
                     self._finish(jid, att, end_item)
+
+    def _note_placement(self, job: Job, now: float) -> None:
+        """A launched job Ray has not started yet waits for a node that can hold a worker
+        (free resources are summed over the cluster; Ray places per node): say so."""
+        since = self._launched.setdefault((job.id, job.attempt), now)
+        if now - since < PLACE_WAIT_S:
+            return
+        need = describe(demand(Resources.model_validate(job.resources)))
+        self._set_wait(job.id, f"waiting for Ray to place it: a node with {need} free per worker")
 
     def _request_stop(self, job_id: str, state: str, reason: str) -> None:
         with self.db.write() as s:
@@ -178,6 +198,7 @@ class JobController:
             if job is not None and job.attempt == attempt and job.state in ACTIVE_STATES:
                 self._settle_attempt(s, job, outcome, end)
         self._stopping.pop((job_id, attempt), None)
+        self._launched.pop((job_id, attempt), None)
         self.backend.release(job_id, attempt)
         self.wake()
 
@@ -269,7 +290,9 @@ class JobController:
     def _set_wait(self, job_id: str, reason: str) -> None:
         with self.db.write() as s:
             job = s.get(Job, job_id, with_for_update=True)
-            if job is not None and job.state == "queued" and job.wait_reason != reason:
+            if job is None or job.wait_reason == reason:
+                return
+            if job.state == "queued" or (job.state == "starting" and job.report_seq == 0):
                 job.wait_reason = reason
                 add_event(s, job, "wait", reason)
 
@@ -283,6 +306,7 @@ class JobController:
             job.progress = {k: v for k, v in (job.progress or {}).items() if k not in ("t0", "s0")}
             add_event(s, job, "state", f"starting (attempt {job.attempt})", attempt=job.attempt)
             spec = self._spec(s, job)
+        self._launched[(job_id, spec.attempt)] = time.monotonic()
         try:
             self.backend.launch(spec)
         except Exception as exc:

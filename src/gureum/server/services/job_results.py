@@ -52,7 +52,7 @@ def apply(s: Session, job: Job, items: list[Item], max_log_bytes: int) -> None:
                 **dict(item.get("data") or {}),
             )
         elif kind == "started" and job.state == "starting":
-            job.state = "running"
+            job.state, job.wait_reason = "running", None
             if job.started_at is None:
                 job.started_at = utcnow()
             node = str(item.get("node_id", ""))[:12]
