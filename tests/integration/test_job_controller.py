@@ -375,7 +375,8 @@ def test_a_launched_job_ray_has_not_placed_says_what_it_waits_for(
     waiting = env.job(job["id"])
     assert waiting["state"] == "starting"
     assert waiting["wait_reason"] == (
-        "waiting for Ray to place it: a node with 1 CPU, an accelerator of type A100 free per worker"
+        "waiting for Ray to place it: "
+        "a node with 1 CPU, an accelerator of type A100 free per worker"
     )
     env.fake.emit(job["id"], 1, {"type": "started", "node_id": "n"})
     env.controller.tick()
