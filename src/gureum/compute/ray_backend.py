@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,11 +13,13 @@ import ray
 from ray import exceptions as rex
 
 from gureum.compute.resources import NodeInfo
-from gureum.compute.spec import NAMESPACE, JobSpec, Report, attempt_name, parse_attempt_name
+from gureum.compute.spec import NAMESPACE, RUNNER_PREFIX, JobSpec, Report
 from gureum.compute.supervisor import JobSupervisor
 
 log = logging.getLogger(__name__)
-POLL_TIMEOUT_S = 10.0
+POLL_WAIT_S = 0.2
+DISCOVER_WAIT_S = 5.0
+MAX_IDLE = 2
 _connect_lock = threading.Lock()
 
 
@@ -41,9 +44,20 @@ def connect(address: str) -> None:
 
 
 class RayBackend:
-    def __init__(self, address: str) -> None:
+    """Attempts run in ``JobSupervisor`` actors named ``gureum-run-<hex>``. One idle supervisor
+    is kept started ahead, so a job reaches "running" without waiting for a new worker
+    process; which attempt an actor runs is asked of the actor itself (``whoami``), so a
+    restarted control plane finds its attempts again with nothing stored on its side."""
+
+    def __init__(self, address: str, spares: int = 1) -> None:
         connect(address)
-        self._handles: dict[str, Any] = {}
+        self._spares = spares
+        self._runners: dict[tuple[str, int], tuple[str, Any]] = {}
+        self._warm: list[tuple[str, Any]] = []
+        self._pending: dict[tuple[str, int], Any] = {}
+        self._lock = threading.Lock()
+        self._discover()
+        self._refill()
 
     def nodes(self) -> list[NodeInfo]:
         return [
@@ -55,44 +69,96 @@ class RayBackend:
     def available(self) -> Mapping[str, float]:
         return dict(ray.available_resources())  # type: ignore[no-untyped-call]
 
-    def launch(self, spec: JobSpec) -> None:
+    def _new_supervisor(self) -> tuple[str, Any]:
+        name = f"{RUNNER_PREFIX}{uuid.uuid4().hex[:12]}"
         handle = JobSupervisor.options(  # type: ignore[attr-defined]
-            name=spec.attempt_name,
+            name=name,
             namespace=NAMESPACE,
             lifetime="detached",
-            get_if_exists=True,
             max_concurrency=8,  # polls are answered while the attempt runs
-        ).remote(spec)
-        self._handles[spec.attempt_name] = handle
+        ).remote()
+        return name, handle
+
+    def _refill(self) -> None:
+        with self._lock:
+            while len(self._warm) < self._spares:
+                self._warm.append(self._new_supervisor())
+
+    def launch(self, spec: JobSpec) -> None:
+        with self._lock:
+            name, handle = self._warm.pop() if self._warm else self._new_supervisor()
+            self._runners[(spec.job_id, spec.attempt)] = (name, handle)
+        handle.start.remote(spec)
+        self._refill()
 
     def _handle(self, job_id: str, attempt: int) -> Any | None:
-        name = attempt_name(job_id, attempt)
-        handle = self._handles.get(name)
-        if handle is None:
-            try:
+        runner = self._runners.get((job_id, attempt))
+        if runner is None:
+            self._discover()
+            runner = self._runners.get((job_id, attempt))
+        return None if runner is None else runner[1]
+
+    def _discover(self) -> None:
+        """Map every supervisor on the cluster to its attempt; kill idle ones that are not
+        our spares (left by an earlier control plane)."""
+        known = {name for name, _ in self._warm} | {name for name, _ in self._runners.values()}
+        asked: list[tuple[str, Any, Any]] = []
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            name = str(entry.get("name", ""))
+            if entry.get("namespace") != NAMESPACE or not name.startswith(RUNNER_PREFIX):
+                continue
+            if name in known:
+                continue
+            with contextlib.suppress(ValueError):
                 handle = ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:
-                return None
-            self._handles[name] = handle
-        return handle
+                asked.append((name, handle, handle.whoami.remote()))
+        if not asked:
+            return
+        refs = [ref for _, _, ref in asked]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=DISCOVER_WAIT_S)
+        done = set(ready)
+        for name, handle, ref in asked:
+            if ref not in done:
+                continue  # still starting; asked again next time
+            try:
+                key: tuple[str, int] | None = ray.get(ref)
+            except (rex.RayActorError, rex.ActorUnavailableError):
+                continue
+            if key is not None:
+                self._runners[(str(key[0]), int(key[1]))] = (name, handle)
+            else:
+                with contextlib.suppress(Exception):
+                    ray.kill(handle, no_restart=True)
 
     def poll(self, attempts: Sequence[tuple[str, int, int]]) -> dict[tuple[str, int], Report]:
+        """Never blocks on a slow actor (one still starting, one busy): its answer is picked
+        up by a later poll, so one attempt cannot stall the loop for the others."""
         out: dict[tuple[str, int], Report] = {}
-        refs: dict[tuple[str, int], Any] = {}
         for job_id, attempt, ack in attempts:
+            key = (job_id, attempt)
+            if key in self._pending:
+                continue
             handle = self._handle(job_id, attempt)
             if handle is None:
-                out[(job_id, attempt)] = Report(items=[], alive=False)
-            else:
-                refs[(job_id, attempt)] = handle.poll.remote(ack)
-        for key, ref in refs.items():
-            try:
-                out[key] = Report(items=ray.get(ref, timeout=POLL_TIMEOUT_S), alive=True)
-            except (rex.RayActorError, rex.ActorUnavailableError):
-                self._handles.pop(attempt_name(*key), None)
                 out[key] = Report(items=[], alive=False)
-            except rex.GetTimeoutError:
-                out[key] = Report(items=[], alive=True)  # busy; ask again next time
+            else:
+                self._pending[key] = handle.poll.remote(ack)
+        wanted = {(j, a) for j, a, _ in attempts}
+        refs = {k: r for k, r in self._pending.items() if k in wanted}
+        if not refs:
+            return out
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=POLL_WAIT_S)
+        done = set(ready)
+        for key, ref in refs.items():
+            if ref not in done:
+                out.setdefault(key, Report(items=[], alive=True))
+                continue
+            del self._pending[key]
+            try:
+                out[key] = Report(items=ray.get(ref), alive=True)
+            except (rex.RayActorError, rex.ActorUnavailableError):
+                self._runners.pop(key, None)
+                out[key] = Report(items=[], alive=False)
         return out
 
     def stop(self, job_id: str, attempt: int) -> None:
@@ -101,18 +167,19 @@ class RayBackend:
             handle.stop.remote()
 
     def release(self, job_id: str, attempt: int) -> None:
-        handle = self._handle(job_id, attempt)
-        self._handles.pop(attempt_name(job_id, attempt), None)
-        if handle is not None:
-            with contextlib.suppress(Exception):
-                ray.kill(handle, no_restart=True)
+        """The attempt's supervisor is reset and kept as a spare (up to ``MAX_IDLE``): it
+        still holds the warm worker its task ran on, which the next job then gets."""
+        runner = self._runners.pop((job_id, attempt), None)
+        self._pending.pop((job_id, attempt), None)
+        if runner is None:
+            return
+        with self._lock:
+            keep = len(self._warm) < self._spares + MAX_IDLE
+            if keep:
+                self._warm.append(runner)
+        with contextlib.suppress(Exception):
+            (runner[1].reset if keep else runner[1].close).remote()
 
     def attempts(self) -> list[tuple[str, int]]:
-        found = []
-        for entry in ray.util.list_named_actors(all_namespaces=True):
-            if entry.get("namespace") != NAMESPACE:
-                continue
-            parsed = parse_attempt_name(entry.get("name", ""))
-            if parsed is not None:
-                found.append(parsed)
-        return found
+        self._discover()
+        return list(self._runners)

@@ -45,23 +45,17 @@ class JobSpec(BaseModel):
 
     @property
     def attempt_name(self) -> str:
-        """The Ray name of this attempt's supervisor actor (found again after a restart)."""
+        """How Ray's task and Ray Train's run of this attempt are named (for reading Ray's
+        own tools)."""
         return attempt_name(self.job_id, self.attempt)
 
 
 NAMESPACE = "gureum"
-ACTOR_PREFIX = "gureum-job-"
+RUNNER_PREFIX = "gureum-run-"
 
 
 def attempt_name(job_id: str, attempt: int) -> str:
-    return f"{ACTOR_PREFIX}{job_id}-{attempt}"
-
-
-def parse_attempt_name(name: str) -> tuple[str, int] | None:
-    if not name.startswith(ACTOR_PREFIX):
-        return None
-    job_id, sep, attempt = name.removeprefix(ACTOR_PREFIX).rpartition("-")
-    return (job_id, int(attempt)) if sep and attempt.isdigit() else None
+    return f"{job_id}-{attempt}"
 
 
 def checkpoint_prefix(workspace_id: int, job_id: str) -> str:

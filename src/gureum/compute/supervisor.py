@@ -10,10 +10,8 @@ actor asks for no CPU of its own, so it never takes resources from the work.
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import threading
-import time
 import traceback
 from collections import deque
 from typing import Any
@@ -21,10 +19,9 @@ from typing import Any
 import ray
 from ray import exceptions as rex
 
+from gureum.compute.entry import run_one, train_loop
 from gureum.compute.resources import ray_options, train_resources
 from gureum.compute.spec import Item, JobSpec, Outcome
-from gureum.compute.work import execute
-from gureum.recipes.base import Cancelled, RecipeError
 
 # Ray errors that mean the work's process, node or owner went away: retried, not the user's fault.
 _LOST = (
@@ -58,13 +55,20 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def _is(e: BaseException, names: tuple[str, ...]) -> bool:
+    """By class name, so the supervisor never imports the recipes (torch) to classify."""
+    return any(c.__name__ in names for c in type(e).__mro__)
+
+
 def classify(exc: BaseException, stop_requested: bool) -> tuple[Outcome, str]:
     """How an attempt ended, and the message a user should read."""
     chain = _causes(exc)
-    user = next((e for e in chain if isinstance(e, RecipeError)), None)
+    user = next((e for e in chain if _is(e, ("RecipeError",))), None)
     if user is not None:
         return "failed", str(user)
-    if stop_requested or any(isinstance(e, Cancelled | rex.TaskCancelledError) for e in chain):
+    if stop_requested or any(
+        isinstance(e, rex.TaskCancelledError) or _is(e, ("Cancelled",)) for e in chain
+    ):
         return "cancelled", "stopped on request"
     lost = next((e for e in chain if isinstance(e, _LOST)), None)
     if lost is not None:
@@ -75,69 +79,50 @@ def classify(exc: BaseException, stop_requested: bool) -> tuple[Outcome, str]:
     return "failed", text[-MAX_ERROR_CHARS:]
 
 
-@ray.remote(max_retries=0)
-def _run_one(spec: JobSpec, supervisor: Any) -> dict[str, Any]:
-    """The work of a one-worker attempt, scheduled with the job's resources."""
-    supervisor.report.remote([_started()])
-    return execute(spec, _sender(supervisor))
-
-
-def _started() -> Item:
-    ctx = ray.get_runtime_context()
-    return {
-        "type": "started",
-        "node_id": ctx.get_node_id(),
-        "pid": os.getpid(),
-        "time": time.time(),
-    }
-
-
-def _sender(supervisor: Any) -> Any:
-    def send(items: list[Item]) -> bool:
-        stop: bool = ray.get(supervisor.report.remote(items), timeout=60)
-        return stop
-
-    return send
-
-
-def _train_loop(config: dict[str, Any]) -> None:
-    """Each Ray Train worker: rank 0 reports the result, every rank runs the same recipe."""
-    from ray import train  # Ray Train imports pandas/pyarrow; only its workers need it
-
-    rank = train.get_context().get_world_rank()
-    spec: JobSpec = config["spec"]
-    supervisor = config["supervisor"]
-    if rank == 0:
-        supervisor.report.remote([_started()])
-    device = "cuda" if spec.resources.gpus > 0 else "cpu"
-    result = execute(spec, _sender(supervisor), rank=rank, device=device)
-    if rank == 0:
-        ray.get(supervisor.set_result.remote(result))
-
-
 @ray.remote(num_cpus=0, max_restarts=0)
 class JobSupervisor:
-    def __init__(self, spec: JobSpec) -> None:
-        self.spec = spec
+    """Created ahead of need (a worker process takes a second or more to start) and given
+    its attempt by ``start``; ``whoami`` lets a restarted control plane map it back."""
+
+    def __init__(self) -> None:
+        self.spec: JobSpec | None = None
         self._lock = threading.Lock()
         self._items: list[Item] = []
         self._seq = 0
         self._stop = threading.Event()
         self._ref: ray.ObjectRef[Any] | None = None
         self._result: dict[str, Any] | None = None
-        threading.Thread(target=self._run, name="gureum-attempt", daemon=True).start()
+        self._done = False
+
+    def start(self, spec: JobSpec) -> None:
+        with self._lock:
+            if self.spec is not None and not self._done:
+                raise RuntimeError(f"this supervisor already runs {self.spec.attempt_name}")
+            self._clear()
+            self.spec = spec
+        threading.Thread(target=self._run, args=(spec,), name="gureum-attempt", daemon=True).start()
+
+    def whoami(self) -> tuple[str, int] | None:
+        spec = self.spec
+        return None if spec is None else (spec.job_id, spec.attempt)
 
     # -- called by the work ----------------------------------------------------------------
 
-    def report(self, items: list[Item]) -> bool:
+    def report(self, items: list[Item], attempt: tuple[str, int] | None = None) -> bool:
+        """``attempt`` names the sender: late items of an earlier attempt are dropped."""
         with self._lock:
+            spec = self.spec
+            if attempt is not None and (spec is None or attempt != (spec.job_id, spec.attempt)):
+                return True  # that attempt is over: tell its work to stop
             for item in items:
                 self._seq += 1
                 self._items.append({**item, "seq": self._seq})
         return self._stop.is_set()
 
-    def set_result(self, result: dict[str, Any]) -> None:
-        self._result = result
+    def set_result(self, result: dict[str, Any], attempt: tuple[str, int]) -> None:
+        spec = self.spec
+        if spec is not None and attempt == (spec.job_id, spec.attempt):
+            self._result = result
 
     # -- called by the control plane ---------------------------------------------------------
 
@@ -145,6 +130,25 @@ class JobSupervisor:
         with self._lock:
             self._items = [i for i in self._items if i["seq"] > ack]
             return list(self._items)
+
+    def reset(self) -> None:
+        """Become idle again for the next attempt. A supervisor is reused rather than
+        replaced because the workers its tasks ran on belong to it: a new one would wait for
+        a new worker process (a second or more), a reused one gets the warm worker back."""
+        self._stop.set()
+        if self._ref is not None:
+            with contextlib.suppress(Exception):
+                ray.cancel(self._ref, force=True)
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        self.spec, self._ref, self._result, self._done = None, None, None, False
+        self._items, self._seq = [], 0
+        self._stop = threading.Event()
+
+    def close(self) -> None:
+        ray.actor.exit_actor()  # type: ignore[no-untyped-call]
 
     def stop(self) -> None:
         self._stop.set()
@@ -154,32 +158,33 @@ class JobSupervisor:
 
     # -- the attempt -------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        spec = self.spec
+    def _run(self, spec: JobSpec) -> None:
         try:
             if spec.workers == 1:
-                self._ref = _run_one.options(
+                self._ref = run_one.options(
                     **ray_options(spec.resources), name=f"gureum-{spec.attempt_name}"
                 ).remote(spec, ray.get_runtime_context().current_actor)
                 if self._stop.is_set():
                     self.stop()
                 result = ray.get(self._ref)
             else:
-                result = self._run_trainer()
+                result = self._run_trainer(spec)
             end: Item = {"type": "end", "outcome": "succeeded", "result": result}
         except BaseException as exc:
             outcome, message = classify(exc, self._stop.is_set())
             end = {"type": "end", "outcome": outcome, "error": message}
-        self.report([end])
+        if self.spec is spec:  # not reset meanwhile
+            self.report([end])
+            self._done = True
 
-    def _run_trainer(self) -> dict[str, Any]:
+    def _run_trainer(self, spec: JobSpec) -> dict[str, Any]:
+        # Ray Train pulls in pandas and pyarrow; only data-parallel attempts pay for that.
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        spec = self.spec
         r = spec.resources
         trainer = TorchTrainer(
-            _train_loop,
+            train_loop,
             train_loop_config={
                 "spec": spec,
                 "supervisor": ray.get_runtime_context().current_actor,
