@@ -43,6 +43,15 @@ def connect(address: str) -> None:
         )
 
 
+def disconnect() -> None:
+    """Leave the cluster (jobs keep running: their supervisors are detached). Without it a
+    process that connected aborts in Ray's teardown at exit."""
+    with _connect_lock:
+        if ray.is_initialized():
+            ray.shutdown()
+        _connected.clear()
+
+
 class RayBackend:
     """Attempts run in ``JobSupervisor`` actors named ``gureum-run-<hex>``. One idle supervisor
     is kept started ahead, so a job reaches "running" without waiting for a new worker

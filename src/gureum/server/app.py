@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from gureum import __version__
 from gureum.compute.backend import ComputeBackend
-from gureum.compute.ray_backend import RayBackend
+from gureum.compute.ray_backend import RayBackend, disconnect
 from gureum.config import Settings
 from gureum.server.api import ROUTERS
 from gureum.server.auth import Authenticator
@@ -38,7 +38,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if app.state.jobs is None and settings.ray_address:
+        connected = app.state.jobs is None and bool(settings.ray_address)
+        if connected:
             backend = await to_thread.run_sync(RayBackend, settings.ray_address)
             app.state.jobs = JobController(db, backend, app.state.store)
         controller: JobController | None = app.state.jobs
@@ -47,6 +48,8 @@ def create_app(
         yield
         if controller is not None:
             await to_thread.run_sync(controller.stop)
+        if connected:
+            await to_thread.run_sync(disconnect)
         db.dispose()
 
     app = FastAPI(
