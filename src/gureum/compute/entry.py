@@ -63,3 +63,8 @@ def train_loop(config: dict[str, Any]) -> None:
     result = _execute()(spec, sender(supervisor, spec), rank=rank, device=device)
     if rank == 0:
         ray.get(supervisor.set_result.remote(result, attempt))
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def noop() -> None:
+    """Starts a worker ahead of the first job (``JobSupervisor.warm``)."""

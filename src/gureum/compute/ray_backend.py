@@ -86,6 +86,7 @@ class RayBackend:
             lifetime="detached",
             max_concurrency=8,  # polls are answered while the attempt runs
         ).remote()
+        handle.warm.remote()
         return name, handle
 
     def _refill(self) -> None:

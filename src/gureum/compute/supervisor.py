@@ -10,6 +10,7 @@ actor asks for no CPU of its own, so it never takes resources from the work.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import threading
 import traceback
@@ -19,7 +20,7 @@ from typing import Any
 import ray
 from ray import exceptions as rex
 
-from gureum.compute.entry import run_one, train_loop
+from gureum.compute.entry import noop, run_one, train_loop
 from gureum.compute.resources import ray_options, train_resources
 from gureum.compute.spec import Item, JobSpec, Outcome
 
@@ -93,6 +94,11 @@ class JobSupervisor:
         self._ref: ray.ObjectRef[Any] | None = None
         self._result: dict[str, Any] | None = None
         self._done = False
+
+    def warm(self) -> None:
+        """Run one no-op task so a worker process is already there, leased to this
+        supervisor, when its first job comes (that job then starts in milliseconds)."""
+        ray.get(noop.remote())
 
     def start(self, spec: JobSpec) -> None:
         with self._lock:
@@ -183,6 +189,7 @@ class JobSupervisor:
         from ray.train.torch import TorchTrainer
 
         r = spec.resources
+        storage = tempfile.mkdtemp(prefix="gureum-train-")
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={
@@ -197,11 +204,14 @@ class JobSupervisor:
             ),
             run_config=RunConfig(
                 name=spec.attempt_name,
-                storage_path=tempfile.mkdtemp(prefix="gureum-train-"),
+                storage_path=storage,
                 failure_config=FailureConfig(max_failures=0),
             ),
         )
-        trainer.fit()
+        try:
+            trainer.fit()
+        finally:
+            shutil.rmtree(storage, ignore_errors=True)
         if self._result is None:
             raise RuntimeError("the data-parallel run ended without a result from rank 0")
         return self._result

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gureum.compute.runtime import CheckpointStore, ClusterRunContext, Reporter, Send
 from gureum.compute.spec import BlobFile, JobSpec
 from gureum.datasets.readers import TABLE_EXTENSIONS, extension, table_rows
@@ -104,6 +106,9 @@ def batch_inputs(spec: JobSpec, ds: LocalDataset | None) -> tuple[list[str], lis
 
 def execute(spec: JobSpec, send: Send, rank: int = 0, device: str | None = None) -> dict[str, Any]:
     """Run one worker of an attempt; rank 0's return value is the attempt's result."""
+    # Workers are reused across jobs: size torch's thread pool to this job's CPUs, not the
+    # first job's the process ran.
+    torch.set_num_threads(max(1, int(spec.resources.cpus)))
     workdir = workdir_for(spec, rank)
     store = ArtifactStore(spec.artifacts)
     reporter = Reporter(send)
