@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,9 @@ def connect(address: str) -> None:
         if ray.is_initialized():
             ray.shutdown()  # another cluster (tests connect to several in turn)
         _connected[:] = [address]
+        # Ray's C++ failure-signal handler would catch the server's SIGTERM and abort the
+        # process at exit after a clean shutdown; the server handles its own signals.
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
         ray.init(
             address=address,
             namespace=NAMESPACE,
