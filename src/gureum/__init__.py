@@ -7,5 +7,6 @@ __version__ = "0.1.0"
 
 from gureum.client import Client
 from gureum.client.errors import GureumError
+from gureum.client.serving import EndpointClient, PredictResult
 
-__all__ = ["Client", "GureumError", "__version__"]
+__all__ = ["Client", "EndpointClient", "GureumError", "PredictResult", "__version__"]

@@ -39,6 +39,21 @@ class Settings(BaseSettings):
     default_page_size: int = 50
     max_page_size: int = 1000
 
+    # The data plane: Ray Serve's HTTP entry (HAProxy) where consumers call endpoints.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8100
+    # How replicas reach this server (to fetch keys and ship usage); derived from host/port
+    # when empty. Set it when replicas run on other machines.
+    control_url: str = ""
+
+    # Compute and storage prices for cost reports (GUREUM_PRICE_*; the dict is JSON).
+    price_currency: str = "USD"
+    price_cpu_hour: float = Field(default=0.05, ge=0)
+    price_gpu_hour: float = Field(default=2.50, ge=0)
+    price_gpu_hour_by_type: dict[str, float] = Field(default_factory=dict)
+    price_memory_gb_hour: float = Field(default=0.0, ge=0)
+    price_storage_gb_month: float = Field(default=0.023, ge=0)
+
     @cached_property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'gureum.db'}"
@@ -46,6 +61,19 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_artifacts(self) -> str:
         return self.artifacts or str(self.home / "artifacts")
+
+    @property
+    def resolved_control_url(self) -> str:
+        if self.control_url:
+            return self.control_url.rstrip("/")
+        wildcard = self.host in ("0.0.0.0", "::", "")  # noqa: S104 (a comparison, not a bind)
+        host = "127.0.0.1" if wildcard else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def serving_dir(self) -> Path:
+        """Node-local spool of usage records and cache of model files for replicas."""
+        return self.home / "serving"
 
     @property
     def credentials_path(self) -> Path:

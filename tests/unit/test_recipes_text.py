@@ -35,6 +35,7 @@ from gureum.recipes import (
 )
 from gureum.recipes.gpt import TinyGPT
 from gureum.recipes.hf_lora import quiet
+from gureum.recipes.text_generator import LanguageModel, Steps, TextPredictor
 
 TINY_GPT = {
     "epochs": 2,
@@ -136,10 +137,123 @@ def test_gpt_predicts_prompts_repeatably(gpt_run: tuple[LocalRunContext, Any]) -
     assert len(first["text"].encode("utf-8", errors="replace")) >= 1
     greedy = predictor.predict(["The ", {"prompt": "The ", "temperature": 0}])
     assert greedy[0]["prompt"] == "The "
+    assert first["finish_reason"] == "length"  # bytes have no end-of-text
+    assert first["usage"] == {"prompt_tokens": len(b"This dress"), "completion_tokens": 12}
     with pytest.raises(BadInput, match="max_tokens"):
         predictor.predict([{"prompt": "x", "max_tokens": 0}])
     with pytest.raises(BadInput, match="prompt"):
         predictor.predict([42])
+
+
+def test_gpt_streams_exactly_what_it_predicts(gpt_run: tuple[LocalRunContext, Any]) -> None:
+    _, result = gpt_run
+    predictor = get_recipe("text-generator").load(result.train.model_dir)
+    assert isinstance(predictor, TextPredictor)
+    asks: list[Any] = [
+        {"prompt": "This dress", "max_tokens": 30, "temperature": 0.9, "seed": 5},
+        {"prompt": "", "max_tokens": 10, "temperature": 0},
+        # Hot sampling draws near-random bytes: broken UTF-8 that the stream must decode
+        # piece by piece exactly as the whole is decoded.
+        {"prompt": "Über ", "max_tokens": 60, "temperature": 8.0, "seed": 1},
+        "Linen",
+    ]
+    for ask in asks:
+        stream = predictor.stream(ask)
+        pieces = list(stream)
+        [whole] = predictor.predict([ask])
+        assert "".join(pieces) == whole["text"] and all(pieces)
+        assert stream.finish_reason == whole["finish_reason"] == "length"
+        assert stream.completion_tokens == whole["usage"]["completion_tokens"]
+        assert stream.prompt_tokens == whole["usage"]["prompt_tokens"]
+    # The same text as the model's own whole-sequence sampling, decoded at once.
+    model = predictor.lm.model
+    assert isinstance(model, TinyGPT)
+    prompt = "Über ".encode()
+    ids = model.generate(torch.tensor(list(prompt)), 60, 8.0, torch.Generator().manual_seed(1))
+    raw = bytes(ids[len(prompt) :].tolist()).decode("utf-8", errors="replace")
+    assert predictor.predict([asks[2]])[0]["text"] == raw and "\ufffd" in raw
+
+
+def test_gpt_stops_at_a_stop_string_and_meters_what_it_generated(
+    gpt_run: tuple[LocalRunContext, Any],
+) -> None:
+    _, result = gpt_run
+    predictor = get_recipe("text-generator").load(result.train.model_dir)
+    ask = {"prompt": "The ", "max_tokens": 80, "temperature": 1.0, "seed": 3}
+    [full] = predictor.predict([ask])
+    stop = full["text"][20:23]
+    cut = full["text"].index(stop)
+    [stopped] = predictor.predict([{**ask, "stop": ["never-there", stop]}])
+    assert stopped["text"] == full["text"][:cut] and stopped["finish_reason"] == "stop"
+    assert cut < stopped["usage"]["completion_tokens"] < 80  # generation ended early
+    assert "".join(predictor.stream({**ask, "stop": stop})) == stopped["text"]
+    # A stream the client leaves half way is metered for what was generated, no more.
+    stream = predictor.stream({**ask, "max_tokens": 500})
+    pieces = iter(stream)
+    next(pieces), next(pieces)
+    pieces.close()
+    assert 2 <= stream.completion_tokens < 10 and stream.finish_reason is None
+    with pytest.raises(RuntimeError, match="only once"):
+        iter(stream)
+
+
+@pytest.mark.parametrize(
+    ("ask", "says"),
+    [
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": True}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": 5000}, "max_tokens"),
+        ({"prompt": "x", "temperature": -1}, "temperature"),
+        ({"prompt": "x", "temperature": float("nan")}, "temperature"),
+        ({"prompt": "x", "seed": "7"}, "seed"),
+        ({"prompt": "x", "stop": ""}, "stop"),
+        ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"prompt": "x", "stop": 3}, "stop"),
+        ({"text": "x"}, "prompt"),
+        (None, "prompt"),
+    ],
+)
+def test_streaming_refuses_bad_input_before_generating(
+    gpt_run: tuple[LocalRunContext, Any], ask: Any, says: str
+) -> None:
+    _, result = gpt_run
+    predictor = get_recipe("text-generator").load(result.train.model_dir)
+    with pytest.raises(BadInput, match=says):
+        predictor.stream(ask)  # raises at once, not when first read
+    with pytest.raises(BadInput, match=says):
+        predictor.predict(["fine", ask])  # the whole batch is refused before any work
+
+
+def scripted(pieces: list[str], reason: str = "length") -> TextPredictor:
+    """A predictor whose model yields the given pieces, one token each."""
+
+    def stream(prompt: str, max_new: int, temperature: float, seed: int) -> Steps:
+        for piece in pieces[:max_new]:
+            yield piece, 1
+        return reason
+
+    def encode(text: str) -> torch.Tensor:
+        return torch.tensor(list(text.encode()), dtype=torch.long)
+
+    def no_loss(model: torch.nn.Module, window: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("not trained")
+
+    return TextPredictor(LanguageModel(torch.nn.Identity(), encode, no_loss, stream))
+
+
+def test_stop_strings_split_across_pieces_are_never_shown() -> None:
+    predictor = scripted(["ab", "c<", "/s", "> after"])
+    stream = predictor.stream({"prompt": "p", "stop": "</s>"})
+    assert list(stream) == ["ab", "c"] and stream.finish_reason == "stop"
+    assert stream.completion_tokens == 4  # up to the token that completed the stop string
+    # Text that only looked like the start of a stop string is shown once it is known not to be.
+    stream = scripted(["x<", "/y", "z"]).stream({"prompt": "p", "stop": ["</s>", "zz"]})
+    assert "".join(stream) == "x</yz" and stream.finish_reason == "length"
+    # The earliest of several stop strings wins.
+    out = scripted(["one two three"]).predict([{"prompt": "", "stop": ["three", "two"]}])
+    assert out[0]["text"] == "one " and out[0]["finish_reason"] == "stop"
+    # End of text reported by the model is a "stop", as in OpenAI's API.
+    assert scripted(["a"], "stop").predict(["p"])[0]["finish_reason"] == "stop"
 
 
 def test_gpt_resumes_from_its_checkpoint_and_exports(corpus: LocalDataset, tmp_path: Path) -> None:
@@ -199,6 +313,25 @@ def test_lora_fine_tunes_a_local_hugging_face_model(
 
     out = get_recipe("text-generator").predict(model_dir, [{"prompt": "The", "max_tokens": 5}])
     assert out[0]["prompt"] == "The" and isinstance(out[0]["text"], str)
+
+    # Token by token with the key/value cache: the same text as predict, counted in the
+    # tokenizer's tokens.
+    predictor = get_recipe("text-generator").load(model_dir)
+    assert isinstance(predictor, TextPredictor)
+    for ask in (
+        {"prompt": "The dress", "max_tokens": 12, "temperature": 1.5, "seed": 2},
+        {"prompt": "", "max_tokens": 6, "temperature": 0},
+    ):
+        stream = predictor.stream(ask)
+        pieces = list(stream)
+        [whole] = predictor.predict([ask])
+        assert "".join(pieces) == whole["text"] and whole == predictor.predict([ask])[0]
+        assert stream.completion_tokens == whole["usage"]["completion_tokens"] <= 12
+        assert whole["usage"]["prompt_tokens"] == predictor.count_tokens(ask["prompt"])
+        assert stream.finish_reason == whole["finish_reason"]
+        assert whole["finish_reason"] in ("stop", "length")
+        if whole["finish_reason"] == "length":
+            assert whole["usage"]["completion_tokens"] == ask["max_tokens"]
 
     # Export merges the adapter into the base: a plain HF folder that loads on its own and
     # differs from the base where the adapter learned something.

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from gureum.cli import cloud, datasets, demo, jobs, jobs_submit, models, samples, tenancy
+from gureum.cli import (
+    cloud,
+    consumers,
+    datasets,
+    demo,
+    endpoints,
+    jobs,
+    jobs_submit,
+    models,
+    samples,
+    tenancy,
+    usage,
+)
 
 app = typer.Typer(
     name="gureum",
@@ -16,10 +28,13 @@ cloud.register(app)
 demo.register(app)
 samples.register(app)
 tenancy.register(app)
+consumers.register(app)
+usage.register(app)
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(models.app, name="models")
 jobs.register(app)
 jobs_submit.register(app)
+endpoints.register(app)
 
 
 def main() -> None:

@@ -7,11 +7,15 @@ from typing import Any
 import httpx
 
 from gureum.client.base import Transport, resolve
+from gureum.client.consumers import ConsumersAPI, PlansAPI
 from gureum.client.datasets import DatasetsAPI
+from gureum.client.endpoints import EndpointsAPI
 from gureum.client.errors import GureumError
 from gureum.client.jobs import JobsAPI
 from gureum.client.models import ModelsAPI
+from gureum.client.serving import EndpointClient, PredictResult
 from gureum.client.tenancy import AuditAPI, KeysAPI, UsersAPI, WorkspacesAPI
+from gureum.client.usage import CostsAPI, InvoicesAPI, UsageAPI
 
 
 class Client:
@@ -42,6 +46,12 @@ class Client:
         self.audit = AuditAPI(self._t)
         self.models = ModelsAPI(self._t)
         self.jobs = JobsAPI(self._t)
+        self.plans = PlansAPI(self._t)
+        self.consumers = ConsumersAPI(self._t)
+        self.usage = UsageAPI(self._t)
+        self.invoices = InvoicesAPI(self._t)
+        self.costs = CostsAPI(self._t)
+        self.endpoints = EndpointsAPI(self._t)
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self._t.json("GET", "/v1/health")
@@ -66,4 +76,4 @@ class Client:
         self.close()
 
 
-__all__ = ["Client", "GureumError", "JobsAPI"]
+__all__ = ["Client", "EndpointClient", "EndpointsAPI", "GureumError", "JobsAPI", "PredictResult"]

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,6 +81,30 @@ def head_env() -> dict[str, str]:
     return env
 
 
+def haproxy_dir(temp_dir: Path | str) -> Path:
+    """HAProxy's socket path must stay under 97 characters and Ray Serve nests it under a
+    56-character folder: a short folder of its own, named after the head's."""
+    digest = hashlib.sha256(str(temp_dir).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"gureum-hp-{digest}"
+
+
+def serve_env(temp_dir: Path) -> dict[str, str]:
+    """Ray Serve's fast data plane (HAProxy in front of the replicas, see DESIGN.md), with its
+    files and side ports made private to this head so that several heads share a machine."""
+    haproxy = haproxy_dir(temp_dir)
+    metrics_port, stats_port = _free_ports(2)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+    }
+
+
 def _free_ports(n: int) -> list[int]:
     """``n`` distinct free ports (all sockets are held open until every port is chosen)."""
     with contextlib.ExitStack() as stack:
@@ -138,7 +163,7 @@ def start_head(
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             cmd,
-            env=head_env(),
+            env={**head_env(), **serve_env(temp_dir)},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -225,3 +250,4 @@ def stop_head(head: RayHead, timeout: float = STOP_TIMEOUT) -> bool:
 
 def remove_temp_dir(head: RayHead) -> None:
     shutil.rmtree(head.temp_dir, ignore_errors=True)
+    shutil.rmtree(haproxy_dir(head.temp_dir), ignore_errors=True)

@@ -8,6 +8,8 @@ output weights tied to the token embedding.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,15 +75,16 @@ class TinyGPT(nn.Module):
         return out
 
     @torch.no_grad()
-    def generate(
+    def sample(
         self,
         prompt: torch.Tensor,
         max_new: int,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """``prompt`` (1-D bytes) followed by ``max_new`` sampled bytes; temperature 0 is greedy.
-        Sampling draws on the CPU so one seed gives one text on any device."""
+    ) -> Iterator[int]:
+        """Up to ``max_new`` bytes sampled after ``prompt`` (1-D), one at a time, so a caller can
+        stream them or stop early; temperature 0 is greedy. Sampling draws on the CPU so one
+        seed gives one text on any device."""
         seq = prompt.clone()
         for _ in range(max_new):
             ctx = seq[-self.block_size :].unsqueeze(0)
@@ -92,11 +95,25 @@ class TinyGPT(nn.Module):
                 probs = torch.softmax(logits / temperature, dim=-1)
                 nxt = torch.multinomial(probs, 1, generator=generator)
             seq = torch.cat([seq, nxt.to(seq.device)])
-        return seq
+            yield int(nxt)
+
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        max_new: int,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``prompt`` followed by ``max_new`` sampled bytes (what ``sample`` yields)."""
+        new = list(self.sample(prompt, max_new, temperature, generator))
+        return torch.cat([prompt, torch.tensor(new, dtype=prompt.dtype, device=prompt.device)])
 
 
 def encode(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
+    data = text.encode("utf-8")
+    if not data:  # frombuffer refuses an empty buffer
+        return torch.zeros(0, dtype=torch.long)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
 
 
 def decode(ids: torch.Tensor) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -103,7 +103,11 @@ def encode(tokenizer: Any, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def generate(
+Steps = Generator[tuple[str, int], None, str]
+
+
+@torch.no_grad()
+def stream(
     model: nn.Module,
     tokenizer: Any,
     prompt: str,
@@ -111,7 +115,15 @@ def generate(
     temperature: float,
     seed: int,
     device: torch.device,
-) -> str:
+) -> Steps:
+    """Sample token by token with the key/value cache, yielding ``(text, tokens)`` and returning
+    the finish reason ("stop" at end-of-text, else "length").
+
+    Our own loop rather than ``model.generate`` with a streamer: that needs a thread per request
+    and the global RNG, where this draws from a per-request CPU generator, so one seed gives one
+    text on any device and concurrent requests do not disturb each other. Sampling is plain
+    temperature sampling (no top-k/top-p), as for the byte-level GPT.
+    """
     ids = encode(tokenizer, prompt).to(device).unsqueeze(0)
     if ids.shape[1] == 0:
         ids = torch.tensor([[tokenizer.eos_token_id]], device=device)
@@ -119,19 +131,41 @@ def generate(
     if limit is not None:
         ids = ids[:, -(limit - 1) :]
         max_new = max(1, min(max_new, limit - ids.shape[1]))
-    torch.manual_seed(seed)
-    sampling: dict[str, Any] = (
-        {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    )
-    with quiet(), torch.no_grad():
-        out = cast(Any, model).generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new,
-            pad_token_id=tokenizer.pad_token_id,
-            **sampling,
-        )
-    return cast(str, tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+    gen = torch.Generator().manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    new: list[int] = []
+    shown, past, step_ids, reason = "", None, ids, "length"
+    for _ in range(max_new):
+        with quiet():
+            out = cast(Any, model)(input_ids=step_ids, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[0, -1].float().cpu()
+        if temperature <= 0:
+            nxt = int(logits.argmax())
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            nxt = int(torch.multinomial(probs, 1, generator=gen))
+        if nxt == eos:
+            reason = "stop"
+            break
+        new.append(nxt)
+        # Decode everything so far and show the new suffix once it is whole: one token may hold
+        # half a character (byte-level BPE) or change how the previous one reads.
+        text = _decode(tokenizer, new)
+        piece = ""
+        if text.startswith(shown) and not text.endswith("\ufffd"):
+            piece, shown = text[len(shown) :], text
+        yield piece, 1
+        step_ids = torch.tensor([[nxt]], device=device)
+    text = _decode(tokenizer, new)
+    if text.startswith(shown) and len(text) > len(shown):
+        yield text[len(shown) :], 0
+    return reason
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    with quiet():
+        return cast(str, tokenizer.decode(ids, skip_special_tokens=True))
 
 
 def save(model: nn.Module, tokenizer: Any, model_dir: Path) -> None:

@@ -8,9 +8,10 @@ to ``samples.txt`` in the artifacts.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ GPT_ONLY = frozenset({"n_layer", "n_head", "n_embd", "dropout"})
 LORA_ONLY = frozenset({"lora_r", "lora_alpha", "lora_dropout"})
 SAMPLE_PROMPTS = 3
 MAX_TOKENS = 2048
+MAX_STOPS = 4
 
 
 class TextParams(RecipeParams):
@@ -88,6 +90,11 @@ class TextParams(RecipeParams):
         return self.lr if self.lr is not None else (5e-4 if self.base_model else 3e-3)
 
 
+# One generation step: the text it makes visible (may be empty while a character is incomplete)
+# and the tokens it sampled; the generator returns why it ended ("stop" or "length").
+Steps = Generator[tuple[str, int], None, str]
+
+
 @dataclass
 class LanguageModel:
     """What the shared loop needs from either kind of model."""
@@ -95,7 +102,10 @@ class LanguageModel:
     model: nn.Module
     encode: Callable[[str], torch.Tensor]
     window_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (B, T+1) tokens
-    generate: Callable[[str, int, float, int], str]  # prompt, max tokens, temperature, seed
+    stream: Callable[[str, int, float, int], Steps]  # prompt, max tokens, temperature, seed
+
+    def generate(self, prompt: str, max_new: int, temperature: float, seed: int) -> str:
+        return "".join(piece for piece, _ in self.stream(prompt, max_new, temperature, seed))
 
 
 def _gpt_lm(model: gpt.TinyGPT, device: torch.device) -> LanguageModel:
@@ -103,25 +113,32 @@ def _gpt_lm(model: gpt.TinyGPT, device: torch.device) -> LanguageModel:
         logits = m(w[:, :-1])  # m may be the DistributedDataParallel wrapper
         return F.cross_entropy(logits.reshape(-1, gpt.VOCAB), w[:, 1:].reshape(-1))
 
-    def generate(prompt: str, max_new: int, temperature: float, seed: int) -> str:
+    def stream(prompt: str, max_new: int, temperature: float, seed: int) -> Steps:
         ids = gpt.encode(prompt).to(device)
         if not len(ids):
             ids = gpt.encode("\n").to(device)
         gen = torch.Generator().manual_seed(seed)
-        out = model.generate(ids, max_new, temperature, gen)
-        return gpt.decode(out[len(ids) :])
+        # Bytes arrive one at a time; the incremental decoder holds a partial character back
+        # and decodes exactly as ``bytes.decode(errors="replace")`` does on the whole.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for byte in model.sample(ids, max_new, temperature, gen):
+            yield decoder.decode(bytes([byte])), 1
+        rest = decoder.decode(b"", final=True)
+        if rest:
+            yield rest, 0
+        return "length"  # a byte model has no end-of-text token
 
-    return LanguageModel(model, gpt.encode, window_loss, generate)
+    return LanguageModel(model, gpt.encode, window_loss, stream)
 
 
 def _hf_lm(model: nn.Module, tokenizer: Any, device: torch.device) -> LanguageModel:
     from gureum.recipes import hf_lora  # optional, heavy: only when a base model is used
 
-    def generate(prompt: str, max_new: int, temperature: float, seed: int) -> str:
-        return hf_lora.generate(model, tokenizer, prompt, max_new, temperature, seed, device)
+    def stream(prompt: str, max_new: int, temperature: float, seed: int) -> Steps:
+        return hf_lora.stream(model, tokenizer, prompt, max_new, temperature, seed, device)
 
     return LanguageModel(
-        model, lambda text: hf_lora.encode(tokenizer, text), hf_lora.window_loss, generate
+        model, lambda text: hf_lora.encode(tokenizer, text), hf_lora.window_loss, stream
     )
 
 
@@ -148,27 +165,136 @@ def _held_out(lm: LanguageModel, windows: torch.Tensor, device: torch.device) ->
     return total / len(windows)
 
 
+@dataclass(frozen=True)
+class Generation:
+    """One validated request for text; ``predict`` and ``stream`` accept the same inputs."""
+
+    prompt: str
+    max_tokens: int = 64
+    temperature: float = 0.8
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, item: Any) -> Generation:
+        """A prompt, or ``{"prompt", "max_tokens", "temperature", "seed", "stop"}``."""
+        spec = {"prompt": item} if isinstance(item, str) else item
+        if not isinstance(spec, dict) or not isinstance(spec.get("prompt"), str):
+            raise BadInput('each input must be a prompt or {"prompt": "...", ...}')
+        max_tokens = spec.get("max_tokens", cls.max_tokens)
+        temperature, seed = spec.get("temperature", cls.temperature), spec.get("seed", cls.seed)
+        if not _is_int(max_tokens) or not 1 <= max_tokens <= MAX_TOKENS:
+            raise BadInput(f'"max_tokens" must be an integer from 1 to {MAX_TOKENS}')
+        if not isinstance(temperature, int | float) or isinstance(temperature, bool):
+            raise BadInput('"temperature" must be a number >= 0 (0 is greedy)')
+        if not temperature >= 0 or math.isinf(temperature):
+            raise BadInput('"temperature" must be a number >= 0 (0 is greedy)')
+        if not _is_int(seed):
+            raise BadInput('"seed" must be an integer')
+        stop = spec.get("stop")
+        stops = [stop] if isinstance(stop, str) else [] if stop is None else stop
+        if not isinstance(stops, list) or len(stops) > MAX_STOPS:
+            raise BadInput(f'"stop" must be a string or a list of at most {MAX_STOPS} strings')
+        if not all(isinstance(x, str) and x for x in stops):
+            raise BadInput('"stop" strings must be non-empty')
+        return cls(spec["prompt"], max_tokens, float(temperature), seed, tuple(stops))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class TextStream:
+    """The text of one generation, piece by piece as it is sampled.
+
+    Counts tokens as it goes (``prompt_tokens``, ``completion_tokens``), so a stream the client
+    abandons half way is still metered for what was generated. Stop strings end generation
+    early; text that might be the start of one is held back until it is known not to be, so no
+    piece of a stop string is ever shown. ``finish_reason`` is "stop" (end of text or a stop
+    string) or "length" (``max_tokens`` reached), as in OpenAI's API; None until the end.
+    """
+
+    def __init__(self, lm: LanguageModel, gen: Generation) -> None:
+        self.generation = gen
+        self.prompt_tokens = len(lm.encode(gen.prompt))
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self._steps = lm.stream(gen.prompt, gen.max_tokens, gen.temperature, gen.seed)
+        self._read = False
+
+    def __iter__(self) -> Iterator[str]:
+        if self._read:
+            raise RuntimeError("a TextStream can be read only once")
+        self._read = True
+        return self._pieces()
+
+    def _pieces(self) -> Iterator[str]:
+        stops, held = self.generation.stop, ""
+        try:
+            while True:
+                try:
+                    piece, tokens = next(self._steps)
+                except StopIteration as end:
+                    self.finish_reason = str(end.value)
+                    break
+                self.completion_tokens += tokens
+                held += piece
+                cut = min((i for i in (held.find(s) for s in stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    held, self.finish_reason = held[:cut], "stop"
+                    break
+                keep = _partial_stop(held, stops)
+                if len(held) > keep:
+                    yield held[: len(held) - keep]
+                    held = held[len(held) - keep :]
+            if held:
+                yield held
+        finally:
+            self._steps.close()
+
+
+def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of ``text`` that begins some stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
+
+
 class TextPredictor:
     def __init__(self, lm: LanguageModel) -> None:
         self.lm = lm
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` as this model reads it (UTF-8 bytes for the byte-level GPT)."""
+        return len(self.lm.encode(text))
+
+    def stream(self, item: Any) -> TextStream:
+        """Validate now (``BadInput`` before any text is sent), generate while iterated."""
+        return TextStream(self.lm, Generation.parse(item))
+
     def predict(self, inputs: list[Any]) -> list[Any]:
-        """A prompt, or ``{"prompt", "max_tokens", "temperature", "seed"}`` -> ``{"text"}``."""
+        """A prompt, or ``{"prompt", "max_tokens", "temperature", "seed", "stop"}`` ->
+        ``{"prompt", "text", "finish_reason", "usage": {"prompt_tokens",
+        "completion_tokens"}}``; the text is exactly what ``stream`` yields for that input."""
+        streams = [self.stream(item) for item in inputs]  # refuse a bad batch before any work
         out = []
-        for item in inputs:
-            spec = {"prompt": item} if isinstance(item, str) else item
-            if not isinstance(spec, dict) or not isinstance(spec.get("prompt"), str):
-                raise BadInput('each input must be a prompt or {"prompt": "...", ...}')
-            max_tokens = spec.get("max_tokens", 64)
-            temperature, seed = spec.get("temperature", 0.8), spec.get("seed", 0)
-            if not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS:
-                raise BadInput(f'"max_tokens" must be an integer from 1 to {MAX_TOKENS}')
-            if not isinstance(temperature, int | float) or temperature < 0:
-                raise BadInput('"temperature" must be a number >= 0 (0 is greedy)')
-            if not isinstance(seed, int):
-                raise BadInput('"seed" must be an integer')
-            text = self.lm.generate(spec["prompt"], max_tokens, float(temperature), seed)
-            out.append({"prompt": spec["prompt"], "text": text})
+        for s in streams:
+            text = "".join(s)
+            out.append(
+                {
+                    "prompt": s.generation.prompt,
+                    "text": text,
+                    "finish_reason": s.finish_reason,
+                    "usage": {
+                        "prompt_tokens": s.prompt_tokens,
+                        "completion_tokens": s.completion_tokens,
+                    },
+                }
+            )
         return out
 
 

@@ -18,8 +18,13 @@ from gureum.server.api import ROUTERS
 from gureum.server.auth import Authenticator
 from gureum.server.db.migrate import upgrade
 from gureum.server.db.session import Database
+from gureum.server.deps import Serving
 from gureum.server.errors import install_error_handlers
+from gureum.server.services.endpoint_controller import EndpointController
+from gureum.server.services.endpoint_stats import LiveGauges
+from gureum.server.services.endpoints import load_secret
 from gureum.server.services.job_controller import JobController
+from gureum.serving.backend import RayServeBackend, ServingBackend
 from gureum.storage.store import ArtifactStore
 
 
@@ -28,9 +33,11 @@ def create_app(
     *,
     migrate: bool = True,
     compute: ComputeBackend | None = None,
+    serving: ServingBackend | None = None,
 ) -> FastAPI:
-    """``compute`` runs the jobs (tests pass a fake); by default the Ray cluster at
-    ``settings.ray_address`` does, and without one jobs are accepted and wait in the queue."""
+    """``compute`` runs the jobs and ``serving`` the endpoints (tests pass fakes); by default
+    the Ray cluster at ``settings.ray_address`` does both, and without one jobs wait in the
+    queue and endpoints are recorded but not served."""
     settings = settings or Settings()
     db = Database(settings.resolved_database_url)
     if migrate:
@@ -42,12 +49,20 @@ def create_app(
         if connected:
             backend = await to_thread.run_sync(RayBackend, settings.ray_address)
             app.state.jobs = JobController(db, backend, app.state.store)
+        if connected:
+            ray_serve = await to_thread.run_sync(
+                RayServeBackend, settings.ray_address, settings.serve_host, settings.serve_port
+            )
+            app.state.serving.controller = EndpointController(db, ray_serve, settings, secret)
         controller: JobController | None = app.state.jobs
-        if controller is not None:
-            await to_thread.run_sync(controller.start)
+        endpoints: EndpointController | None = app.state.serving.controller
+        for started in (controller, endpoints):
+            if started is not None:
+                await to_thread.run_sync(started.start)
         yield
-        if controller is not None:
-            await to_thread.run_sync(controller.stop)
+        for started in (controller, endpoints):
+            if started is not None:
+                await to_thread.run_sync(started.stop)
         if connected:
             await to_thread.run_sync(disconnect)
         db.dispose()
@@ -67,6 +82,10 @@ def create_app(
     store.sweep_tmp()  # uploads cut off by a crash of an earlier server
     app.state.auth = Authenticator(db)
     app.state.jobs = JobController(db, compute, store) if compute is not None else None
+    secret = load_secret(settings.home / "serving.key")
+    app.state.serving = Serving(secret, LiveGauges())
+    if serving is not None:
+        app.state.serving.controller = EndpointController(db, serving, settings, secret)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router, prefix="/v1")

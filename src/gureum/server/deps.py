@@ -8,14 +8,18 @@ authenticator's cache goes to a thread for its database lookup.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from gureum.config import Settings
+from gureum.schemas.endpoints import ReplicaCounts
 from gureum.server.auth import Authenticator, Principal
 from gureum.server.db.session import Database
+from gureum.server.services.endpoint_controller import EndpointController
+from gureum.server.services.endpoint_stats import LiveGauges
 from gureum.server.services.job_controller import JobController
 from gureum.storage.store import ArtifactStore
 
@@ -79,3 +83,27 @@ async def get_jobs(request: Request) -> JobController | None:
 
 
 JobsDep = Annotated[JobController | None, Depends(get_jobs)]
+
+
+@dataclass
+class Serving:
+    """The serving side as the routers see it; without a cluster there is no controller."""
+
+    secret: bytes
+    gauges: LiveGauges
+    controller: EndpointController | None = None
+
+    @property
+    def data_url(self) -> str | None:
+        return self.controller.data_url if self.controller else None
+
+    def live(self, name: str) -> ReplicaCounts:
+        return self.controller.live(name) if self.controller else ReplicaCounts()
+
+
+async def get_serving(request: Request) -> Serving:
+    serving: Serving = request.app.state.serving
+    return serving
+
+
+ServingDep = Annotated[Serving, Depends(get_serving)]

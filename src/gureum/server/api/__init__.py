@@ -5,11 +5,15 @@ from fastapi import APIRouter
 from gureum.server.api import (
     audit,
     blobs,
+    consumers,
     datasets,
+    endpoints,
     health,
+    internal,
     jobs,
     keys,
     models,
+    usage,
     users,
     workspaces,
 )
@@ -24,4 +28,11 @@ ROUTERS: list[APIRouter] = [
     blobs.router,
     models.router,
     jobs.router,
+    endpoints.router,
+    internal.router,
+    consumers.plans_router,
+    consumers.router,
+    usage.usage_router,
+    usage.invoices_router,
+    usage.costs_router,
 ]

@@ -334,3 +334,8 @@ class JobOutput(Base):
     path: Mapped[str] = mapped_column(String(1024))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
+
+
+# The serving side's tables live in their own module; importing it here registers them with
+# Base.metadata wherever the tables are imported (migrations, tests, the server).
+from gureum.server.db import tables_serving as tables_serving  # noqa: E402

@@ -28,7 +28,7 @@ from gureum.schemas.jobs import ACTIVE_STATES, Resources
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Dataset, DatasetVersion, Job, Workspace
-from gureum.server.services import job_results
+from gureum.server.services import costs, job_results
 from gureum.server.services.jobs import add_event, dataset_manifest, model_files, settle
 from gureum.storage.store import ArtifactStore
 
@@ -197,6 +197,7 @@ class JobController:
             job = s.get(Job, job_id, with_for_update=True)
             if job is not None and job.attempt == attempt and job.state in ACTIVE_STATES:
                 self._settle_attempt(s, job, outcome, end)
+                costs.record_job(s, job)  # resource-seconds, once the job is terminal
         self._stopping.pop((job_id, attempt), None)
         self._launched.pop((job_id, attempt), None)
         self.backend.release(job_id, attempt)

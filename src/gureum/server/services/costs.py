@@ -1,0 +1,309 @@
+"""Compute cost: resource-seconds recorded as jobs finish and endpoints run, priced per month.
+
+Only resource-seconds are stored; prices are applied when a report is made, so a price change
+re-prices every month's report. A row spanning a month boundary is split pro rata by time.
+Storage is the workspace's distinct blobs (dataset and model files; a blob shared by versions
+counts once) as GB-months, GB being 2^30 bytes as object stores bill: today's bytes times the
+elapsed share of the period (the whole month for a past one). Bytes are not kept per day, so a
+past month is priced at today's size: an approximation that says so.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CompoundSelect, Select, func, select, union
+from sqlalchemy.orm import Session
+
+from gureum.config import Settings
+from gureum.schemas.consumers import (
+    CostReport,
+    CostTotals,
+    EndpointCost,
+    JobCost,
+    Prices,
+    StorageCost,
+)
+from gureum.schemas.endpoints import ReplicaResources
+from gureum.schemas.jobs import TERMINAL_STATES, Resources
+from gureum.server.auth import Principal
+from gureum.server.db.base import utcnow
+from gureum.server.db.session import Database
+from gureum.server.db.tables import (
+    Dataset,
+    DatasetFile,
+    DatasetVersion,
+    Job,
+    Model,
+    ModelFile,
+    ModelVersion,
+)
+from gureum.server.db.tables_serving import ResourceUsage, UsageRecord
+from gureum.server.services.usage import period_bounds
+
+GB = 1024**3
+HOUR = 3600.0
+
+
+def prices_from(settings: Settings) -> Prices:
+    return Prices(
+        currency=settings.price_currency,
+        cpu_hour=settings.price_cpu_hour,
+        gpu_hour=settings.price_gpu_hour,
+        gpu_hour_by_type=settings.price_gpu_hour_by_type,
+        memory_gb_hour=settings.price_memory_gb_hour,
+        storage_gb_month=settings.price_storage_gb_month,
+    )
+
+
+def gpu_hour_price(prices: Prices, accelerator_type: str | None) -> float:
+    """The accelerator type's price (exact name, then any case), else the default GPU-hour."""
+    if accelerator_type:
+        by_type = prices.gpu_hour_by_type
+        if accelerator_type in by_type:
+            return by_type[accelerator_type]
+        lowered = {k.lower(): v for k, v in by_type.items()}
+        if accelerator_type.lower() in lowered:
+            return lowered[accelerator_type.lower()]
+    return prices.gpu_hour
+
+
+# -- recording -----------------------------------------------------------------------------------
+
+
+def record_job(s: Session, job: Job) -> None:
+    """A finished job's resource-seconds (every worker, start to finish); nothing if it never
+    started or is not finished (a lost attempt about to be retried). Called in the transaction
+    that makes the job terminal; a second call adds nothing. With retries the span runs from the
+    first start to the end, waits in between included."""
+    if job.started_at is None or job.state not in TERMINAL_STATES:
+        return
+    exists = select(ResourceUsage.id).where(
+        ResourceUsage.kind == "job", ResourceUsage.ref == job.id
+    )
+    if s.scalar(exists) is not None:
+        return
+    end = job.finished_at or utcnow()
+    seconds = max(0.0, (end - job.started_at).total_seconds())
+    r = Resources.model_validate(job.resources)
+    worker_seconds = seconds * job.workers
+    s.add(
+        ResourceUsage(
+            workspace_id=job.workspace_id,
+            kind="job",
+            ref=job.id,
+            start=job.started_at,
+            end=end,
+            replica_seconds=worker_seconds,
+            cpu_seconds=r.cpus * worker_seconds,
+            gpu_seconds=r.gpus * worker_seconds,
+            accelerator_type=r.accelerator_type,
+            memory_gb_seconds=(r.memory_gb or 0.0) * worker_seconds,
+        )
+    )
+
+
+def record_endpoint(
+    s: Session,
+    workspace_id: int,
+    endpoint_name: str,
+    start: datetime,
+    end: datetime,
+    replicas: float,
+    resources: ReplicaResources,
+) -> None:
+    """``replicas`` replicas of an endpoint ran from ``start`` to ``end``; nothing when none."""
+    seconds = (end - start).total_seconds()
+    if seconds <= 0 or replicas <= 0:
+        return
+    replica_seconds = replicas * seconds
+    s.add(
+        ResourceUsage(
+            workspace_id=workspace_id,
+            kind="endpoint",
+            ref=endpoint_name,
+            start=start,
+            end=end,
+            replica_seconds=replica_seconds,
+            cpu_seconds=resources.cpus * replica_seconds,
+            gpu_seconds=resources.gpus * replica_seconds,
+            accelerator_type=resources.accelerator_type,
+            memory_gb_seconds=(resources.memory_gb or 0.0) * replica_seconds,
+        )
+    )
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Use:
+    replica_s: float = 0.0
+    cpu_s: float = 0.0
+    gpu_s: float = 0.0
+    mem_s: float = 0.0
+    cost: float = 0.0
+    accelerator_type: str | None = None
+
+
+def _overlap(row: ResourceUsage, start: datetime, end: datetime) -> float:
+    """The share of a row's interval inside [start, end)."""
+    length = (row.end - row.start).total_seconds()
+    if length <= 0:
+        return 1.0 if start <= row.start < end else 0.0
+    inside = (min(row.end, end) - max(row.start, start)).total_seconds()
+    return max(0.0, min(1.0, inside / length))
+
+
+def _compute(
+    s: Session, workspace_id: int, start: datetime, end: datetime, prices: Prices
+) -> dict[str, dict[str, _Use]]:
+    rows = s.scalars(
+        select(ResourceUsage).where(
+            ResourceUsage.workspace_id == workspace_id,
+            ResourceUsage.start < end,
+            ResourceUsage.end > start,
+        )
+    )
+    out: dict[str, dict[str, _Use]] = {"job": defaultdict(_Use), "endpoint": defaultdict(_Use)}
+    for row in rows:
+        share = _overlap(row, start, end)
+        if share <= 0 or row.kind not in out:
+            continue
+        use = out[row.kind][row.ref]
+        cpu_s, gpu_s, mem_s = (
+            row.cpu_seconds * share,
+            row.gpu_seconds * share,
+            row.memory_gb_seconds * share,
+        )
+        use.replica_s += row.replica_seconds * share
+        use.cpu_s += cpu_s
+        use.gpu_s += gpu_s
+        use.mem_s += mem_s
+        use.accelerator_type = use.accelerator_type or row.accelerator_type
+        use.cost += (
+            cpu_s / HOUR * prices.cpu_hour
+            + gpu_s / HOUR * gpu_hour_price(prices, row.accelerator_type)
+            + mem_s / HOUR * prices.memory_gb_hour
+        )
+    return out
+
+
+def _storage(
+    s: Session, workspace_id: int, start: datetime, end: datetime, prices: Prices
+) -> StorageCost:
+    datasets = (
+        select(DatasetFile.sha256, DatasetFile.size)
+        .join(DatasetVersion, DatasetVersion.id == DatasetFile.version_id)
+        .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+        .where(Dataset.workspace_id == workspace_id)
+    )
+    models = (
+        select(ModelFile.sha256, ModelFile.size)
+        .join(ModelVersion, ModelVersion.id == ModelFile.version_id)
+        .join(Model, Model.id == ModelVersion.model_id)
+        .where(Model.workspace_id == workspace_id)
+    )
+
+    def total(stmt: Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]]) -> int:
+        sub = stmt.subquery()
+        return int(s.scalar(select(func.coalesce(func.sum(sub.c.size), 0))) or 0)
+
+    billed = total(union(datasets, models))
+    now = utcnow()
+    elapsed = (min(max(now, start), end) - start).total_seconds()
+    gb_months = billed / GB * elapsed / (end - start).total_seconds()
+    return StorageCost(
+        dataset_bytes=total(datasets.distinct()),
+        model_bytes=total(models.distinct()),
+        billed_bytes=billed,
+        gb_months=gb_months,
+        cost=round(gb_months * prices.storage_gb_month, 6),
+    )
+
+
+def report(db: Database, principal: Principal, period: str, prices: Prices) -> CostReport:
+    """What the caller's workspace cost in ``period`` (YYYY-MM), per job, per endpoint (with
+    its revenue and margin) and for storage."""
+    principal.require("viewer")
+    start, end = period_bounds(period)
+    ws = principal.workspace_id
+    with db.read() as s:
+        compute = _compute(s, ws, start, end, prices)
+        revenue_rows = s.execute(
+            select(
+                UsageRecord.endpoint_name,
+                UsageRecord.currency,
+                func.count(),
+                func.sum(UsageRecord.amount),
+            )
+            .where(
+                UsageRecord.workspace_id == ws,
+                UsageRecord.time >= start,
+                UsageRecord.time < end,
+            )
+            .group_by(UsageRecord.endpoint_name, UsageRecord.currency)
+        ).all()
+        storage = _storage(s, ws, start, end, prices)
+    revenue: dict[str, float] = defaultdict(float)
+    requests: dict[str, int] = defaultdict(int)
+    other: dict[str, float] = defaultdict(float)
+    for name, currency, count, amount in revenue_rows:
+        requests[name] += int(count)
+        if currency == prices.currency:
+            revenue[name] += float(amount or 0.0)
+        else:
+            other[currency] += float(amount or 0.0)
+    jobs = [
+        JobCost(
+            job=ref,
+            accelerator_type=u.accelerator_type,
+            cpu_hours=round(u.cpu_s / HOUR, 6),
+            gpu_hours=round(u.gpu_s / HOUR, 6),
+            memory_gb_hours=round(u.mem_s / HOUR, 6),
+            cost=round(u.cost, 6),
+        )
+        for ref, u in sorted(compute["job"].items())
+    ]
+    endpoint_uses = compute["endpoint"]
+    endpoints = []
+    for name in sorted(set(endpoint_uses) | set(requests)):
+        u = endpoint_uses.get(name) or _Use()
+        endpoints.append(
+            EndpointCost(
+                endpoint=name,
+                replica_hours=round(u.replica_s / HOUR, 6),
+                cpu_hours=round(u.cpu_s / HOUR, 6),
+                gpu_hours=round(u.gpu_s / HOUR, 6),
+                memory_gb_hours=round(u.mem_s / HOUR, 6),
+                cost=round(u.cost, 6),
+                requests=requests.get(name, 0),
+                revenue=round(revenue.get(name, 0.0), 6),
+                margin=round(revenue.get(name, 0.0) - u.cost, 6),
+            )
+        )
+    jobs_cost = sum(u.cost for u in compute["job"].values())
+    endpoints_cost = sum(u.cost for u in endpoint_uses.values())
+    cost = jobs_cost + endpoints_cost + storage.cost
+    income = sum(revenue.values())
+    totals = CostTotals(
+        jobs=round(jobs_cost, 6),
+        endpoints=round(endpoints_cost, 6),
+        storage=storage.cost,
+        cost=round(cost, 6),
+        revenue=round(income, 6),
+        margin=round(income - cost, 6),
+        other_revenue={k: round(v, 6) for k, v in sorted(other.items())},
+    )
+    return CostReport(
+        workspace=principal.workspace_name,
+        period=period,
+        prices=prices,
+        jobs=jobs,
+        endpoints=endpoints,
+        storage=storage,
+        totals=totals,
+    )

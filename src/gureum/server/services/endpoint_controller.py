@@ -1,0 +1,302 @@
+"""Makes Ray Serve run what the endpoints table says, and watches what runs.
+
+A reconciliation loop: each tick reads Ray Serve's application states, applies endpoints whose
+desired state changed, promotes a rolled-out version once it has loaded (or drops it with the
+reason when it fails to), rolls back canaries that breach their limits, and records the
+replica-seconds every endpoint used. Restarting it at any time is safe: Ray Serve keeps the
+replicas, and a re-applied application with an unchanged version is left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gureum.compute.spec import BlobFile
+from gureum.config import Settings
+from gureum.schemas.endpoints import EndpointConfig, ReplicaCounts
+from gureum.server.db.base import utcnow
+from gureum.server.db.session import Database
+from gureum.server.db.tables import Model, ModelVersion
+from gureum.server.db.tables_serving import Endpoint
+from gureum.server.services import costs
+from gureum.server.services.endpoint_stats import judge_canary
+from gureum.server.services.endpoints import (
+    add_event,
+    changed,
+    drop_canary,
+    endpoint_token,
+    promote_canary,
+)
+from gureum.server.services.jobs import model_files
+from gureum.serving.backend import AppSpec, AppState, ServingBackend
+from gureum.serving.spec import ReplicaSpec, Role, TrafficConfig
+
+log = logging.getLogger(__name__)
+TICK_S = 1.0
+JUDGE_EVERY_S = 5.0
+METER_EVERY_S = 15.0
+RUNNING = "RUNNING"
+FAILED = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
+
+
+def app_names(endpoint: str) -> dict[Role, str]:
+    return {"primary": endpoint, "canary": f"{endpoint}--canary", "shadow": f"{endpoint}--shadow"}
+
+
+class EndpointController:
+    def __init__(
+        self, db: Database, backend: ServingBackend, settings: Settings, secret: bytes
+    ) -> None:
+        self.db, self.backend, self.settings, self.secret = db, backend, settings, secret
+        self.states: dict[str, AppState] = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._judged = 0.0
+        self._metered_at: dict[int, datetime] = {}
+        self._last_meter = time.monotonic()
+
+    @property
+    def data_url(self) -> str:
+        return self.backend.data_url
+
+    def live(self, name: str) -> ReplicaCounts:
+        apps = app_names(name)
+        counts = {r: (self.states[a].running if a in self.states else 0) for r, a in apps.items()}
+        return ReplicaCounts(**counts)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="endpoint-controller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("endpoint controller tick failed")
+            self._wake.wait(TICK_S)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        self.states = self.backend.states()
+        with self.db.read() as s:
+            ids = list(s.scalars(select(Endpoint.id)))
+        for ep_id in ids:
+            self._reconcile(ep_id)
+        now = time.monotonic()
+        if now - self._judged >= JUDGE_EVERY_S:
+            self._judged = now
+            self._judge()
+        if now - self._last_meter >= METER_EVERY_S:
+            self._last_meter = now
+            self._meter()
+
+    # -- desired state -> Ray Serve ----------------------------------------------------------
+
+    def _reconcile(self, ep_id: int) -> None:
+        with self.db.read() as s:
+            ep = s.get(Endpoint, ep_id)
+            if ep is None:
+                return
+            generation = ep.generation
+            apps = app_names(ep.name)
+            pending = ep.generation != ep.applied_generation
+            specs = self._specs(s, ep) if pending and ep.state != "deleting" else {}
+            deleting = ep.state == "deleting"
+        if pending:
+            for role, app in apps.items():
+                if role in specs:
+                    self.backend.apply(specs[role])
+                elif app in self.states:
+                    self.backend.delete(app)
+            with self.db.write() as s:
+                ep = s.get(Endpoint, ep_id)
+                if ep is not None and ep.generation == generation:
+                    ep.applied_generation = generation
+            return
+        if deleting:
+            if not any(a in self.states for a in apps.values()):
+                with self.db.write() as s:
+                    ep = s.get(Endpoint, ep_id)
+                    if ep is not None and ep.state == "deleting":
+                        s.delete(ep)
+            return
+        self._observe(ep_id, apps)
+
+    def _specs(self, s: Session, ep: Endpoint) -> dict[Role, AppSpec]:
+        config = EndpointConfig.model_validate(ep.config)
+        apps = app_names(ep.name)
+        token = endpoint_token(self.secret, ep)
+        traffic = TrafficConfig(
+            canary_percent=ep.canary_percent if ep.canary_version_id else 0.0,
+            canary_app=apps["canary"] if ep.canary_version_id else None,
+            shadow_app=apps["shadow"] if ep.shadow_version_id else None,
+            max_batch_size=config.batching.max_batch_size,
+            max_wait_ms=config.batching.max_wait_ms,
+        )
+        versions: dict[Role, int | None] = {
+            "primary": ep.version_id,
+            "canary": ep.canary_version_id,
+            "shadow": ep.shadow_version_id,
+        }
+        out: dict[Role, AppSpec] = {}
+        for role, version_id in versions.items():
+            if version_id is None:
+                continue
+            replica = self._replica(s, ep, role, version_id, token, config)
+            out[role] = AppSpec(
+                name=apps[role],
+                route_prefix=f"/v1/endpoints/{ep.name}" if role == "primary" else None,
+                replica=replica,
+                traffic=traffic
+                if role == "primary"
+                else TrafficConfig(
+                    max_batch_size=config.batching.max_batch_size,
+                    max_wait_ms=config.batching.max_wait_ms,
+                ),
+                resources=config.resources,
+                autoscaling=config.autoscaling,
+            )
+        return out
+
+    def _replica(
+        self,
+        s: Session,
+        ep: Endpoint,
+        role: Role,
+        version_id: int,
+        token: str,
+        config: EndpointConfig,
+    ) -> ReplicaSpec:
+        row = s.execute(
+            select(Model.name, ModelVersion.version, ModelVersion.recipe)
+            .join(ModelVersion, ModelVersion.model_id == Model.id)
+            .where(ModelVersion.id == version_id)
+        ).one()
+        return ReplicaSpec(
+            endpoint=ep.name,
+            endpoint_id=ep.id,
+            workspace_id=ep.workspace_id,
+            role=role,
+            version_id=version_id,
+            label=f"{row.name}:{row.version}",
+            recipe=row.recipe,
+            files=[BlobFile(**f) for f in model_files(s, version_id)],
+            artifacts=self.settings.resolved_artifacts,
+            control_url=self.settings.resolved_control_url,
+            token=token,
+            spool_dir=str(self.settings.serving_dir / "spool"),
+            max_request_bytes=config.max_request_bytes,
+            scales_to_zero=config.autoscaling.min_replicas == 0,
+            threads=max(1, int(config.resources.cpus)),
+        )
+
+    # -- what runs -> endpoint state -----------------------------------------------------------
+
+    def _observe(self, ep_id: int, apps: dict[Role, str]) -> None:
+        primary = self.states.get(apps["primary"])
+        canary = self.states.get(apps["canary"])
+        with self.db.write() as s:
+            ep = s.get(Endpoint, ep_id)
+            if ep is None or ep.generation != ep.applied_generation or ep.state == "deleting":
+                return
+            if ep.canary_version_id is not None and canary is not None:
+                if ep.rollout == "promote" and canary.status == RUNNING:
+                    promote_canary(s, ep, "rollout", "it started and loaded")
+                    ep.message = ""
+                    return
+                if canary.status in FAILED:
+                    self._drop_failed(s, ep, canary)
+                    return
+            state, message = _state(primary)
+            if state == "deploying" and ep.state in ("ready", "updating"):
+                state = "updating"
+            if ep.rollout == "promote" and state == "ready":
+                state = "updating"
+            if state != ep.state:
+                if state == "ready" and ep.state == "deploying":
+                    add_event(s, ep, "ready", "serving")
+                if state == "failed":
+                    add_event(s, ep, "failed", message)
+                    ep.message = message
+                ep.state = state
+
+    def _drop_failed(self, s: Session, ep: Endpoint, canary: AppState) -> None:
+        failed = s.scalar(
+            select(ModelVersion.version).where(ModelVersion.id == ep.canary_version_id)
+        )
+        current = s.scalar(select(ModelVersion.version).where(ModelVersion.id == ep.version_id))
+        what = "deploy" if ep.rollout == "promote" else "canary"
+        message = (
+            f"{what} of version {failed} failed: {canary.message.strip()[:2000]}; "
+            f"version {current} keeps serving"
+        )
+        drop_canary(ep)
+        add_event(s, ep, "failed", message, version=failed)
+        ep.message = message
+        changed(ep)
+
+    # -- canary judge and cost -------------------------------------------------------------------
+
+    def _judge(self) -> None:
+        with self.db.read() as s:
+            ids = list(
+                s.scalars(
+                    select(Endpoint.id).where(
+                        Endpoint.canary_version_id.is_not(None),
+                        Endpoint.rollout.is_(None),
+                        Endpoint.canary_percent > 0,
+                    )
+                )
+            )
+        for ep_id in ids:
+            with self.db.write() as s:
+                ep = s.get(Endpoint, ep_id)
+                if ep is None or ep.canary_version_id is None or ep.canary_started_at is None:
+                    continue
+                verdict = judge_canary(s, ep)
+                if verdict is not None:
+                    drop_canary(ep)
+                    add_event(s, ep, "rollback", f"canary rolled back automatically: {verdict}")
+                    ep.message = f"canary rolled back automatically: {verdict}"
+                    changed(ep)
+
+    def _meter(self) -> None:
+        now = utcnow()
+        with self.db.write() as s:
+            for ep in s.scalars(select(Endpoint)):
+                start = self._metered_at.get(ep.id)
+                self._metered_at[ep.id] = now
+                if start is None:
+                    continue
+                counts = self.live(ep.name)
+                replicas = counts.primary + counts.canary + counts.shadow
+                if replicas:
+                    config = EndpointConfig.model_validate(ep.config)
+                    costs.record_endpoint(
+                        s, ep.workspace_id, ep.name, start, now, replicas, config.resources
+                    )
+
+
+def _state(primary: AppState | None) -> tuple[str, str]:
+    if primary is None or primary.status in ("DEPLOYING", "NOT_STARTED"):
+        return "deploying", ""
+    if primary.status in FAILED and primary.running == 0:
+        return "failed", primary.message.strip()[:4000]
+    return "ready", ""

@@ -1,0 +1,137 @@
+"""The boundary to Ray Serve: apply an application, delete it, read what runs.
+
+Behind a Protocol so that the endpoint controller is tested with a fake; the real one drives Ray
+Serve in HAProxy mode (see compute.local_ray for the environment the cluster starts with).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+from ray import serve
+from ray.serve import Deployment
+
+from gureum.compute.ray_backend import connect
+from gureum.schemas.endpoints import Autoscaling, ReplicaResources
+from gureum.serving.deployment import ModelServer, NoEndpoint
+from gureum.serving.spec import ReplicaSpec, TrafficConfig
+
+GiB = 1024**3
+DEPLOYMENT = "server"
+FALLBACK_APP = "gureum-no-endpoint"
+# How often replicas report load to the autoscaler and the window it averages over: short,
+# so that a burst is answered by new replicas within seconds.
+METRICS_INTERVAL_S = 1.0
+LOOK_BACK_S = 5.0
+
+
+@dataclass
+class AppSpec:
+    name: str
+    route_prefix: str | None
+    replica: ReplicaSpec
+    traffic: TrafficConfig
+    resources: ReplicaResources
+    autoscaling: Autoscaling
+    max_ongoing_requests: int = 64
+
+
+@dataclass
+class AppState:
+    # Ray Serve's application status: DEPLOYING, RUNNING, DEPLOY_FAILED, UNHEALTHY, DELETING...
+    status: str
+    message: str
+    running: int
+
+
+class ServingBackend(Protocol):
+    @property
+    def data_url(self) -> str: ...
+
+    def apply(self, app: AppSpec) -> None: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def states(self) -> dict[str, AppState]: ...
+
+
+def actor_options(res: ReplicaResources) -> dict[str, object]:
+    opts: dict[str, object] = {"num_cpus": res.cpus, "num_gpus": res.gpus}
+    if res.memory_gb is not None:
+        opts["memory"] = int(res.memory_gb * GiB)
+    if res.accelerator_type is not None:
+        opts["accelerator_type"] = res.accelerator_type
+    return opts
+
+
+def autoscaling_config(a: Autoscaling) -> dict[str, object]:
+    return {
+        "min_replicas": a.min_replicas,
+        # A new application starts one replica even when it may scale to zero: the deploy
+        # then proves that the version loads.
+        "initial_replicas": max(1, a.min_replicas),
+        "max_replicas": a.max_replicas,
+        "target_ongoing_requests": a.target_ongoing_requests,
+        "upscale_delay_s": a.upscale_delay_s,
+        "downscale_delay_s": a.downscale_delay_s,
+        "downscale_to_zero_delay_s": a.idle_timeout_s,
+        "metrics_interval_s": METRICS_INTERVAL_S,
+        "look_back_period_s": LOOK_BACK_S,
+    }
+
+
+class RayServeBackend:
+    def __init__(self, address: str, host: str, port: int) -> None:
+        connect(address)
+        serve.start(http_options={"host": host, "port": port})
+        self._url = f"http://{host}:{port}"
+        fallback = cast(Deployment, serve.deployment(NoEndpoint)).options(
+            ray_actor_options={"num_cpus": 0}, num_replicas=1
+        )
+        serve._run(fallback.bind(), _blocking=False, name=FALLBACK_APP, route_prefix="/")
+
+    @property
+    def data_url(self) -> str:
+        return self._url
+
+    def apply(self, app: AppSpec) -> None:
+        deployment = cast(Deployment, serve.deployment(ModelServer)).options(
+            name=DEPLOYMENT,
+            ray_actor_options=actor_options(app.resources),
+            autoscaling_config=autoscaling_config(app.autoscaling),
+            user_config=app.traffic.model_dump(),
+            max_ongoing_requests=app.max_ongoing_requests,
+            graceful_shutdown_timeout_s=30.0,
+            health_check_period_s=5.0,
+            # Same version (what the replica loads): Ray Serve reconfigures the running
+            # replicas in place for traffic, batching and autoscaling changes; a new one
+            # rolls them over.
+            version=hashlib.sha256(app.replica.model_dump_json().encode()).hexdigest()[:16],
+            _internal=True,
+        )
+        serve._run(  # the public serve.run waits for the application to be running
+            deployment.bind(app.replica.model_dump()),
+            _blocking=False,
+            name=app.name,
+            route_prefix=app.route_prefix,
+        )
+
+    def delete(self, name: str) -> None:
+        serve.delete(name, _blocking=False)
+
+    def states(self) -> dict[str, AppState]:
+        out = {}
+        for name, app in serve.status().applications.items():
+            dep = app.deployments.get(DEPLOYMENT)
+            states = {_name(k): n for k, n in dep.replica_states.items()} if dep else {}
+            running = states.get("RUNNING", 0)
+            message = app.message or (dep.message if dep else "")
+            out[name] = AppState(_name(app.status), message, running)
+        return out
+
+
+def _name(state: object) -> str:
+    """Ray Serve's status enums by name ("RUNNING"), whatever their str() gives."""
+    return str(getattr(state, "value", state))

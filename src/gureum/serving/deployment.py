@@ -1,0 +1,307 @@
+"""The Ray Serve deployment of one model version: the HTTP ingress of an endpoint (primary),
+or a canary/shadow reached from the primary through a deployment handle.
+
+The primary does everything in-process (check the key, limit, predict, meter), so a request
+costs one hop through Ray Serve's proxy and nothing more; only canary and shadow traffic pays
+a handle call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import torch
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gureum.recipes.base import BadInput
+from gureum.serving import openai_compat
+from gureum.serving.access import Caller
+from gureum.serving.replica import ReplicaCore, Reply, error_reply, json_reply
+from gureum.serving.spec import ReplicaSpec, TrafficConfig
+from gureum.serving.units import PayloadError, count_units, parse_predict_body
+
+ROUTES = ("predict", "chat/completions", "completions")
+TEXT_RECIPE = "text-generator"
+
+
+def _route(path: str, endpoint: str) -> str:
+    prefix = f"/v1/endpoints/{endpoint}/"
+    return path[len(prefix) :].strip("/") if path.startswith(prefix) else ""
+
+
+class ModelServer:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        parsed = ReplicaSpec.model_validate(spec)
+        torch.set_num_threads(max(1, parsed.threads))
+        self.core = ReplicaCore(parsed)
+        self.traffic = TrafficConfig()
+        self._handles: dict[str, DeploymentHandle[Any]] = {}
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self.traffic = TrafficConfig.model_validate(config)
+        batched: Any = self._batched  # serve.batch's wrapper, typed as the plain method
+        batched.set_max_batch_size(self.traffic.max_batch_size)
+        batched.set_batch_wait_timeout_s(self.traffic.max_wait_ms / 1000)
+
+    def check_health(self) -> None:
+        """Ray Serve restarts a replica whose check raises."""
+
+    def __del__(self) -> None:
+        core = getattr(self, "core", None)
+        if core is not None:
+            core.close()
+
+    # -- HTTP ingress (primary) -------------------------------------------------------------
+
+    async def __call__(self, request: Request) -> Response:
+        started = time.perf_counter()
+        route = _route(request.url.path, self.core.spec.endpoint)
+        if route not in ROUTES:
+            reply = error_reply(
+                404, "not_found", f"no route {route!r}; use one of: {', '.join(ROUTES)}"
+            )
+            return _response(reply)
+        if request.method != "POST":
+            return _response(error_reply(405, "method_not_allowed", "use POST"))
+        caller = self.core.authorize(request.headers.get("authorization"))
+        if isinstance(caller, Reply):
+            return _response(caller)
+        body = await _read_body(request, self.core.spec.max_request_bytes)
+        if isinstance(body, Reply):
+            self._meter(caller, route, body, started)
+            return _response(body)
+        content_type = request.headers.get("content-type")
+        if route != "predict" and self._wants_stream(body):
+            return self._stream(caller, route, body, content_type, started)
+        canary = self.traffic.canary_app
+        if (
+            canary
+            and self.traffic.canary_percent > 0
+            and random.random() * 100 < self.traffic.canary_percent
+        ):
+            reply = await self._forward(canary, caller, route, body, content_type)
+        else:
+            reply = await self._serve(route, body, content_type)
+            cold, cold_ms = self.core.cold_start()
+            if cold:
+                reply.headers["x-gureum-cold-start"] = "1"
+                reply.headers["x-gureum-cold-start-ms"] = f"{cold_ms:.0f}"
+            self._meter(caller, route, reply, started, cold)
+        if self.traffic.shadow_app:
+            self._mirror(self.traffic.shadow_app, route, body, content_type, reply, started)
+        return _response(reply)
+
+    # -- handle calls (canary, shadow) ------------------------------------------------------
+
+    async def internal(
+        self, caller: dict[str, Any], route: str, body: bytes, content_type: str | None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """A request the primary sent to this canary: answered and metered here."""
+        started = time.perf_counter()
+        reply = await self._serve(route, body, content_type)
+        self._meter(Caller(**caller), route, reply, started)
+        return reply.status, reply.body, reply.headers
+
+    async def shadow(
+        self, route: str, body: bytes, content_type: str | None, primary: dict[str, Any]
+    ) -> None:
+        started = time.perf_counter()
+        reply = await self._serve(route, body, content_type)
+        latency = (time.perf_counter() - started) * 1000
+        self.core.record_shadow(reply, latency, primary, reply.body)
+
+    # -- the work ---------------------------------------------------------------------------
+
+    async def _serve(self, route: str, body: bytes, content_type: str | None) -> Reply:
+        self.core.in_flight += 1
+        try:
+            if route == "predict":
+                inputs = parse_predict_body(body, content_type, self.traffic.max_batch_size * 64)
+                outputs = await self._predict(inputs)
+                units = count_units(self.core.spec.recipe, inputs, outputs)
+                data = {
+                    "outputs": outputs,
+                    "model": self.core.spec.label,
+                    "units": units,
+                    "unit": self.core.unit,
+                }
+                return json_reply(data, units, {"x-gureum-model": self.core.spec.label})
+            return await self._openai(route, body, content_type)
+        except PayloadError as e:
+            return error_reply(e.status, e.code, e.message)
+        except BadInput as e:
+            return error_reply(422, "bad_input", str(e))
+        except Exception as e:
+            return error_reply(500, "model_error", f"the model failed: {type(e).__name__}: {e}")
+        finally:
+            self.core.in_flight -= 1
+
+    async def _predict(self, inputs: list[Any]) -> list[Any]:
+        result = await self._batched(inputs)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def _batched(self, items: list[list[Any]]) -> list[list[Any] | Exception]:
+        self.core.batch_sizes[len(items)] += 1
+        flat = [x for item in items for x in item]
+        try:
+            outputs = await asyncio.to_thread(self.core.predictor.predict, flat)
+        except BadInput:
+            # One request's bad input must not fail the others of the batch.
+            return [await self._alone(item) for item in items]
+        results: list[list[Any] | Exception] = []
+        pos = 0
+        for item in items:
+            results.append(outputs[pos : pos + len(item)])
+            pos += len(item)
+        return results
+
+    async def _alone(self, item: list[Any]) -> list[Any] | Exception:
+        try:
+            return await asyncio.to_thread(self.core.predictor.predict, item)
+        except BadInput as e:
+            return e
+
+    async def _openai(self, route: str, body: bytes, content_type: str | None) -> Reply:
+        if self.core.spec.recipe != TEXT_RECIPE:
+            return error_reply(404, "not_found", f"{route} is served by text generators only")
+        req = openai_compat.parse_request(route, body, content_type)
+        outputs = await self._predict([req.predict_input()])
+        data, units = req.response(outputs[0], self.core.spec.label)
+        return json_reply(data, units, {"x-gureum-model": self.core.spec.label})
+
+    def _wants_stream(self, body: bytes) -> bool:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return False
+        return isinstance(data, dict) and data.get("stream") is True
+
+    def _stream(
+        self, caller: Caller, route: str, body: bytes, content_type: str | None, started: float
+    ) -> Response:
+        if self.core.spec.recipe != TEXT_RECIPE:
+            reply = error_reply(404, "not_found", f"{route} is served by text generators only")
+            self._meter(caller, route, reply, started)
+            return _response(reply)
+        try:
+            req = openai_compat.parse_request(route, body, content_type)
+            chunks = req.stream(self.core.predictor, self.core.spec.label)
+        except (PayloadError, BadInput) as e:
+            reply = (
+                error_reply(e.status, e.code, e.message)
+                if isinstance(e, PayloadError)
+                else error_reply(422, "bad_input", str(e))
+            )
+            self._meter(caller, route, reply, started)
+            return _response(reply)
+
+        async def events() -> AsyncIterator[bytes]:
+            status = 200
+            try:
+                async for piece in _iterate(chunks):
+                    yield piece
+            except Exception:
+                status = 500
+                raise
+            finally:
+                self._meter(caller, route, Reply(status, b"", units=req.units()), started)
+
+        headers = {"x-gureum-model": self.core.spec.label, "cache-control": "no-cache"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    async def _forward(
+        self, app: str, caller: Caller, route: str, body: bytes, content_type: str | None
+    ) -> Reply:
+        who = {"consumer_id": caller.consumer_id, "name": caller.name, "key_id": caller.key_id}
+        try:
+            status, data, headers = await self._handle(app).internal.remote(
+                who, route, body, content_type
+            )
+        except Exception:
+            reply = error_reply(503, "unavailable", "the canary version failed; retry", 1)
+            self._meter(caller, route, reply, time.perf_counter(), role="canary")
+            return reply
+        return Reply(status, data, dict(headers))
+
+    def _mirror(
+        self,
+        app: str,
+        route: str,
+        body: bytes,
+        content_type: str | None,
+        reply: Reply,
+        started: float,
+    ) -> None:
+        primary = {
+            "status": reply.status,
+            "latency_ms": (time.perf_counter() - started) * 1000,
+            "output": reply.body.decode(errors="replace"),
+        }
+        self._handle(app).shadow.remote(route, body, content_type, primary)
+
+    def _handle(self, app: str) -> DeploymentHandle[Any]:
+        handle = self._handles.get(app)
+        if handle is None:
+            handle = self._handles[app] = serve.get_app_handle(app)
+        return handle
+
+    def _meter(
+        self,
+        caller: Caller,
+        route: str,
+        reply: Reply,
+        started: float,
+        cold: bool = False,
+        role: str | None = None,
+    ) -> None:
+        latency = (time.perf_counter() - started) * 1000
+        self.core.record(caller, route, reply.status, reply.units, latency, cold, role)
+
+
+async def _iterate(chunks: Any) -> AsyncIterator[bytes]:
+    """Pull a blocking generator of SSE chunks in a thread, one chunk at a time."""
+    sentinel = object()
+    while True:
+        piece = await asyncio.to_thread(next, chunks, sentinel)
+        if piece is sentinel:
+            return
+        yield cast(bytes, piece)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | Reply:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return error_reply(413, "payload_too_large", f"the request body is over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return error_reply(413, "payload_too_large", f"the request body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _response(reply: Reply) -> Response:
+    return Response(reply.body, status_code=reply.status, headers=reply.headers)
+
+
+class NoEndpoint:
+    """Answers every path no endpoint owns, so that a wrong name gets our JSON 404."""
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path
+        parts = path.strip("/").split("/")
+        name = parts[2] if len(parts) > 2 and parts[:2] == ["v1", "endpoints"] else None
+        message = f"no endpoint named {name!r}" if name else f"nothing is served at {path}"
+        return _response(error_reply(404, "not_found", message))
