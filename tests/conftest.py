@@ -26,13 +26,15 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from gureum import Client
-from gureum.compute.local_ray import RayHead, start_head, stop_head
+from gureum.compute.local_ray import LOCAL_AUTH, RayHead, start_head, stop_head
 from gureum.config import Settings
 from gureum.server.app import create_app
 from gureum.server.db.migrate import upgrade
 from gureum.server.db.session import make_engine
 from gureum.server.services.bootstrap import bootstrap
 
+# Drivers joining the session's own head (see compute.local_ray.LOCAL_AUTH).
+os.environ.update(LOCAL_AUTH)
 PG_URL = os.environ.get("GUREUM_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
 

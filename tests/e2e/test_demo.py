@@ -1,5 +1,6 @@
-"""`gureum demo` as a newcomer runs it: a fresh home, the whole story (training on the cluster
-included, `--quick` so it takes seconds), then `gureum down`."""
+"""`gureum demo` as a newcomer runs it: a fresh home, the whole story (training on the cluster,
+serving on Ray Serve and selling to a consumer included, `--quick` so training takes seconds),
+then `gureum down`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from tests.conftest import free_port
@@ -16,11 +18,16 @@ from tests.conftest import free_port
 GUREUM = str(Path(sys.executable).with_name("gureum"))
 
 
+# The data plane's port too: HAProxy binds with SO_REUSEPORT, so a second cloud on the default
+# port would share it with the first instead of failing.
+SERVE_PORT = str(free_port())
+
+
 def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GUREUM_HOME": str(home)}
+    env = {**os.environ, "GUREUM_HOME": str(home), "GUREUM_SERVE_PORT": SERVE_PORT}
     env.pop("GUREUM_URL", None)
     env.pop("GUREUM_API_KEY", None)
-    return subprocess.run([GUREUM, *args], env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run([GUREUM, *args], env=env, capture_output=True, text=True, timeout=360)
 
 
 def test_demo_runs_the_story_end_to_end(tmp_path: Path, ray_cluster: str) -> None:
@@ -49,6 +56,37 @@ def test_demo_runs_the_story_end_to_end(tmp_path: Path, ray_cluster: str) -> Non
             assert img.format == "PNG"
             assert img.width > img.height > 0  # a row of samples per class (5 classes, 8 each)
 
+        # It is served as an endpoint that may scale to zero, ...
+        endpoint = result["endpoint"]
+        assert (endpoint["name"], endpoint["state"]) == ("garments", "ready")
+        assert endpoint["model_version"] == "garment-generator:1"
+        assert endpoint["config"]["autoscaling"]["min_replicas"] == 0
+        assert endpoint["config"]["resources"]["cpus"] == 0.5
+        # ... sold to a consumer on a plan, and called with the consumer's key: the PNGs it
+        # answered lie next to the sample grid.
+        assert result["consumer"]["name"] == "atelier-lee"
+        calls = result["calls"]
+        assert len(calls) == 4
+        images = [Path(p) for call in calls for p in call["images"]]
+        assert len(images) == 8 and {p.parent for p in images} == {grid.parent}
+        for path in images:
+            with Image.open(path) as img:
+                assert img.format == "PNG"
+        # Every call was metered and invoiced at 0.02 per image; the endpoint's cost and
+        # revenue give its margin.
+        assert result["usage"]["this_run"] == 4
+        invoice = result["invoice"]
+        assert (invoice["consumer"], invoice["plan"], invoice["requests"]) == (
+            "atelier-lee",
+            "studio",
+            4,
+        )
+        assert invoice["total"] == pytest.approx(8 * 0.02)
+        cost = result["cost"]["endpoint"]
+        assert cost["endpoint"] == "garments" and cost["requests"] == 4
+        assert cost["revenue"] == pytest.approx(0.16)
+        assert cost["margin"] == pytest.approx(cost["revenue"] - cost["cost"])
+
         # Again, on the running cloud: a new version, and the person-facing output works.
         again = run(home, "demo", *args)
         assert again.returncode == 0, again.stderr + again.stdout
@@ -56,10 +94,19 @@ def test_demo_runs_the_story_end_to_end(tmp_path: Path, ray_cluster: str) -> Non
         assert "already running" in out and "garments:2" in out
         assert "succeeded" in out and "garment-generator:2" in out
         assert "mmd_reference" in out and str(grid) in out.replace("\n", "")
+        # The endpoint rolled over to the new version; the consumer got a new key and its
+        # invoice now counts both runs' calls.
+        assert "serves garment-generator:2" in out
+        assert "atelier-lee" in out and "8 requests, total 0.32 USD" in out
+        assert "margin" in out
+        served = json.loads(run(home, "endpoints", "show", "garments", "-o", "json").stdout)
+        assert served["model_label"] == "garment-generator:2"
         listed = json.loads(run(home, "datasets", "list", "-o", "json").stdout)
         assert [(d["name"], d["latest_version"]) for d in listed] == [("garments", 2)]
         models = json.loads(run(home, "models", "list", "-o", "json").stdout)
         assert [(m["name"], m["latest_version"]) for m in models] == [("garment-generator", 2)]
     finally:
+        # Its replicas run on the session's shared Ray cluster: remove them before stopping.
+        run(home, "endpoints", "delete", "garments", "--wait", "--timeout", "60")
         down = run(home, "down")
         assert down.returncode == 0, down.stderr

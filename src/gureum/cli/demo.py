@@ -3,8 +3,9 @@
 It starts the local cloud (or uses the running one), and walks a new team through what works
 today: sample pictures -> a versioned dataset -> its statistics and preview -> a scoped key ->
 a byte-identical pull -> an image generator trained on the cluster, its sample-quality metrics,
-registered model version and a grid of generated pictures. Later chapters (deploy, sell) join
-as they land.
+registered model version and a grid of generated pictures -> that version served as an
+endpoint that scales to zero -> a paying consumer with a plan, calling it -> the usage, the
+invoice and what the endpoint cost. Run again, it adds a version and rolls the endpoint over.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import filecmp
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,12 +26,14 @@ from rich.table import Table
 
 from gureum.cli.cloud import HomeOpt, render_up, settings_for
 from gureum.cli.datasets import progress_bar, render_version
-from gureum.cli.output import Format, OutputOpt, console, emit, fail, kv_table
+from gureum.cli.output import Format, OutputOpt, console, emit, fail, kv_table, table
 from gureum.client import Client
 from gureum.client.base import load_credentials
-from gureum.client.errors import GureumError
+from gureum.client.errors import ConflictError, GureumError
+from gureum.client.serving import EndpointClient, PredictResult, RateLimited, save_images
 from gureum.local.results import UpError
 from gureum.samples import write as write_sample
+from gureum.schemas.endpoints import EndpointOut
 from gureum.schemas.jobs import JobOut
 
 DATASET = "garments"
@@ -48,6 +52,24 @@ TRAIN_TIMEOUT_S = 30 * 60.0
 UNSCHEDULED_S = 120.0
 POLL_S = 0.5
 INTERRUPTED = 130
+
+ENDPOINT = "garments"
+# Half a CPU per replica, none at all after three idle minutes: the next call starts one.
+ENDPOINT_CHANGES: dict[str, Any] = {
+    "resources": {"cpus": 0.5},
+    "autoscaling": {"min_replicas": 0, "max_replicas": 2, "idle_timeout_s": 180},
+}
+DEPLOY_TIMEOUT_S = 5 * 60.0
+PLAN = "studio"
+PRICE_PER_IMAGE = 0.02
+RATE_LIMIT = 5.0  # requests per second
+MONTHLY_QUOTA = 1000
+CONSUMER = "atelier-lee"
+# (class, seed) of each call; two pictures a call.
+CALLS = (("dress", 1), ("dress", 2), ("shirt", 1), ("trousers", 1))
+IMAGES_PER_CALL = 2
+# Replicas ship usage about every second; it should show well within this.
+USAGE_TIMEOUT_S = 60.0
 
 
 class Unscheduled(GureumError):
@@ -106,11 +128,28 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
     _step(output, f"5. Train an image generator on {ref} (on the cluster, one CPU)")
     trained = train_generator(client, ref, workdir, output, quick)
 
+    _step(output, f"6. Deploy {trained['model_version']} as endpoint {ENDPOINT}")
+    endpoint = deploy_generator(client, trained["model_version"], output)
+
+    _step(output, f"7. Sell it: plan {PLAN} and consumer {CONSUMER} with an API key")
+    consumer, token = sign_up(client, output)
+
+    _step(output, f"8. Call {ENDPOINT} as {CONSUMER}, as a customer's code would")
+    classes = sorted(version.schema_.get("classes", {}))
+    calls = [(c, seed) for c, seed in CALLS if c in classes] or [(classes[0], 1)]
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    assert endpoint.url is not None  # a ready endpoint has one
+    served = call_endpoint(endpoint.url, token, calls, Path(trained["samples"]).parent, output)
+
+    _step(output, "9. Usage, revenue and cost")
+    money = account(client, since, len(served), endpoint.config.resources.cpus, output)
+
     if output is Format.table:
         console.print(
             "\nNext: `gureum jobs list`, `gureum jobs show "
-            f"{trained['job']}`, `gureum models list`, `gureum datasets show garments`, "
-            "`gureum audit`, `gureum status`, and `gureum down` to stop the cloud.",
+            f"{trained['job']}`, `gureum models list`, `gureum endpoints show {ENDPOINT}`, "
+            "`gureum usage`, `gureum invoices`, `gureum costs`, `gureum audit`, "
+            "`gureum status`, and `gureum down` to stop the cloud.",
             soft_wrap=True,
         )
     return {
@@ -122,6 +161,16 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
         "key_id": key.key_id,
         "pulled_identical": identical,
         "train": trained,
+        "endpoint": {
+            "name": endpoint.name,
+            "model_version": endpoint.model_label,
+            "state": endpoint.state,
+            "url": endpoint.url,
+            "config": endpoint.config.model_dump(mode="json"),
+        },
+        "consumer": consumer,
+        "calls": served,
+        **money,
         "workdir": str(workdir),
     }
 
@@ -177,6 +226,191 @@ def train_generator(
         "metrics": metrics,
         "samples": str(grid),
         "seconds": round(seconds, 1),
+    }
+
+
+# -- chapters 6 to 9: serve, sell, call, account ----------------------------------------------
+
+
+def deploy_generator(client: Client, model_version: str, output: Format) -> EndpointOut:
+    """Serve the version (a new endpoint, or a rollover with no failed request) and wait."""
+    last = [""]
+
+    def follow(ep: EndpointOut) -> None:
+        line = ep.state + (f": {ep.message}" if ep.message and ep.state != "ready" else "")
+        if line != last[0] and output is Format.table:
+            last[0] = line
+            console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+
+    target = int(model_version.rsplit(":", 1)[1])
+    client.endpoints.deploy(ENDPOINT, model_version, changes=ENDPOINT_CHANGES)
+    # Ready with the new version, or ready with the old one when the new one failed to load
+    # (the old keeps serving; the endpoint's message says why).
+    ep = client.endpoints.wait(ENDPOINT, DEPLOY_TIMEOUT_S, on_update=follow)
+    if ep is None or ep.version != target:
+        why = ep.message if ep is not None and ep.message else "it was deleted meanwhile"
+        raise GureumError(f"{model_version} did not go live on {ENDPOINT}: {why}", code="deploy")
+    if output is Format.table:
+        a = ep.config.autoscaling
+        console.print(
+            f"endpoint [bold]{ep.name}[/bold] serves {ep.model_label} at {ep.url}\n"
+            f"  {ep.config.resources.cpus:g} CPU per replica, {a.min_replicas}-{a.max_replicas} "
+            f"replicas; after {a.idle_timeout_s:g} s without requests it scales to zero and "
+            "the next request waits for a replica to start (a cold start)",
+            soft_wrap=True,
+        )
+    return ep
+
+
+def sign_up(client: Client, output: Format) -> tuple[dict[str, Any], str]:
+    """The plan and the consumer, made once; a later run gives the consumer another key."""
+    with suppress(ConflictError):
+        client.plans.create(
+            PLAN,
+            price_per_unit=PRICE_PER_IMAGE,
+            rate_limit=RATE_LIMIT,
+            monthly_quota=MONTHLY_QUOTA,
+            endpoints=[ENDPOINT],
+        )
+    try:
+        created = client.consumers.create(CONSUMER, plan=PLAN)
+        key_id, token = created.key_id, created.token
+    except ConflictError:
+        key = client.consumers.create_key(CONSUMER)
+        key_id, token = key.key_id, key.token
+    plan = client.plans.get(PLAN)
+    if output is Format.table:
+        console.print(
+            f"plan [bold]{PLAN}[/bold]: {plan.price_per_unit:g} {plan.currency} per image, "
+            f"{plan.rate_limit:g} requests/s, {plan.monthly_quota} requests a month, "
+            f"endpoints {', '.join(plan.endpoints)}\n"
+            f"consumer [bold]{CONSUMER}[/bold], key {key_id} (shown once, stored as a hash; "
+            f"it calls endpoints only, never this API):\n  {token}",
+            soft_wrap=True,
+        )
+    return {"name": CONSUMER, "plan": PLAN, "key_id": key_id}, token
+
+
+def _predict(endpoint: EndpointClient, inputs: list[Any]) -> PredictResult:
+    """One call; over the rate limit, wait as told and try again."""
+    for _ in range(3):
+        try:
+            return endpoint.predict(inputs)
+        except RateLimited as exc:
+            if exc.code != "rate_limited":
+                raise
+            time.sleep(exc.retry_after or 1.0)
+    return endpoint.predict(inputs)
+
+
+def call_endpoint(
+    url: str, token: str, calls: list[tuple[str, int]], folder: Path, output: Format
+) -> list[dict[str, Any]]:
+    """The data plane with the consumer's key; the PNGs go next to the training samples."""
+    for old in folder.glob("endpoint-*.png"):
+        old.unlink()  # an earlier run's
+    served = []
+    with EndpointClient(url, token) as endpoint:
+        for cls, seed in calls:
+            item = {"class": cls, "seed": seed, "count": IMAGES_PER_CALL}
+            result = _predict(endpoint, [item])
+            saved = save_images(result.outputs, folder, f"endpoint-{cls}")
+            images = [p for out in saved for p in out.get("images", [])]
+            served.append(
+                {
+                    "class": cls,
+                    "seed": seed,
+                    "model": result.model,
+                    "images": images,
+                    "units": result.units,
+                    "latency_ms": round(result.latency_ms, 1),
+                    "cold_start_ms": result.cold_start_ms,
+                }
+            )
+            if output is Format.table:
+                ms = result.cold_start_ms
+                cold = f", a cold start of {ms / 1000:.1f} s" if ms else ""
+                text = f"{len(images)} images from {result.model} in {result.latency_ms:.0f} ms"
+                console.print(f"  {cls} seed {seed}: {text}{cold}", highlight=False)
+    if output is Format.table:
+        console.print(f"saved as {folder}/endpoint-*.png", soft_wrap=True)
+    return served
+
+
+def account(
+    client: Client, since: datetime, calls: int, cpus: float, output: Format
+) -> dict[str, Any]:
+    """Wait for the calls to be metered, then the month's usage, invoice and cost."""
+    deadline = time.monotonic() + USAGE_TIMEOUT_S
+    while True:
+        metered = client.usage.report(
+            consumer=CONSUMER, endpoint=ENDPOINT, since=since, group_by="consumer"
+        )
+        seen = sum(r.requests for r in metered.rows)
+        if seen >= calls:
+            break
+        if time.monotonic() > deadline:
+            raise GureumError(
+                f"{seen} of the {calls} calls were metered after {USAGE_TIMEOUT_S:.0f} s; "
+                f"the rest stay spooled by the replicas (`gureum usage` shows them later)",
+                code="usage_missing",
+            )
+        time.sleep(POLL_S)
+    now = datetime.now(UTC)
+    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    usage = client.usage.report(since=month, group_by=["consumer", "endpoint"])
+    invoices = client.invoices.list(consumer=CONSUMER).invoices
+    costs = client.costs.report()
+    ep_cost = next((e for e in costs.endpoints if e.endpoint == ENDPOINT), None)
+    if output is Format.table:
+        console.print(f"usage in {now:%Y-%m}, by consumer and endpoint:")
+        rows = [
+            {
+                "consumer": r.consumer,
+                "endpoint": r.endpoint,
+                "requests": r.requests,
+                "units": f"{r.units:g} {r.unit}",
+                "amount": f"{r.amount:.2f} {r.currency}",
+                "p50 ms": f"{r.latency_p50_ms:.0f}",
+            }
+            for r in usage.rows
+        ]
+        console.print(table(rows))
+        for inv in invoices:
+            console.print(
+                f"invoice {inv.period} for [bold]{inv.consumer}[/bold] (plan {inv.plan}): "
+                f"{inv.requests} requests, total [bold]{inv.total:.2f} {inv.currency}[/bold]"
+            )
+        if ep_cost is not None:
+            c, t = costs.prices.currency, costs.totals
+            hourly = cpus * costs.prices.cpu_hour
+            console.print(f"endpoint {ENDPOINT} in {now:%Y-%m}, and the whole workspace:")
+            console.print(
+                kv_table(
+                    {
+                        "revenue": f"{ep_cost.revenue:.4g} {c} from {ep_cost.requests} requests",
+                        "cost": f"{ep_cost.cost:.4g} {c} for {ep_cost.replica_hours:.4g} "
+                        f"replica-hours ({hourly:.4g} {c} an hour while a replica runs, "
+                        "nothing at zero replicas)",
+                        "margin": f"{ep_cost.margin:.4g} {c}",
+                        "workspace": f"cost {t.cost:.4g} {c} (jobs {t.jobs:.4g}, endpoints "
+                        f"{t.endpoints:.4g}, storage {t.storage:.4g}), margin {t.margin:.4g}",
+                    }
+                )
+            )
+            console.print(
+                f"replica time is metered every 15 s and priced at {costs.prices.cpu_hour:g} "
+                f"{c} per CPU-hour (GUREUM_PRICE_*); `gureum costs` shows it all",
+                style="dim",
+                soft_wrap=True,
+            )
+    return {
+        "usage": {"this_run": seen, "month": usage.model_dump(mode="json")["rows"]},
+        "invoice": invoices[0].model_dump(mode="json") if invoices else None,
+        "cost": {
+            "endpoint": ep_cost.model_dump(mode="json") if ep_cost else None,
+            "totals": costs.totals.model_dump(mode="json"),
+        },
     }
 
 

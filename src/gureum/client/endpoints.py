@@ -145,6 +145,8 @@ class EndpointsAPI:
             return ep
         role = deployed_role(body)
         target = version_in(ep, role)
+        if role == "primary" and ep.canary is not None and ep.canary.percent == 0:
+            target = ep.canary.version  # a rollover: the new version starts beside the old
         final = self.wait(name, timeout_s, on_update=on_update)
         if final is None:
             raise NotFoundError(f"endpoint {name} was deleted while deploying", code="not_found")

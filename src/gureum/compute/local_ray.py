@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -78,7 +79,15 @@ def head_env() -> dict[str, str]:
     """The environment every Ray process of the head inherits (workers included)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.update(LOCAL_AUTH)
     return env
+
+
+INGRESS_RANGE = 100
+# A head we start runs without Ray's token authentication, and so do the drivers that join it
+# (the server, tests): otherwise a token file some other Ray program left in ~/.ray makes
+# `ray start` demand a token that our drivers do not send.
+LOCAL_AUTH = {"RAY_AUTH_MODE": "disabled"}
 
 
 def haproxy_dir(temp_dir: Path | str) -> Path:
@@ -92,8 +101,16 @@ def serve_env(temp_dir: Path) -> dict[str, str]:
     """Ray Serve's fast data plane (HAProxy in front of the replicas, see DESIGN.md), with its
     files and side ports made private to this head so that several heads share a machine."""
     haproxy = haproxy_dir(temp_dir)
-    metrics_port, stats_port = _free_ports(2)
+    metrics_port, stats_port, proxy_http, proxy_grpc = _free_ports(4)
+    # Replicas listen on ports of a range HAProxy is told about; two heads on one machine
+    # with the same range would route into each other's replicas. A range of their own.
+    http_base = random.randrange(20_000, 29_000, INGRESS_RANGE)
+    grpc_base = http_base + 10_000
     return {
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_base),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_base + INGRESS_RANGE - 1),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_base),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_base + INGRESS_RANGE - 1),
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
@@ -101,6 +118,10 @@ def serve_env(temp_dir: Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+        # HAProxy's backup server (Ray Serve's own proxy) would otherwise be 8500 for every
+        # head, shared through SO_REUSEPORT: requests could land in another local cluster.
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(proxy_http),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(proxy_grpc),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
     }
 

@@ -18,12 +18,14 @@ from types import FrameType
 import httpx
 import uvicorn
 
+from gureum.compute.local_ray import LOCAL_AUTH
 from gureum.config import Settings
 from gureum.local.down import STOP_TIMEOUT, server_alive, stop_ray
 from gureum.local.prepare import (
     check_artifacts,
     check_port_free,
     check_ray_address,
+    client_host,
     ensure_ray,
     mask_url,
     prepare_database,
@@ -33,13 +35,15 @@ from gureum.local.prepare import (
 from gureum.local.procs import (
     ProcessRef,
     describe,
+    free_port,
+    port_open,
     process_tree,
     spawn_detached,
     tail,
     terminate,
 )
 from gureum.local.results import UpError, UpResult, server_log
-from gureum.local.state import RunState, clear_state, load_state, run_lock, save_state
+from gureum.local.state import RayState, RunState, clear_state, load_state, run_lock, save_state
 from gureum.server.app import create_app
 
 SERVER_MODULE = "gureum.server.main"
@@ -97,8 +101,11 @@ def _prepare(settings: Settings, previous: RunState | None) -> tuple[UpResult, R
     return result, state, ray_started
 
 
-def _server_env(settings: Settings, ray_address: str) -> dict[str, str]:
+def _server_env(settings: Settings, ray: RayState | None) -> dict[str, str]:
     env = dict(os.environ)
+    ray_address = ray.address if ray else ""
+    if ray is not None and ray.head is not None:
+        env.update(LOCAL_AUTH)
     env.update(
         GUREUM_HOME=str(settings.home),
         GUREUM_HOST=settings.host,
@@ -106,9 +113,18 @@ def _server_env(settings: Settings, ray_address: str) -> dict[str, str]:
         GUREUM_DATABASE_URL=settings.resolved_database_url,
         GUREUM_ARTIFACTS=settings.resolved_artifacts,
         GUREUM_RAY_ADDRESS=ray_address,
+        GUREUM_SERVE_PORT=str(serve_port(settings)),
         RAY_ADDRESS=ray_address,
     )
     return env
+
+
+def serve_port(settings: Settings) -> int:
+    """The data plane's port: the configured one, or a free one when another program (or
+    another local cloud) holds it."""
+    if port_open(client_host(settings.serve_host), settings.serve_port):
+        return free_port(client_host(settings.serve_host))
+    return settings.serve_port
 
 
 def _wait_healthy(
@@ -151,7 +167,7 @@ def up(settings: Settings, *, timeout: float = START_TIMEOUT) -> UpResult:
         try:
             proc = spawn_detached(
                 [sys.executable, "-m", SERVER_MODULE],
-                env=_server_env(settings, state.ray.address if state.ray else ""),
+                env=_server_env(settings, state.ray),
                 log_path=log,
             )
             state.server = describe(proc.pid, SERVER_MODULE)
@@ -219,6 +235,8 @@ def _foreground(settings: Settings, on_ready: Callable[[UpResult], None]) -> UpR
             raise
     try:
         on_ready(result)
+        if state.ray is not None and state.ray.head is not None:
+            os.environ.update(LOCAL_AUTH)
         _serve(settings, result.ray_address)
     finally:
         # The head is this process's child in all but name: started (or taken over from a
@@ -231,7 +249,8 @@ def _foreground(settings: Settings, on_ready: Callable[[UpResult], None]) -> UpR
 def _serve(settings: Settings, ray_address: str) -> None:
     if ray_address:
         os.environ["RAY_ADDRESS"] = ray_address
-    app = create_app(settings.model_copy(update={"ray_address": ray_address}), migrate=False)
+    update = {"ray_address": ray_address, "serve_port": serve_port(settings)}
+    app = create_app(settings.model_copy(update=update), migrate=False)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -15,12 +15,12 @@ from ray.serve import Deployment
 
 from gureum.compute.ray_backend import connect
 from gureum.schemas.endpoints import Autoscaling, ReplicaResources
-from gureum.serving.deployment import ModelServer, NoEndpoint
+from gureum.serving.deployment import EndpointRouter, ModelServer
 from gureum.serving.spec import ReplicaSpec, TrafficConfig
 
 GiB = 1024**3
 DEPLOYMENT = "server"
-FALLBACK_APP = "gureum-no-endpoint"
+ROUTER_APP = "gureum-router"
 # How often replicas report load to the autoscaler and the window it averages over: short,
 # so that a burst is answered by new replicas within seconds.
 METRICS_INTERVAL_S = 1.0
@@ -53,6 +53,9 @@ class ServingBackend(Protocol):
     def apply(self, app: AppSpec) -> None: ...
 
     def delete(self, name: str) -> None: ...
+
+    def route(self, bounds: dict[str, float]) -> None:
+        """Tell the router which endpoints exist and how long a request may wait for one."""
 
     def states(self) -> dict[str, AppState]: ...
 
@@ -87,10 +90,7 @@ class RayServeBackend:
         connect(address)
         serve.start(http_options={"host": host, "port": port})
         self._url = f"http://{host}:{port}"
-        fallback = cast(Deployment, serve.deployment(NoEndpoint)).options(
-            ray_actor_options={"num_cpus": 0}, num_replicas=1
-        )
-        serve._run(fallback.bind(), _blocking=False, name=FALLBACK_APP, route_prefix="/")
+        self.route({})
 
     @property
     def data_url(self) -> str:
@@ -121,13 +121,26 @@ class RayServeBackend:
     def delete(self, name: str) -> None:
         serve.delete(name, _blocking=False)
 
+    def route(self, bounds: dict[str, float]) -> None:
+        router = cast(Deployment, serve.deployment(EndpointRouter)).options(
+            name="router",
+            ray_actor_options={"num_cpus": 0},
+            num_replicas=1,
+            max_ongoing_requests=10_000,
+            user_config={"endpoints": bounds},
+            version="router-1",
+            _internal=True,
+        )
+        serve._run(router.bind(), _blocking=False, name=ROUTER_APP, route_prefix="/")
+
     def states(self) -> dict[str, AppState]:
         out = {}
         for name, app in serve.status().applications.items():
             dep = app.deployments.get(DEPLOYMENT)
             states = {_name(k): n for k, n in dep.replica_states.items()} if dep else {}
             running = states.get("RUNNING", 0)
-            message = app.message or (dep.message if dep else "")
+            # The deployment's message carries the replica's error; the app's only says it failed.
+            message = (dep.message if dep and dep.message else "") or app.message
             out[name] = AppState(_name(app.status), message, running)
         return out
 

@@ -12,7 +12,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 import torch
@@ -30,6 +30,8 @@ from gureum.serving.units import PayloadError, count_units, parse_predict_body
 
 ROUTES = ("predict", "chat/completions", "completions")
 TEXT_RECIPE = "text-generator"
+# How long the router holds a request for an endpoint it has no bound for yet.
+DEFAULT_BOUND_S = 120.0
 
 
 def _route(path: str, endpoint: str) -> str:
@@ -39,14 +41,24 @@ def _route(path: str, endpoint: str) -> str:
 
 class ModelServer:
     def __init__(self, spec: dict[str, Any]) -> None:
-        parsed = ReplicaSpec.model_validate(spec)
-        torch.set_num_threads(max(1, parsed.threads))
-        self.core = ReplicaCore(parsed)
-        self.traffic = TrafficConfig()
+        self.spec = ReplicaSpec.model_validate(spec)
+        torch.set_num_threads(max(1, self.spec.threads))
+        self._core: ReplicaCore | None = None
         self._handles: dict[str, DeploymentHandle[Any]] = {}
 
+    @property
+    def core(self) -> ReplicaCore:
+        assert self._core is not None, "Ray Serve calls reconfigure before any request"
+        return self._core
+
     def reconfigure(self, config: dict[str, Any]) -> None:
-        self.traffic = TrafficConfig.model_validate(config)
+        """Ray Serve calls it before the first request and on every change of user_config."""
+        traffic = TrafficConfig.model_validate(config)
+        if self._core is None:
+            self._core = ReplicaCore(self.spec, traffic.model)
+        else:
+            self._core.swap(traffic.model)
+        self.traffic = traffic
         batched: Any = self._batched  # serve.batch's wrapper, typed as the plain method
         batched.set_max_batch_size(self.traffic.max_batch_size)
         batched.set_batch_wait_timeout_s(self.traffic.max_wait_ms / 1000)
@@ -55,30 +67,58 @@ class ModelServer:
         """Ray Serve restarts a replica whose check raises."""
 
     def __del__(self) -> None:
-        core = getattr(self, "core", None)
+        core = getattr(self, "_core", None)
         if core is not None:
             core.close()
 
     # -- HTTP ingress (primary) -------------------------------------------------------------
 
     async def __call__(self, request: Request) -> Response:
-        started = time.perf_counter()
         route = _route(request.url.path, self.core.spec.endpoint)
-        if route not in ROUTES:
-            reply = error_reply(
-                404, "not_found", f"no route {route!r}; use one of: {', '.join(ROUTES)}"
+        body = await _read_body(request, self.core.spec.max_request_bytes)
+        return await self._ingress(route, request.method, request.headers, body, None)
+
+    async def http(
+        self, path: str, method: str, headers: dict[str, str], body: bytes, waited_from: float
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """A request the router held while this endpoint had no replica (scale from zero, a
+        rollover or a replaced replica): answered as if it had come in directly."""
+        route = _route(path, self.core.spec.endpoint)
+        limit = self.core.spec.max_request_bytes
+        checked: bytes | Reply = body
+        if len(body) > limit:
+            checked = error_reply(
+                413, "payload_too_large", f"the request body is over {limit} bytes"
             )
-            return _response(reply)
-        if request.method != "POST":
+        response = await self._ingress(route, method, headers, checked, waited_from)
+        data = (
+            response.body if not isinstance(response, StreamingResponse) else await _drain(response)
+        )
+        return response.status_code, bytes(data), dict(response.headers)
+
+    async def _ingress(
+        self,
+        route: str,
+        method: str,
+        headers: Mapping[str, str],
+        body: bytes | Reply,
+        waited_from: float | None,
+    ) -> Response:
+        started = time.perf_counter()
+        if route not in ROUTES:
+            message = f"no route {route!r}; use one of: {', '.join(ROUTES)}"
+            return _response(error_reply(404, "not_found", message))
+        if method != "POST":
             return _response(error_reply(405, "method_not_allowed", "use POST"))
-        caller = self.core.authorize(request.headers.get("authorization"))
+        caller = self.core.authorize(headers.get("authorization"))
         if isinstance(caller, Reply):
             return _response(caller)
-        body = await _read_body(request, self.core.spec.max_request_bytes)
+        first = self.core.first_request_waited()
+        cold_ms = first if waited_from is None else max(0.0, (time.time() - waited_from) * 1000)
         if isinstance(body, Reply):
             self._meter(caller, route, body, started)
             return _response(body)
-        content_type = request.headers.get("content-type")
+        content_type = headers.get("content-type")
         if route != "predict" and self._wants_stream(body):
             return self._stream(caller, route, body, content_type, started)
         canary = self.traffic.canary_app
@@ -90,11 +130,11 @@ class ModelServer:
             reply = await self._forward(canary, caller, route, body, content_type)
         else:
             reply = await self._serve(route, body, content_type)
-            cold, cold_ms = self.core.cold_start()
-            if cold:
+            if cold_ms is not None:
                 reply.headers["x-gureum-cold-start"] = "1"
                 reply.headers["x-gureum-cold-start-ms"] = f"{cold_ms:.0f}"
-            self._meter(caller, route, reply, started, cold)
+                self.core.cold_start_ms = cold_ms
+            self._meter(caller, route, reply, started, cold_ms is not None)
         if self.traffic.shadow_app:
             self._mirror(self.traffic.shadow_app, route, body, content_type, reply, started)
         return _response(reply)
@@ -126,14 +166,14 @@ class ModelServer:
             if route == "predict":
                 inputs = parse_predict_body(body, content_type, self.traffic.max_batch_size * 64)
                 outputs = await self._predict(inputs)
-                units = count_units(self.core.spec.recipe, inputs, outputs)
+                units = count_units(self.core.model.recipe, inputs, outputs)
                 data = {
                     "outputs": outputs,
-                    "model": self.core.spec.label,
+                    "model": self.core.model.label,
                     "units": units,
                     "unit": self.core.unit,
                 }
-                return json_reply(data, units, {"x-gureum-model": self.core.spec.label})
+                return json_reply(data, units, {"x-gureum-model": self.core.model.label})
             return await self._openai(route, body, content_type)
         except PayloadError as e:
             return error_reply(e.status, e.code, e.message)
@@ -173,12 +213,12 @@ class ModelServer:
             return e
 
     async def _openai(self, route: str, body: bytes, content_type: str | None) -> Reply:
-        if self.core.spec.recipe != TEXT_RECIPE:
+        if self.core.model.recipe != TEXT_RECIPE:
             return error_reply(404, "not_found", f"{route} is served by text generators only")
         req = openai_compat.parse_request(route, body, content_type)
         outputs = await self._predict([req.predict_input()])
-        data, units = req.response(outputs[0], self.core.spec.label)
-        return json_reply(data, units, {"x-gureum-model": self.core.spec.label})
+        data, units = req.response(outputs[0], self.core.model.label)
+        return json_reply(data, units, {"x-gureum-model": self.core.model.label})
 
     def _wants_stream(self, body: bytes) -> bool:
         try:
@@ -190,13 +230,13 @@ class ModelServer:
     def _stream(
         self, caller: Caller, route: str, body: bytes, content_type: str | None, started: float
     ) -> Response:
-        if self.core.spec.recipe != TEXT_RECIPE:
+        if self.core.model.recipe != TEXT_RECIPE:
             reply = error_reply(404, "not_found", f"{route} is served by text generators only")
             self._meter(caller, route, reply, started)
             return _response(reply)
         try:
             req = openai_compat.parse_request(route, body, content_type)
-            chunks = req.stream(self.core.predictor, self.core.spec.label)
+            chunks = req.stream(self.core.predictor, self.core.model.label)
         except (PayloadError, BadInput) as e:
             reply = (
                 error_reply(e.status, e.code, e.message)
@@ -217,7 +257,7 @@ class ModelServer:
             finally:
                 self._meter(caller, route, Reply(status, b"", units=req.units()), started)
 
-        headers = {"x-gureum-model": self.core.spec.label, "cache-control": "no-cache"}
+        headers = {"x-gureum-model": self.core.model.label, "cache-control": "no-cache"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
     async def _forward(
@@ -296,12 +336,54 @@ def _response(reply: Reply) -> Response:
     return Response(reply.body, status_code=reply.status, headers=reply.headers)
 
 
-class NoEndpoint:
-    """Answers every path no endpoint owns, so that a wrong name gets our JSON 404."""
+class EndpointRouter:
+    """Ray Serve's catch-all application ("/"). HAProxy sends it what no replica can take:
+    paths of no endpoint (our JSON 404), and requests to an endpoint that has no replica at the
+    moment (scaled to zero, rolling over, a replica replaced). Those it holds on a deployment
+    handle, which waits for a replica (and asks the autoscaler for one), up to the endpoint's
+    cold-start bound; then a 503 with Retry-After rather than a hang."""
+
+    def __init__(self) -> None:
+        self.bounds: dict[str, float] = {}
+        self._handles: dict[str, DeploymentHandle[Any]] = {}
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self.bounds = {str(k): float(v) for k, v in config.get("endpoints", {}).items()}
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
         parts = path.strip("/").split("/")
         name = parts[2] if len(parts) > 2 and parts[:2] == ["v1", "endpoints"] else None
-        message = f"no endpoint named {name!r}" if name else f"nothing is served at {path}"
-        return _response(error_reply(404, "not_found", message))
+        # "--" names are the canary/shadow applications, reached only through their primary.
+        handle = self._handle(name) if name is not None and "--" not in name else None
+        if name is None or handle is None:
+            message = f"no endpoint named {name!r}" if name else f"nothing is served at {path}"
+            return _response(error_reply(404, "not_found", message))
+        bound = self.bounds.get(name, DEFAULT_BOUND_S)
+        waited_from = time.time()
+        body = await request.body()
+        call = handle.http.remote(path, request.method, dict(request.headers), body, waited_from)
+        try:
+            status, data, headers = await asyncio.wait_for(call, bound)
+        except TimeoutError:
+            message = f"endpoint {name!r} is starting and did not answer within {bound:g} s"
+            return _response(error_reply(503, "starting", message, 5))
+        except Exception as e:
+            return _response(error_reply(503, "unavailable", f"endpoint {name!r}: {e}", 1))
+        return Response(data, status_code=status, headers=headers)
+
+    def _handle(self, name: str) -> DeploymentHandle[Any] | None:
+        """The endpoint's application, if there is one (the bounds may lag a new endpoint)."""
+        handle = self._handles.get(name)
+        if handle is None:
+            try:
+                handle = serve.get_app_handle(name)
+            except Exception:
+                return None
+            self._handles[name] = handle
+        return handle
+
+
+async def _drain(response: StreamingResponse) -> bytes:
+    chunks = [c if isinstance(c, bytes) else str(c).encode() async for c in response.body_iterator]
+    return b"".join(chunks)

@@ -24,7 +24,7 @@ from gureum.recipes.base import Predictor
 from gureum.recipes.registry import get_recipe
 from gureum.schemas.metering import OUTPUT_CHARS, AccessSnapshot, ReplicaGauges, UsageBatch
 from gureum.serving.access import AccessTable, Caller, Denied, split_bearer
-from gureum.serving.spec import ReplicaSpec
+from gureum.serving.spec import ModelRef, ReplicaSpec
 from gureum.serving.spool import UsageSpool
 from gureum.serving.units import error_body, unit_of
 from gureum.storage.store import ArtifactStore
@@ -32,8 +32,8 @@ from gureum.storage.store import ArtifactStore
 # Under "ray.serve" so that it lands in the replica's log file next to Ray Serve's own lines.
 log = logging.getLogger("ray.serve.gureum")
 REFRESH_S = 2.0
-UNKNOWN_KEY_REFRESH_S = 0.5
 COLD_WINDOW_S = 2.0
+UNKNOWN_KEY_REFRESH_S = 0.5
 JSON = "application/json"
 
 
@@ -84,37 +84,39 @@ class ControlPlane:
         self._http.close()
 
 
-def load_predictor(spec: ReplicaSpec) -> Predictor:
+def load_predictor(spec: ReplicaSpec, model: ModelRef) -> Predictor:
     """Fetch the version's files once per node (a cache by version id) and load them."""
-    if spec.recipe is None or spec.recipe == "script":
+    if model.recipe is None or model.recipe == "script":
         raise ValueError(
-            f"{spec.label} was not made by a built-in recipe; only built-in recipes can be served"
+            f"{model.label} was not made by a built-in recipe; only built-in recipes can be served"
         )
-    root = Path(spec.spool_dir).parent / "models" / f"v{spec.version_id}"
+    root = Path(spec.spool_dir).parent / "models" / f"v{model.version_id}"
     marker = root / ".complete"
     if not marker.exists():
         tmp = root.with_name(f"{root.name}.{uuid.uuid4().hex[:8]}.tmp")
-        fetch(ArtifactStore(spec.artifacts), spec.workspace_id, spec.files, tmp)
+        fetch(ArtifactStore(spec.artifacts), spec.workspace_id, model.files, tmp)
         (tmp / ".complete").write_text("")
         try:
             tmp.rename(root)
         except OSError:  # another replica on this node got there first
             shutil.rmtree(tmp, ignore_errors=True)
-    return get_recipe(spec.recipe).load(root)
+    return get_recipe(model.recipe).load(root)
 
 
 class ReplicaCore:
     def __init__(
         self,
         spec: ReplicaSpec,
+        model: ModelRef,
         predictor: Predictor | None = None,
         control: ControlPlane | None = None,
     ) -> None:
         started = time.monotonic()
         self.spec = spec
-        self.unit = unit_of(spec.recipe)
+        self.model = model
+        self.unit = unit_of(model.recipe)
         self.control = control or ControlPlane(spec.control_url, spec.token, spec.endpoint)
-        self.predictor = predictor or load_predictor(spec)
+        self.predictor = predictor or load_predictor(spec, model)
         self.access = AccessTable()
         self.spool = UsageSpool(Path(spec.spool_dir), spec.endpoint, self._ship)
         self.replica = f"{spec.endpoint}-{spec.role}-{uuid.uuid4().hex[:6]}"
@@ -124,13 +126,22 @@ class ReplicaCore:
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self.startup_ms = (time.monotonic() - started) * 1000
+        # How long the last request that waited for a replica to start waited (the router
+        # holds such requests; see serving.deployment.EndpointRouter).
+        self.cold_start_ms: float | None = None
         self.ready_at = time.monotonic()
         self._first_served = False
-        self._cold_start_ms: float | None = None
         self.refresh()
         self.spool.start()
         self._refresher = threading.Thread(target=self._refresh_loop, name="access", daemon=True)
         self._refresher.start()
+
+    def swap(self, model: ModelRef) -> None:
+        """Load another version and answer with it from the next request on."""
+        if model == self.model:
+            return
+        predictor = load_predictor(self.spec, model)
+        self.model, self.predictor, self.unit = model, predictor, unit_of(model.recipe)
 
     # -- access ---------------------------------------------------------------------------
 
@@ -166,16 +177,16 @@ class ReplicaCore:
 
     # -- metering -------------------------------------------------------------------------
 
-    def cold_start(self) -> tuple[bool, float | None]:
-        """The replica's first request, arriving right after it started, waited for it."""
-        if self._first_served or not self.spec.scales_to_zero:
-            return False, None
+    def first_request_waited(self) -> float | None:
+        """Scaled from zero, a replica's first request waited for it (in Ray Serve's proxy,
+        which holds requests while no replica is up): how long, counting the replica's start."""
+        if self._first_served:
+            return None
         self._first_served = True
-        now = time.monotonic()
-        if now - self.ready_at > COLD_WINDOW_S:
-            return False, None
-        self._cold_start_ms = self.startup_ms + (now - self.ready_at) * 1000
-        return True, self._cold_start_ms
+        waited = time.monotonic() - self.ready_at
+        if not self.spec.scales_to_zero or waited > COLD_WINDOW_S:
+            return None
+        return self.startup_ms + waited * 1000
 
     def record(
         self,
@@ -195,8 +206,8 @@ class ReplicaCore:
                 "time": datetime.now(UTC).isoformat(),
                 "consumer_id": caller.consumer_id,
                 "consumer_name": caller.name,
-                "model_version_id": self.spec.version_id,
-                "model_label": self.spec.label,
+                "model_version_id": self.model.version_id,
+                "model_label": self.model.label,
                 "role": role or ("canary" if self.spec.role == "canary" else "primary"),
                 "route": route,
                 "status": status,
@@ -215,7 +226,7 @@ class ReplicaCore:
             {
                 "id": uuid.uuid4().hex,
                 "time": datetime.now(UTC).isoformat(),
-                "model_label": self.spec.label,
+                "model_label": self.model.label,
                 "status": reply.status,
                 "latency_ms": round(latency_ms, 3),
                 "primary_status": primary["status"],
@@ -232,7 +243,7 @@ class ReplicaCore:
             role=self.spec.role,
             in_flight=self.in_flight,
             batch_sizes=sizes,
-            cold_start_ms=self._cold_start_ms,
+            cold_start_ms=self.cold_start_ms,
         )
 
     def _ship(

@@ -11,22 +11,29 @@ from gureum.compute.spec import BlobFile
 Role = Literal["primary", "canary", "shadow"]
 
 
+class ModelRef(BaseModel):
+    """The version a replica serves. Part of the live configuration, not of the replica's
+    identity: a new version is loaded into the running replicas (no restart, no request
+    sent to a replica that is going away)."""
+
+    version_id: int
+    label: str
+    recipe: str | None
+    files: list[BlobFile]
+
+
 class ReplicaSpec(BaseModel):
     endpoint: str
     endpoint_id: int
     workspace_id: int
     role: Role
-    version_id: int
-    label: str
-    recipe: str | None
-    files: list[BlobFile]
     artifacts: str
     control_url: str
     # The endpoint's token: replicas fetch keys and ship usage with it.
     token: str
     spool_dir: str
     max_request_bytes: int
-    # Only a replica of an endpoint that scales to zero can have kept a request waiting.
+    # Only a replica of an endpoint that scales to zero can have kept its first request waiting.
     scales_to_zero: bool = False
     threads: int = 1
 
@@ -34,6 +41,7 @@ class ReplicaSpec(BaseModel):
 class TrafficConfig(BaseModel):
     """Ray Serve ``user_config``: changed on live replicas without restarting them."""
 
+    model: ModelRef
     canary_percent: float = Field(default=0.0, ge=0, le=100)
     canary_app: str | None = None
     shadow_app: str | None = None

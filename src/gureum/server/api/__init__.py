@@ -12,6 +12,7 @@ from gureum.server.api import (
     internal,
     jobs,
     keys,
+    metrics,
     models,
     usage,
     users,
@@ -35,4 +36,5 @@ ROUTERS: list[APIRouter] = [
     usage.usage_router,
     usage.invoices_router,
     usage.costs_router,
+    metrics.router,
 ]

@@ -35,7 +35,7 @@ from gureum.server.services.endpoints import (
 )
 from gureum.server.services.jobs import model_files
 from gureum.serving.backend import AppSpec, AppState, ServingBackend
-from gureum.serving.spec import ReplicaSpec, Role, TrafficConfig
+from gureum.serving.spec import ModelRef, ReplicaSpec, Role, TrafficConfig
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0
@@ -61,6 +61,7 @@ class EndpointController:
         self._judged = 0.0
         self._metered_at: dict[int, datetime] = {}
         self._last_meter = time.monotonic()
+        self._bounds: dict[str, float] | None = None
 
     @property
     def data_url(self) -> str:
@@ -98,7 +99,12 @@ class EndpointController:
         with self.db.read() as s:
             ids = list(s.scalars(select(Endpoint.id)))
         for ep_id in ids:
-            self._reconcile(ep_id)
+            try:
+                self._reconcile(ep_id)
+            except Exception as e:
+                log.exception("reconciling endpoint %s failed", ep_id)
+                self._note_error(ep_id, f"{type(e).__name__}: {e}")
+        self._route()
         now = time.monotonic()
         if now - self._judged >= JUDGE_EVERY_S:
             self._judged = now
@@ -116,9 +122,15 @@ class EndpointController:
                 return
             generation = ep.generation
             apps = app_names(ep.name)
-            pending = ep.generation != ep.applied_generation
-            specs = self._specs(s, ep) if pending and ep.state != "deleting" else {}
             deleting = ep.state == "deleting"
+            wanted = {apps["primary"]}
+            wanted |= {apps["canary"]} if ep.canary_version_id else set()
+            wanted |= {apps["shadow"]} if ep.shadow_version_id else set()
+            # Also when Ray Serve lost an application (a restarted cluster): apply it again.
+            pending = ep.generation != ep.applied_generation or (
+                not deleting and not wanted <= self.states.keys()
+            )
+            specs = self._specs(s, ep) if pending and not deleting else {}
         if pending:
             for role, app in apps.items():
                 if role in specs:
@@ -143,13 +155,6 @@ class EndpointController:
         config = EndpointConfig.model_validate(ep.config)
         apps = app_names(ep.name)
         token = endpoint_token(self.secret, ep)
-        traffic = TrafficConfig(
-            canary_percent=ep.canary_percent if ep.canary_version_id else 0.0,
-            canary_app=apps["canary"] if ep.canary_version_id else None,
-            shadow_app=apps["shadow"] if ep.shadow_version_id else None,
-            max_batch_size=config.batching.max_batch_size,
-            max_wait_ms=config.batching.max_wait_ms,
-        )
         versions: dict[Role, int | None] = {
             "primary": ep.version_id,
             "canary": ep.canary_version_id,
@@ -159,45 +164,31 @@ class EndpointController:
         for role, version_id in versions.items():
             if version_id is None:
                 continue
-            replica = self._replica(s, ep, role, version_id, token, config)
+            primary = role == "primary"
+            traffic = TrafficConfig(
+                model=_model_ref(s, version_id),
+                canary_percent=ep.canary_percent if primary and ep.canary_version_id else 0.0,
+                canary_app=apps["canary"] if primary and ep.canary_version_id else None,
+                shadow_app=apps["shadow"] if primary and ep.shadow_version_id else None,
+                max_batch_size=config.batching.max_batch_size,
+                max_wait_ms=config.batching.max_wait_ms,
+            )
             out[role] = AppSpec(
                 name=apps[role],
-                route_prefix=f"/v1/endpoints/{ep.name}" if role == "primary" else None,
-                replica=replica,
-                traffic=traffic
-                if role == "primary"
-                else TrafficConfig(
-                    max_batch_size=config.batching.max_batch_size,
-                    max_wait_ms=config.batching.max_wait_ms,
-                ),
+                route_prefix=f"/v1/endpoints/{ep.name}" if primary else None,
+                replica=self._replica(ep, role, token, config),
+                traffic=traffic,
                 resources=config.resources,
                 autoscaling=config.autoscaling,
             )
         return out
 
-    def _replica(
-        self,
-        s: Session,
-        ep: Endpoint,
-        role: Role,
-        version_id: int,
-        token: str,
-        config: EndpointConfig,
-    ) -> ReplicaSpec:
-        row = s.execute(
-            select(Model.name, ModelVersion.version, ModelVersion.recipe)
-            .join(ModelVersion, ModelVersion.model_id == Model.id)
-            .where(ModelVersion.id == version_id)
-        ).one()
+    def _replica(self, ep: Endpoint, role: Role, token: str, config: EndpointConfig) -> ReplicaSpec:
         return ReplicaSpec(
             endpoint=ep.name,
             endpoint_id=ep.id,
             workspace_id=ep.workspace_id,
             role=role,
-            version_id=version_id,
-            label=f"{row.name}:{row.version}",
-            recipe=row.recipe,
-            files=[BlobFile(**f) for f in model_files(s, version_id)],
             artifacts=self.settings.resolved_artifacts,
             control_url=self.settings.resolved_control_url,
             token=token,
@@ -206,6 +197,25 @@ class EndpointController:
             scales_to_zero=config.autoscaling.min_replicas == 0,
             threads=max(1, int(config.resources.cpus)),
         )
+
+    def _note_error(self, ep_id: int, message: str) -> None:
+        with self.db.write() as s:
+            ep = s.get(Endpoint, ep_id)
+            if ep is not None and ep.message != message:
+                ep.message = message
+                add_event(s, ep, "error", message)
+
+    def _route(self) -> None:
+        with self.db.read() as s:
+            rows = s.execute(select(Endpoint.name, Endpoint.config, Endpoint.state)).all()
+        bounds = {
+            r.name: EndpointConfig.model_validate(r.config).cold_start_timeout_s
+            for r in rows
+            if r.state != "deleting"
+        }
+        if bounds != self._bounds:
+            self.backend.route(bounds)
+            self._bounds = bounds
 
     # -- what runs -> endpoint state -----------------------------------------------------------
 
@@ -294,9 +304,23 @@ class EndpointController:
                     )
 
 
+def _model_ref(s: Session, version_id: int) -> ModelRef:
+    row = s.execute(
+        select(Model.name, ModelVersion.version, ModelVersion.recipe)
+        .join(ModelVersion, ModelVersion.model_id == Model.id)
+        .where(ModelVersion.id == version_id)
+    ).one()
+    return ModelRef(
+        version_id=version_id,
+        label=f"{row.name}:{row.version}",
+        recipe=row.recipe,
+        files=[BlobFile(**f) for f in model_files(s, version_id)],
+    )
+
+
 def _state(primary: AppState | None) -> tuple[str, str]:
     if primary is None or primary.status in ("DEPLOYING", "NOT_STARTED"):
         return "deploying", ""
-    if primary.status in FAILED and primary.running == 0:
+    if primary.status == "DEPLOY_FAILED" and primary.running == 0:
         return "failed", primary.message.strip()[:4000]
     return "ready", ""

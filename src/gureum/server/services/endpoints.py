@@ -211,6 +211,10 @@ def _update(
         # one has loaded, and keeps serving if it fails to.
         _start_canary(ep, version.id, 0.0, rollout="promote")
         add_event(s, ep, "rollout", f"starting {label}; it replaces the current version once up")
+    elif ep.rollout == "promote":
+        # The serving version again while another was rolling out: cancel that rollout.
+        add_event(s, ep, "rollout", f"rollout cancelled; {label} keeps serving")
+        drop_canary(ep)
     elif body.config is None:
         return  # the same version, nothing to change
     changed(ep)

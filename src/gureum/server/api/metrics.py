@@ -1,0 +1,28 @@
+"""Prometheus scrape target: GET /v1/metrics with a viewer key, the workspace's endpoints only.
+
+Prometheus sends the key with ``authorization: {credentials: <key>}`` in its scrape config.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from gureum.server.deps import DbDep, ServingDep, Viewer
+from gureum.server.services.metrics import ServingCollector, exposition, workspace_endpoints
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+def metrics(request: Request, db: DbDep, serving: ServingDep, principal: Viewer) -> Response:
+    """Request counts, latency and batch-size histograms, cold starts, replicas and queue depth
+    of the workspace's endpoints (OpenMetrics when the scraper asks for it)."""
+    with db.read() as s:
+        endpoints = workspace_endpoints(s, principal.workspace_id)
+    collector = ServingCollector(endpoints, serving.gauges, serving.live)
+    body, content_type = exposition(collector, request.headers.get("accept"))
+    return Response(body, media_type=content_type)

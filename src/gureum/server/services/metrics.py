@@ -1,0 +1,174 @@
+"""Prometheus exposition of a workspace's endpoints: live counters and gauges, never the ledger.
+
+Counters come from the usage batches replicas ship (LiveGauges, counted since this server
+started; Prometheus treats the drop at a restart as a counter reset), replica counts from what
+the endpoint controller last read from Ray Serve. A registry is built per scrape with only the
+caller's workspace's endpoints, so one workspace never sees another's traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import CollectorRegistry
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gureum.schemas.endpoints import ReplicaCounts
+from gureum.server.db.tables import Model, ModelVersion
+from gureum.server.db.tables_serving import Endpoint
+from gureum.server.services.endpoint_stats import BUCKETS, LiveGauges
+
+# Model calls per batch: powers of two up to the largest batch an endpoint may configure.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+ROLES = ("primary", "canary", "shadow")
+INF = "+Inf"
+
+
+@dataclass(frozen=True)
+class EndpointRef:
+    name: str
+    version: str  # the primary's model label, NAME:V
+    state: str
+
+
+def workspace_endpoints(s: Session, workspace_id: int) -> list[EndpointRef]:
+    rows = s.execute(
+        select(Endpoint.name, Endpoint.state, Model.name, ModelVersion.version)
+        .join(ModelVersion, ModelVersion.id == Endpoint.version_id)
+        .join(Model, Model.id == ModelVersion.model_id)
+        .where(Endpoint.workspace_id == workspace_id)
+        .order_by(Endpoint.name)
+    ).all()
+    return [EndpointRef(name, f"{model}:{version}", state) for name, state, model, version in rows]
+
+
+def _histogram(
+    bounds: Sequence[float], cumulative: Sequence[int], count: int
+) -> list[tuple[str, float]]:
+    """Prometheus buckets from cumulative counts per bound; ``+Inf`` is every observation.
+    The counts are read a moment apart from ``count``, so it is never let fall below them."""
+    buckets = [(repr(float(b)), float(n)) for b, n in zip(bounds, cumulative, strict=True)]
+    top = max([count, *cumulative])
+    return [*buckets, (INF, float(top))]
+
+
+class ServingCollector:
+    """Yields the metric families of ``endpoints``, read once per scrape."""
+
+    def __init__(
+        self,
+        endpoints: Iterable[EndpointRef],
+        gauges: LiveGauges,
+        replicas: Callable[[str], ReplicaCounts],
+    ) -> None:
+        self.endpoints = list(endpoints)
+        self.gauges = gauges
+        self.replicas = replicas
+
+    def collect(self) -> Iterator[Metric]:
+        live = self.gauges.snapshot()
+        info = GaugeMetricFamily(
+            "gureum_endpoint_info",
+            "Endpoints of the workspace: the version the primary serves and the state (always 1).",
+            labels=["endpoint", "version", "state"],
+        )
+        up = GaugeMetricFamily(
+            "gureum_endpoint_ready",
+            "1 while the endpoint is ready or updating (serving), else 0.",
+            labels=["endpoint"],
+        )
+        requests = CounterMetricFamily(
+            "gureum_endpoint_requests",
+            "Requests served, by model version, role and HTTP status, since the server started.",
+            labels=["endpoint", "version", "role", "code"],
+        )
+        latency = HistogramMetricFamily(
+            "gureum_endpoint_latency_seconds",
+            "Time a replica spent on a request, by model version.",
+            labels=["endpoint", "version"],
+        )
+        batches = HistogramMetricFamily(
+            "gureum_endpoint_batch_size",
+            "Requests per model call (dynamic batching).",
+            labels=["endpoint"],
+        )
+        cold = CounterMetricFamily(
+            "gureum_endpoint_cold_starts",
+            "Requests that waited for a replica to start from zero.",
+            labels=["endpoint"],
+        )
+        last_cold = GaugeMetricFamily(
+            "gureum_endpoint_last_cold_start_seconds",
+            "How long the last cold start took (replica start to first answer).",
+            labels=["endpoint"],
+        )
+        replicas = GaugeMetricFamily(
+            "gureum_endpoint_replicas",
+            "Running replicas, by role, as Ray Serve last reported them.",
+            labels=["endpoint", "role"],
+        )
+        queue = GaugeMetricFamily(
+            "gureum_endpoint_queue_depth",
+            "Requests in flight on all replicas of the endpoint (queued or being served).",
+            labels=["endpoint"],
+        )
+        in_flight = GaugeMetricFamily(
+            "gureum_endpoint_replica_in_flight",
+            "Requests in flight on one replica, as of its last usage shipment.",
+            labels=["endpoint", "replica"],
+        )
+        for ep in self.endpoints:
+            name = ep.name
+            info.add_metric([name, ep.version, ep.state], 1.0)
+            up.add_metric([name], 1.0 if ep.state in ("ready", "updating") else 0.0)
+            counts = self.replicas(name)
+            for role in ROLES:
+                replicas.add_metric([name, role], float(getattr(counts, role)))
+            stats = live.get(name)
+            if stats is None:
+                queue.add_metric([name], 0.0)
+                cold.add_metric([name], 0.0)
+                continue
+            # Copies first: replicas' batches keep arriving while the scrape is written.
+            served = dict(stats.requests)
+            flights = dict(stats.in_flight)
+            sizes = dict(stats.batch_sizes)
+            per_version: dict[str, int] = {}
+            for (version, role, code), n in sorted(served.items()):
+                requests.add_metric([name, version, role, str(code)], float(n))
+                per_version[version] = per_version.get(version, 0) + n
+            for version, cumulative in sorted(dict(stats.latency_buckets).items()):
+                buckets = _histogram(BUCKETS, list(cumulative), per_version.get(version, 0))
+                total = stats.latency_sum.get(version, 0.0)
+                latency.add_metric([name, version], buckets, total)
+            if sizes:
+                below = [sum(n for size, n in sizes.items() if size <= b) for b in BATCH_BUCKETS]
+                calls = sum(sizes.values())
+                batch_sum = float(sum(size * n for size, n in sizes.items()))
+                batches.add_metric([name], _histogram(BATCH_BUCKETS, below, calls), batch_sum)
+            cold.add_metric([name], float(stats.cold_starts))
+            if stats.last_cold_start_ms is not None:
+                last_cold.add_metric([name], stats.last_cold_start_ms / 1000)
+            queue.add_metric([name], float(sum(n for n, _ in flights.values())))
+            for replica, (n, _) in sorted(flights.items()):
+                in_flight.add_metric([name, replica], float(n))
+        yield from (info, up, requests, latency, batches, cold, last_cold)
+        yield from (replicas, queue, in_flight)
+
+
+def exposition(collector: ServingCollector, accept: str | None) -> tuple[bytes, str]:
+    """The scrape body and its content type: OpenMetrics when the scraper asks for it (as
+    Prometheus does), else the classic text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    encode, content_type = choose_encoder(accept or "")
+    return encode(registry), content_type
