@@ -274,7 +274,12 @@ def test_rollover_fails_no_request_and_a_version_that_fails_to_load_changes_noth
 
     def load() -> None:
         while not stop.is_set():
-            r = predict(url, cloud.token)
+            try:
+                r = predict(url, cloud.token)
+            except httpx.TransportError as e:
+                codes.append(-2)
+                odd.append(repr(e))
+                continue
             codes.append(r.status_code)
             if r.status_code != 200:
                 odd.append(f"{r.status_code} {r.text[:300]}")

@@ -12,6 +12,7 @@ from typing import Protocol, cast
 
 from ray import serve
 from ray.serve import Deployment
+from ray.serve.context import _get_global_client
 
 from gureum.compute.ray_backend import connect
 from gureum.schemas.endpoints import Autoscaling, ReplicaResources
@@ -89,7 +90,11 @@ class RayServeBackend:
     def __init__(self, address: str, host: str, port: int) -> None:
         connect(address)
         serve.start(http_options={"host": host, "port": port})
-        self._url = f"http://{host}:{port}"
+        # Ray Serve keeps the options of whoever started it on this cluster first (an earlier
+        # server, another tool): report the port it really listens on.
+        client = _get_global_client()
+        actual = client.http_config.port if client is not None else port
+        self._url = f"http://{host}:{actual}"
         self.route({})
 
     @property
