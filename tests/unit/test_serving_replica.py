@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -309,6 +310,24 @@ def test_a_request_that_waited_for_the_replica_is_metered_as_a_cold_start(make: 
     core.spool.flush()
     assert [r["cold_start"] for r in control_of(core).records] == [True, False]
     assert control_of(core).batches[0].gauges[0].cold_start_ms == 1234.0
+
+
+def test_only_the_first_request_of_a_replica_started_from_zero_is_a_cold_start(
+    make: Make,
+) -> None:
+    woken = make()
+    woken.started_from_zero_at = time.time() - 7.5  # its worker process began 7.5 s ago
+    waited = woken.first_request_waited()
+    assert waited is not None and 7400 < waited < 60_000
+    assert woken.first_request_waited() is None  # the next ones did not wait
+
+    scaled_out = make()  # another replica was running when this one started
+    assert scaled_out.first_request_waited() is None
+
+    idle = make()  # started from zero, but its first request came long after it was up
+    idle.started_from_zero_at = time.time() - 100
+    idle.ready_at = time.monotonic() - replica_module.COLD_WINDOW_S - 1
+    assert idle.first_request_waited() is None
 
 
 def test_gauges_report_in_flight_and_batch_sizes_since_the_last_look(make: Make) -> None:

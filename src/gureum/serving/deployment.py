@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
+import psutil
 import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -32,6 +33,28 @@ ROUTES = ("predict", "chat/completions", "completions")
 TEXT_RECIPE = "text-generator"
 # How long the router holds a request for an endpoint it has no bound for yet.
 DEFAULT_BOUND_S = 120.0
+# A worker process older than this when the replica starts was an idle one Ray reused: its
+# start is not the replica's.
+REUSED_PROCESS_S = 60.0
+
+
+def _started_from_zero() -> float | None:
+    """When this replica began starting, if none of its deployment was running then (so Ray
+    Serve started it for a request it holds): its worker process's start, or now."""
+    try:
+        context = serve.get_replica_context()
+        app = serve.status().applications.get(context.app_name)
+        deployment = app.deployments.get(context.deployment) if app else None
+        states = deployment.replica_states if deployment else {}
+        running = sum(n for s, n in states.items() if getattr(s, "value", s) == "RUNNING")
+        deploying = app is None or getattr(app.status, "value", app.status) == "DEPLOYING"
+    except Exception:  # outside a replica, or the controller did not answer: not known
+        return None
+    if running or deploying:  # scaled out, or the deploy's own first replica
+        return None
+    now = time.time()
+    created = float(psutil.Process().create_time())
+    return created if now - created < REUSED_PROCESS_S else now
 
 
 def _route(path: str, endpoint: str) -> str:
@@ -43,6 +66,7 @@ class ModelServer:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = ReplicaSpec.model_validate(spec)
         torch.set_num_threads(max(1, self.spec.threads))
+        self._from_zero_at = _started_from_zero() if self.spec.scales_to_zero else None
         self._core: ReplicaCore | None = None
         self._handles: dict[str, DeploymentHandle[Any]] = {}
 
@@ -55,7 +79,9 @@ class ModelServer:
         """Ray Serve calls it before the first request and on every change of user_config."""
         traffic = TrafficConfig.model_validate(config)
         if self._core is None:
-            self._core = ReplicaCore(self.spec, traffic.model)
+            self._core = ReplicaCore(
+                self.spec, traffic.model, started_from_zero_at=self._from_zero_at
+            )
         else:
             self._core.swap(traffic.model)
         self.traffic = traffic
@@ -185,6 +211,11 @@ class ModelServer:
             self.core.in_flight -= 1
 
     async def _predict(self, inputs: list[Any]) -> list[Any]:
+        if self.traffic.max_batch_size <= 1:
+            # No batching: skip Ray's batch queue, a measurable share of a small model's cost.
+            self.core.batch_sizes[1] += 1
+            outputs: list[Any] = await asyncio.to_thread(self.core.predictor.predict, inputs)
+            return outputs
         result = await self._batched(inputs)
         if isinstance(result, Exception):
             raise result

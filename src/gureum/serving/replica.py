@@ -32,7 +32,9 @@ from gureum.storage.store import ArtifactStore
 # Under "ray.serve" so that it lands in the replica's log file next to Ray Serve's own lines.
 log = logging.getLogger("ray.serve.gureum")
 REFRESH_S = 2.0
-COLD_WINDOW_S = 2.0
+# A replica started from zero answers the request that Ray Serve's proxy held for it as soon as
+# the proxy learns it is up; a first request later than this after start-up came on its own.
+COLD_WINDOW_S = 30.0
 UNKNOWN_KEY_REFRESH_S = 0.5
 JSON = "application/json"
 
@@ -110,8 +112,8 @@ class ReplicaCore:
         model: ModelRef,
         predictor: Predictor | None = None,
         control: ControlPlane | None = None,
+        started_from_zero_at: float | None = None,
     ) -> None:
-        started = time.monotonic()
         self.spec = spec
         self.model = model
         self.unit = unit_of(model.recipe)
@@ -125,11 +127,13 @@ class ReplicaCore:
         self._last_refresh = 0.0
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
-        self.startup_ms = (time.monotonic() - started) * 1000
         # How long the last request that waited for a replica to start waited (the router
         # holds such requests; see serving.deployment.EndpointRouter).
         self.cold_start_ms: float | None = None
         self.ready_at = time.monotonic()
+        # Wall-clock time this replica began starting, if no replica of its deployment was
+        # running then: its first request is the one that woke the endpoint up.
+        self.started_from_zero_at = started_from_zero_at
         self._first_served = False
         self.refresh()
         self.spool.start()
@@ -178,15 +182,16 @@ class ReplicaCore:
     # -- metering -------------------------------------------------------------------------
 
     def first_request_waited(self) -> float | None:
-        """Scaled from zero, a replica's first request waited for it (in Ray Serve's proxy,
-        which holds requests while no replica is up): how long, counting the replica's start."""
+        """Started from zero, a replica's first request waited for it in Ray Serve's proxy,
+        which holds requests while no replica is up: how long, from the replica's start (the
+        autoscaler's decision before that is not seen here, so this is a lower bound)."""
         if self._first_served:
             return None
         self._first_served = True
-        waited = time.monotonic() - self.ready_at
-        if not self.spec.scales_to_zero or waited > COLD_WINDOW_S:
+        since = self.started_from_zero_at
+        if since is None or time.monotonic() - self.ready_at > COLD_WINDOW_S:
             return None
-        return self.startup_ms + waited * 1000
+        return max(0.0, time.time() - since) * 1000
 
     def record(
         self,
