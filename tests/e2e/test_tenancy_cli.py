@@ -3,37 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
 
-import pytest
-from typer.testing import CliRunner, Result
-
-from gureum.cli.main import app
-from tests.conftest import LiveServer
-
-runner = CliRunner()
-
-
-@pytest.fixture
-def env(live_server: LiveServer, tmp_path: Path) -> dict[str, str]:
-    return {
-        "GUREUM_URL": live_server.url,
-        "GUREUM_API_KEY": live_server.cloud.admin_key,
-        "GUREUM_HOME": str(tmp_path / "cli-home"),
-    }
-
-
-def run(env: dict[str, str], *args: str, key: str | None = None) -> Result:
-    if key is not None:
-        env = {**env, "GUREUM_API_KEY": key}
-    return runner.invoke(app, list(args), env=env)
-
-
-def run_json(env: dict[str, str], *args: str, key: str | None = None) -> Any:
-    result = run(env, *args, "-o", "json", key=key)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+from tests.e2e.cli_runner import run, run_json
 
 
 def test_workspaces_commands(env: dict[str, str]) -> None:
