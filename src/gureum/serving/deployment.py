@@ -36,6 +36,11 @@ DEFAULT_BOUND_S = 120.0
 # A worker process older than this when the replica starts was an idle one Ray reused: its
 # start is not the replica's.
 REUSED_PROCESS_S = 60.0
+# A request the router held this long waited for a replica to start; a shorter hold only
+# bridged the moment before HAProxy learned a new route.
+HELD_COLD_MS = 1000.0
+# A model call expected to take less than this runs on the replica's event loop, not a thread.
+INLINE_PREDICT_MS = 5.0
 
 
 def _started_from_zero() -> float | None:
@@ -47,10 +52,11 @@ def _started_from_zero() -> float | None:
         deployment = app.deployments.get(context.deployment) if app else None
         states = deployment.replica_states if deployment else {}
         running = sum(n for s, n in states.items() if getattr(s, "value", s) == "RUNNING")
-        deploying = app is None or getattr(app.status, "value", app.status) == "DEPLOYING"
+        # Scaling (from zero too) leaves the application RUNNING; a deploy makes it DEPLOYING.
+        scaling = app is not None and getattr(app.status, "value", app.status) == "RUNNING"
     except Exception:  # outside a replica, or the controller did not answer: not known
         return None
-    if running or deploying:  # scaled out, or the deploy's own first replica
+    if running or not scaling:  # scaled out, or the deploy's own first replica
         return None
     now = time.time()
     created = float(psutil.Process().create_time())
@@ -69,6 +75,8 @@ class ModelServer:
         self._from_zero_at = _started_from_zero() if self.spec.scales_to_zero else None
         self._core: ReplicaCore | None = None
         self._handles: dict[str, DeploymentHandle[Any]] = {}
+        # A moving average of the model's time per call; unknown (a thread) until measured.
+        self._predict_ms = float("inf")
 
     @property
     def core(self) -> ReplicaCore:
@@ -82,8 +90,9 @@ class ModelServer:
             self._core = ReplicaCore(
                 self.spec, traffic.model, started_from_zero_at=self._from_zero_at
             )
-        else:
+        elif traffic.model != self._core.model:
             self._core.swap(traffic.model)
+            self._predict_ms = float("inf")  # another model: its time is not known yet
         self.traffic = traffic
         batched: Any = self._batched  # serve.batch's wrapper, typed as the plain method
         batched.set_max_batch_size(self.traffic.max_batch_size)
@@ -139,8 +148,11 @@ class ModelServer:
         caller = self.core.authorize(headers.get("authorization"))
         if isinstance(caller, Reply):
             return _response(caller)
-        first = self.core.first_request_waited()
-        cold_ms = first if waited_from is None else max(0.0, (time.time() - waited_from) * 1000)
+        cold_ms = self.core.first_request_waited()
+        if waited_from is not None:  # held by the router: a cold start if it really waited
+            held = (time.time() - waited_from) * 1000
+            if held >= HELD_COLD_MS:
+                cold_ms = max(held, cold_ms or 0.0)
         if isinstance(body, Reply):
             self._meter(caller, route, body, started)
             return _response(body)
@@ -160,7 +172,7 @@ class ModelServer:
                 reply.headers["x-gureum-cold-start"] = "1"
                 reply.headers["x-gureum-cold-start-ms"] = f"{cold_ms:.0f}"
                 self.core.cold_start_ms = cold_ms
-            self._meter(caller, route, reply, started, cold_ms is not None)
+            self._meter(caller, route, reply, started, cold_ms)
         if self.traffic.shadow_app:
             self._mirror(self.traffic.shadow_app, route, body, content_type, reply, started)
         return _response(reply)
@@ -214,8 +226,7 @@ class ModelServer:
         if self.traffic.max_batch_size <= 1:
             # No batching: skip Ray's batch queue, a measurable share of a small model's cost.
             self.core.batch_sizes[1] += 1
-            outputs: list[Any] = await asyncio.to_thread(self.core.predictor.predict, inputs)
-            return outputs
+            return await self._run_model(inputs)
         result = await self._batched(inputs)
         if isinstance(result, Exception):
             raise result
@@ -226,7 +237,7 @@ class ModelServer:
         self.core.batch_sizes[len(items)] += 1
         flat = [x for item in items for x in item]
         try:
-            outputs = await asyncio.to_thread(self.core.predictor.predict, flat)
+            outputs = await self._run_model(flat)
         except BadInput:
             # One request's bad input must not fail the others of the batch.
             return [await self._alone(item) for item in items]
@@ -239,9 +250,26 @@ class ModelServer:
 
     async def _alone(self, item: list[Any]) -> list[Any] | Exception:
         try:
-            return await asyncio.to_thread(self.core.predictor.predict, item)
+            return await self._run_model(item)
         except BadInput as e:
             return e
+
+    async def _run_model(self, inputs: list[Any]) -> list[Any]:
+        """In a thread, so that the replica keeps taking requests while the model works; but
+        a model that answers within INLINE_PREDICT_MS runs on the event loop, where the thread
+        hop would cost more than the time it frees."""
+        predict = self.core.predictor.predict
+        started = time.perf_counter()
+        try:
+            if self._predict_ms < INLINE_PREDICT_MS:
+                outputs: list[Any] = predict(inputs)
+            else:
+                outputs = await asyncio.to_thread(predict, inputs)
+        finally:
+            took = (time.perf_counter() - started) * 1000
+            timed = self._predict_ms != float("inf")
+            self._predict_ms = self._predict_ms + (took - self._predict_ms) * 0.2 if timed else took
+        return outputs
 
     async def _openai(self, route: str, body: bytes, content_type: str | None) -> Reply:
         if self.core.model.recipe != TEXT_RECIPE:
@@ -333,10 +361,15 @@ class ModelServer:
         route: str,
         reply: Reply,
         started: float,
-        cold: bool = False,
+        cold_ms: float | None = None,
         role: str | None = None,
     ) -> None:
+        """A request that waited for the replica to start is metered with what its caller
+        waited, not only the time since the replica took it."""
         latency = (time.perf_counter() - started) * 1000
+        if cold_ms is not None:
+            latency = max(latency, cold_ms)
+        cold = cold_ms is not None
         self.core.record(caller, route, reply.status, reply.units, latency, cold, role)
 
 
