@@ -35,7 +35,7 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 bench: install
-	$(PY) benchmarks/run_all.py
+	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -46,9 +46,13 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
-def start_uvicorn(factory: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Serve ``module:factory`` with one uvicorn worker, the same settings for every contender."""
+def start_uvicorn(
+    factory: str, port: int, env: dict[str, str], nice: int = 0
+) -> subprocess.Popen[bytes]:
+    """Serve ``module:factory`` with one uvicorn worker, the same settings for every contender
+    (at niceness ``nice``, to meet the machine's load as Ray's workers, at 15, do)."""
     cmd = [
+        *(["nice", "-n", str(nice)] if nice else []),
         sys.executable,
         "-m",
         "uvicorn",
