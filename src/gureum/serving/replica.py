@@ -127,8 +127,8 @@ class ReplicaCore:
         self._last_refresh = 0.0
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
-        # How long the last request that waited for a replica to start waited (the router
-        # holds such requests; see serving.deployment.EndpointRouter).
+        # How long the last request that waited for a replica to start waited (held by Ray
+        # Serve's proxy or by our router; see serving.deployment).
         self.cold_start_ms: float | None = None
         self.ready_at = time.monotonic()
         # Wall-clock time this replica began starting, if no replica of its deployment was
