@@ -22,6 +22,8 @@ from ray import serve
 
 from gureum import samples
 from gureum.client import Client
+from gureum.client.errors import GureumError
+from gureum.client.serving import EndpointClient
 from gureum.compute.ray_backend import connect
 from gureum.config import Settings
 from gureum.recipes import LocalDataset, LocalRunContext, train_and_evaluate
@@ -194,6 +196,22 @@ def test_consumers_are_authenticated_limited_and_metered(cloud: Cloud) -> None:
     assert ok.status_code == 200, ok.text
     assert ok.json()["outputs"][0]["prediction"] in ("yes", "no")
     assert ok.headers["x-gureum-model"] == "orders:1"
+    # Sent twice with one Idempotency-Key (a client's retry): answered twice, metered once.
+    retried = [
+        httpx.post(
+            f"{url}/predict",
+            json={"inputs": ROWS},
+            headers={"authorization": f"Bearer {key}", "idempotency-key": "call-1"},
+        )
+        for _ in range(2)
+    ]
+    assert [r.status_code for r in retried] == [200, 200]
+    too_long = httpx.post(
+        f"{url}/predict",
+        json={"inputs": ROWS},
+        headers={"authorization": f"Bearer {key}", "idempotency-key": "k" * 201},
+    )
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "bad_request"
 
     assert predict(url, "gck_nope_nope").status_code == 401
     assert httpx.post(f"{url}/predict", json={"inputs": ROWS}).status_code == 401
@@ -252,7 +270,7 @@ def test_consumers_are_authenticated_limited_and_metered(cloud: Cloud) -> None:
 
     # Every request that passed the key check is a usage record: the 200s and the refused
     # bodies (400, 415, 413) alike; 401 and 429 never reach the model.
-    answered = [200, 400, 415, 413, 200, *statuses, *after_revoke]
+    answered = [200, 200, 400, 415, 413, 200, *statuses, *after_revoke]
     served = sum(1 for code in answered if code not in (401, 429))
     wait_for(lambda: usage_count(cloud, "t-meter") >= served, 20, "usage shipped")
     time.sleep(2)
@@ -418,8 +436,23 @@ def test_a_replica_killed_under_load_never_hangs_a_request_and_loses_no_usage(cl
             except httpx.TransportError:
                 codes.append(-2)  # the connection to the killed replica was cut: not a hang
 
+    sdk_answered: list[int] = []
+    sdk_failed: list[str] = []
+
+    def sdk_load() -> None:
+        """The SDK sends a cut call again (same Idempotency-Key) and waits out 503s."""
+        with EndpointClient(url, cloud.token, timeout=60) as client:
+            while not stop.is_set():
+                try:
+                    client.predict(ROWS)
+                    sdk_answered.append(1)
+                except GureumError as e:
+                    sdk_failed.append(f"{type(e).__name__}: {e}")
+
     worker = threading.Thread(target=load, daemon=True)
+    sdk_worker = threading.Thread(target=sdk_load, daemon=True)
     worker.start()
+    sdk_worker.start()
     time.sleep(1)
     for handle in ray.util.list_named_actors(all_namespaces=True):
         if "t-kill" in handle.get("name", "") and "server" in handle.get("name", ""):
@@ -429,9 +462,11 @@ def test_a_replica_killed_under_load_never_hangs_a_request_and_loses_no_usage(cl
     time.sleep(1)
     stop.set()
     worker.join(timeout=70)
+    sdk_worker.join(timeout=70)
     assert -1 not in codes, "a request hung"
     assert set(codes) <= {200, 502, 503, -2}
-    served = codes.count(200)
+    assert sdk_answered and not [f for f in sdk_failed if "ConnectionCut" in f or "time" in f]
+    served = codes.count(200) + len(sdk_answered)
     wait_for(
         lambda: usage_count(cloud, "t-kill") >= served, 30, "usage of the dead replica shipped"
     )

@@ -474,6 +474,30 @@ def test_predict_network_failures() -> None:
     assert e.value.code == "timeout"
 
 
+def test_a_cut_connection_is_sent_again_with_the_same_idempotency_key() -> None:
+    keys: list[str] = []
+
+    def cut_once(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers["Idempotency-Key"])
+        if len(keys) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected", request=request)
+        return prediction(1)
+
+    client, slept = data_client(cut_once)
+    assert client.predict([{}]).model == "garments:1"
+    assert len(keys) == 2 and keys[0] == keys[1] and slept == [0.2]  # metered once
+    client.predict([{}])
+    assert keys[2] != keys[0]  # another call, another key
+
+    def always_cut(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError("connection reset", request=request)
+
+    client, slept = data_client(always_cut, max_retry_wait_s=1)
+    with pytest.raises(ConnectionFailed, match="cut the connection"):
+        client.predict([{}])
+    assert len(slept) == 5  # 5 pauses of 0.2 s fill the 1 s budget
+
+
 def test_parse_retry_after() -> None:
     now = datetime(2025, 1, 1, tzinfo=UTC)
     assert parse_retry_after("3") == 3.0

@@ -312,6 +312,20 @@ def test_a_request_that_waited_for_the_replica_is_metered_as_a_cold_start(make: 
     assert control_of(core).batches[0].gauges[0].cold_start_ms == 1234.0
 
 
+def test_a_request_sent_again_with_its_idempotency_key_keeps_its_usage_id(make: Make) -> None:
+    core = make()
+    retry = Caller(7, "acme", "k1", request_key="call-1")
+    for _ in range(2):
+        core.record(retry, "predict", 200, 1.0, 3.0)
+    core.record(Caller(7, "acme", "k2", request_key="call-1"), "predict", 200, 1.0, 3.0)
+    core.record(Caller(7, "acme", "k1"), "predict", 200, 1.0, 3.0)
+    core.record(Caller(7, "acme", "k1"), "predict", 200, 1.0, 3.0)
+    core.spool.flush()
+    ids = [r["id"] for r in control_of(core).records]
+    assert ids[0] == ids[1]  # the ledger keeps one of the two
+    assert len(set(ids)) == 4  # another key's same Idempotency-Key, and calls without one
+
+
 def test_only_the_first_request_of_a_replica_started_from_zero_is_a_cold_start(
     make: Make,
 ) -> None:

@@ -14,6 +14,7 @@ import binascii
 import math
 import re
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,8 @@ PREDICT_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
 # How long predict keeps retrying 503s (no replica ready, overloaded) in all before giving up.
 MAX_RETRY_WAIT_S = 30.0
 # Never spin on a Retry-After of 0.
+# Pause before sending again a request whose connection was cut.
+CUT_RETRY_PAUSE_S = 0.2
 MIN_RETRY_PAUSE_S = 0.05
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _DATA_URL = re.compile(r"^data:[^,]*;base64,")
@@ -48,6 +51,10 @@ class RateLimited(RateLimitedError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
+
+
+class ConnectionCut(ConnectionFailed):
+    """The connection closed before an answer came (a replica gone mid-request): retried."""
 
 
 class Unavailable(ServerError):
@@ -173,7 +180,9 @@ class EndpointClient:
     """Calls one endpoint's data plane at ``url`` (``EndpointOut.url``) with ``key``.
 
     A 503 that carries Retry-After is retried, waiting as told, for at most
-    ``max_retry_wait_s`` in all; 4xx answers are never retried (a repeat would be metered or
+    ``max_retry_wait_s`` in all; so is a connection cut before the answer came (a replica that
+    died mid-request). Every try of one call carries the same Idempotency-Key, so the endpoint
+    meters the call once however often it was sent. 4xx answers are never retried (they would
     fail the same way).
     """
 
@@ -226,8 +235,16 @@ class EndpointClient:
 
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         waited = 0.0
+        key = uuid.uuid4().hex
         while True:
-            resp = self._send(path, body)
+            try:
+                resp = self._send(path, body, key)
+            except ConnectionCut:
+                if waited + CUT_RETRY_PAUSE_S > self.max_retry_wait_s:
+                    raise
+                self._sleep(CUT_RETRY_PAUSE_S)
+                waited += CUT_RETRY_PAUSE_S
+                continue
             if resp.status_code < 400:
                 return resp
             err = api_error(resp)
@@ -239,14 +256,16 @@ class EndpointClient:
             self._sleep(pause)
             waited += pause
 
-    def _send(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    def _send(self, path: str, body: dict[str, Any], key: str) -> httpx.Response:
         try:
-            return self.http.post(self.url + path, json=body)
+            return self.http.post(self.url + path, json=body, headers={"Idempotency-Key": key})
         except httpx.TimeoutException as exc:
             raise ConnectionFailed(
                 f"the endpoint at {self.url} did not answer in time ({type(exc).__name__})",
                 code="timeout",
             ) from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise ConnectionCut(f"the endpoint at {self.url} cut the connection: {exc}") from exc
         except httpx.TransportError as exc:
             raise ConnectionFailed(f"cannot reach the endpoint at {self.url}: {exc}") from exc
 
@@ -261,6 +280,7 @@ class EndpointClient:
 
 
 __all__ = [
+    "ConnectionCut",
     "EndpointClient",
     "PredictResult",
     "RateLimited",

@@ -27,6 +27,8 @@ class Caller:
     consumer_id: int | None
     name: str
     key_id: str
+    # The caller's Idempotency-Key: a retried request is metered once (see ReplicaCore.record).
+    request_key: str | None = None
 
 
 @dataclass

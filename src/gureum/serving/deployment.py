@@ -9,6 +9,7 @@ a handle call.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -39,6 +40,8 @@ REUSED_PROCESS_S = 60.0
 # A request the router held this long waited for a replica to start; a shorter hold only
 # bridged the moment before HAProxy learned a new route.
 HELD_COLD_MS = 1000.0
+# The longest Idempotency-Key a caller may send.
+MAX_REQUEST_KEY = 200
 # A model call expected to take less than this runs on the replica's event loop, not a thread.
 INLINE_PREDICT_MS = 5.0
 
@@ -148,6 +151,12 @@ class ModelServer:
         caller = self.core.authorize(headers.get("authorization"))
         if isinstance(caller, Reply):
             return _response(caller)
+        request_key = headers.get("idempotency-key")
+        if request_key is not None:
+            if not 0 < len(request_key) <= MAX_REQUEST_KEY:
+                message = f"Idempotency-Key must be 1 to {MAX_REQUEST_KEY} characters"
+                return _response(error_reply(400, "bad_request", message))
+            caller = dataclasses.replace(caller, request_key=request_key)
         cold_ms = self.core.first_request_waited()
         if waited_from is not None:  # held by the router: a cold start if it really waited
             held = (time.time() - waited_from) * 1000
@@ -322,7 +331,7 @@ class ModelServer:
     async def _forward(
         self, app: str, caller: Caller, route: str, body: bytes, content_type: str | None
     ) -> Reply:
-        who = {"consumer_id": caller.consumer_id, "name": caller.name, "key_id": caller.key_id}
+        who = dataclasses.asdict(caller)
         try:
             status, data, headers = await self._handle(app).internal.remote(
                 who, route, body, content_type

@@ -5,6 +5,7 @@ Kept free of Ray Serve so that it is tested in-process; serving.deployment wraps
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -59,6 +60,14 @@ def json_reply(
 ) -> Reply:
     body = json.dumps(data, separators=(",", ":")).encode()
     return Reply(200, body, {"content-type": JSON, **(headers or {})}, units)
+
+
+def usage_id(caller: Caller) -> str:
+    """A usage record's id. A request sent again with the same Idempotency-Key (a client's
+    retry after its connection was cut) gets the same id, and the ledger keeps one of them."""
+    if caller.request_key is None:
+        return uuid.uuid4().hex
+    return hashlib.sha256(f"{caller.key_id}\n{caller.request_key}".encode()).hexdigest()[:32]
 
 
 class ControlPlane:
@@ -207,7 +216,7 @@ class ReplicaCore:
         self.spool.append(
             "usage",
             {
-                "id": uuid.uuid4().hex,
+                "id": usage_id(caller),
                 "time": datetime.now(UTC).isoformat(),
                 "consumer_id": caller.consumer_id,
                 "consumer_name": caller.name,
