@@ -33,10 +33,6 @@ class JobFailed(RuntimeError):
     """A gureum job ended in a state other than succeeded."""
 
 
-def load_average() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
 def ts(value: str | None) -> float | None:
     """A JobOut / event timestamp as seconds since the epoch."""
     if value is None:

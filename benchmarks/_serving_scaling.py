@@ -21,7 +21,6 @@ from benchmarks._serving_util import (
     ServingCloud,
     delete_bare,
     deploy_bare,
-    load_average,
     med,
     pct,
     rnd,
@@ -29,6 +28,7 @@ from benchmarks._serving_util import (
     wait_replicas,
     wait_route,
 )
+from benchmarks._util import load_average
 from gureum.schemas.endpoints import Autoscaling
 from gureum.serving.backend import autoscaling_config
 

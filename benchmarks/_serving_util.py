@@ -54,10 +54,6 @@ JSON = {"content-type": "application/json"}
 RATE_LIMIT = 100_000.0
 
 
-def load_average() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
 def pct(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (nearest rank) of ``values``."""
     ordered = sorted(values)
@@ -409,12 +405,3 @@ def start_plain(port: int, model_dir: Path, recipe: str, nice: int) -> subproces
     """``plain_app`` on one uvicorn worker (httptools, uvloop), at niceness ``nice``."""
     env = {"OMP_NUM_THREADS": "1", MODEL_DIR_ENV: str(model_dir), RECIPE_ENV: recipe}
     return start_uvicorn("benchmarks._serving_bare:plain_app", port, env, nice=nice)
-
-
-def stop_plain(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -118,6 +119,20 @@ async def _py_load(url: str, headers: dict[str, str], seconds: float, connection
         start = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(connections)))
         return count / (time.monotonic() - start)
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def exit_on_sigterm() -> None:
+    """A SIGTERM unwinds like an exception, so that the benchmark's context managers stop the
+    Ray head (and whatever else they started) on the way out."""
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
 
 
 def median(values: Sequence[float]) -> float:

@@ -24,7 +24,6 @@ import argparse
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,14 +39,13 @@ from benchmarks._jobs_util import (
     bare_task_latency,
     fresh_import_seconds,
     host_task_latency,
-    load_average,
     local_train_seconds,
     spare_task_latency,
     start_spans,
     task_worker_reuse,
     ts,
 )
-from benchmarks._util import ROOT, median, save
+from benchmarks._util import ROOT, exit_on_sigterm, load_average, median, save
 
 RECIPE = "image-classifier"
 DATA = "digits"  # 1,797 8x8 digits as PNGs, 10 classes
@@ -351,10 +349,6 @@ def scaling(cluster: JobCluster, data: Path, tmp: Path, cfg: dict[str, Any]) -> 
 # -- main ------------------------------------------------------------------------------------
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through JobCluster, which stops the Ray head
-
-
 def _section(results: dict[str, Any], name: str, fn: Any, *args: Any) -> None:
     print(f"{name}...", flush=True)
     t = time.perf_counter()
@@ -428,7 +422,7 @@ def main() -> None:
     args = ap.parse_args()
     profile = PROFILES["quick" if args.quick else "full"]
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()  # unwinds through JobCluster, which stops the Ray head
     from gureum import samples
 
     results: dict[str, Any] = {

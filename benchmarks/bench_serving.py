@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import tempfile
 import time
@@ -52,7 +51,6 @@ from benchmarks._serving_util import (
     deploy_bare,
     digit_images,
     haproxy_processes,
-    load_average,
     med,
     pct,
     replica_nice,
@@ -60,12 +58,11 @@ from benchmarks._serving_util import (
     rnd,
     rotate,
     start_plain,
-    stop_plain,
     train_classifier,
     train_tabular,
     wait_route,
 )
-from benchmarks._util import free_port, save, wait_http
+from benchmarks._util import exit_on_sigterm, free_port, load_average, save, stop, wait_http
 from gureum.schemas.endpoints import Autoscaling
 
 PARTS = ("overhead", "batching", "autoscale", "coldstart")
@@ -121,7 +118,7 @@ def overhead(cloud: ServingCloud, tab: Path, cfg: dict[str, Any]) -> dict[str, A
         }
         return _overhead_rounds(cloud, targets, servers, cfg) | {"replica_nice": nice}
     finally:
-        stop_plain(plain)
+        stop(plain)
         delete_bare("bare")
         cloud.delete("tab")
 
@@ -334,10 +331,6 @@ def batching(
 # -- main ----------------------------------------------------------------------------------------
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through ServingCloud, which stops the Ray head
-
-
 def _section(
     results: dict[str, Any], name: str, fn: Callable[..., dict[str, Any]], *args: Any
 ) -> None:
@@ -486,7 +479,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     profile = _config(args)
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()  # unwinds through ServingCloud, which stops the Ray head
     results: dict[str, Any] = {
         "profile": "quick" if args.quick else "full",
         "config": {p: profile[p] for p in parts},
