@@ -16,7 +16,7 @@ from ray.serve.context import _get_global_client
 
 from gureum.compute.ray_backend import connect
 from gureum.schemas.endpoints import Autoscaling, ReplicaResources
-from gureum.serving.deployment import EndpointRouter, ModelServer
+from gureum.serving.deployment import EndpointRouter, ModelServer, state_name
 from gureum.serving.spec import ReplicaSpec, TrafficConfig
 
 GiB = 1024**3
@@ -142,14 +142,9 @@ class RayServeBackend:
         out = {}
         for name, app in serve.status().applications.items():
             dep = app.deployments.get(DEPLOYMENT)
-            states = {_name(k): n for k, n in dep.replica_states.items()} if dep else {}
+            states = {state_name(k): n for k, n in dep.replica_states.items()} if dep else {}
             running = states.get("RUNNING", 0)
             # The deployment's message carries the replica's error; the app's only says it failed.
             message = (dep.message if dep and dep.message else "") or app.message
-            out[name] = AppState(_name(app.status), message, running)
+            out[name] = AppState(state_name(app.status), message, running)
         return out
-
-
-def _name(state: object) -> str:
-    """Ray Serve's status enums by name ("RUNNING"), whatever their str() gives."""
-    return str(getattr(state, "value", state))

@@ -46,6 +46,11 @@ MAX_REQUEST_KEY = 200
 INLINE_PREDICT_MS = 5.0
 
 
+def state_name(state: object) -> str:
+    """Ray Serve's status enums by name ("RUNNING"), whatever their str() gives."""
+    return str(getattr(state, "value", state))
+
+
 def _started_from_zero() -> float | None:
     """When this replica began starting, if none of its deployment was running then (so Ray
     Serve started it for a request it holds): its worker process's start, or now."""
@@ -54,9 +59,9 @@ def _started_from_zero() -> float | None:
         app = serve.status().applications.get(context.app_name)
         deployment = app.deployments.get(context.deployment) if app else None
         states = deployment.replica_states if deployment else {}
-        running = sum(n for s, n in states.items() if getattr(s, "value", s) == "RUNNING")
+        running = sum(n for s, n in states.items() if state_name(s) == "RUNNING")
         # Scaling (from zero too) leaves the application RUNNING; a deploy makes it DEPLOYING.
-        scaling = app is not None and getattr(app.status, "value", app.status) == "RUNNING"
+        scaling = app is not None and state_name(app.status) == "RUNNING"
     except Exception:  # outside a replica, or the controller did not answer: not known
         return None
     if running or not scaling:  # scaled out, or the deploy's own first replica
