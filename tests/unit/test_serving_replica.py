@@ -239,6 +239,26 @@ def test_a_key_made_after_the_snapshot_is_looked_up_again(
     assert control.access_calls == before + 1
 
 
+def test_a_key_refused_for_a_stale_table_is_looked_up_once_more(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core = make()
+    monkeypatch.setattr(replica_module, "UNKNOWN_KEY_REFRESH_S", 0.5)
+    core.refresh()  # the periodic look, a moment before the consumer was made
+    control_of(core).keys.append(key("k9", "fresh", 9, "newco"))
+    arrived = time.monotonic()
+    assert refused(core.authorize("Bearer gck_k9_fresh"))[0] == 401
+    wait = core.refresh_wait("Bearer gck_k9_fresh", arrived)
+    assert wait is not None and 0 < wait <= 0.5
+    time.sleep(wait)
+    assert caller(core.authorize("Bearer gck_k9_fresh")).name == "newco"
+    # The answer stands: a known key, a malformed one, or a table read after the request came.
+    assert core.refresh_wait(f"Bearer {TOKEN}", arrived) is None
+    assert core.refresh_wait("Bearer nope", arrived) is None
+    core.refresh()
+    assert core.refresh_wait("Bearer gck_zz_unknown", arrived) is None
+
+
 # -- metering --------------------------------------------------------------------------------------
 
 

@@ -153,7 +153,7 @@ class ModelServer:
             return _response(error_reply(404, "not_found", message))
         if method != "POST":
             return _response(error_reply(405, "method_not_allowed", "use POST"))
-        caller = self.core.authorize(headers.get("authorization"))
+        caller = await self._authorize(headers.get("authorization"))
         if isinstance(caller, Reply):
             return _response(caller)
         request_key = headers.get("idempotency-key")
@@ -190,6 +190,16 @@ class ModelServer:
         if self.traffic.shadow_app:
             self._mirror(self.traffic.shadow_app, route, body, content_type, reply, started)
         return _response(reply)
+
+    async def _authorize(self, authorization: str | None) -> Caller | Reply:
+        arrived = time.monotonic()
+        caller = self.core.authorize(authorization)
+        if isinstance(caller, Reply) and caller.status == 401:
+            wait = self.core.refresh_wait(authorization, arrived)
+            if wait is not None:  # the key may be newer than the last look at the table
+                await asyncio.sleep(wait)
+                caller = self.core.authorize(authorization)
+        return caller
 
     # -- handle calls (canary, shadow) ------------------------------------------------------
 

@@ -188,6 +188,16 @@ class ReplicaCore:
             return error_reply(result.status, result.code, result.message, result.retry_after)
         return result
 
+    def refresh_wait(self, authorization: str | None, since: float) -> float | None:
+        """After a 401 for a key the table does not know: None if the answer stands (a malformed
+        or known key, or a refresh began at or after ``since``, the request's arrival); else the
+        seconds until ``authorize`` may look again. A key made just after the last refresh is
+        then let in, not refused, while unknown keys still cost one lookup per interval."""
+        parts = split_bearer(authorization)
+        if parts is None or self.access.knows(parts[0]) or self._last_refresh >= since:
+            return None
+        return max(0.0, UNKNOWN_KEY_REFRESH_S - (time.monotonic() - self._last_refresh))
+
     # -- metering -------------------------------------------------------------------------
 
     def first_request_waited(self) -> float | None:
