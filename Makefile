@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # GUREUM_TEST_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test
 export GUREUM_TEST_DATABASE_URL
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install sysdeps demo test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+# Debian packages: bubblewrap sandboxes user code (script jobs are refused without it).
+sysdeps:
+	@command -v bwrap >/dev/null 2>&1 || apt-get install -y -q bubblewrap \
+		|| { apt-get update -q && apt-get install -y -q bubblewrap; } \
+		|| { echo "gureum needs bubblewrap: apt-get install bubblewrap (as root)"; exit 1; }
+
+demo: install sysdeps
 	$(VENV)/bin/gureum demo
 
-test: install
+test: install sysdeps
 	$(VENV)/bin/pytest
 
 lint: install

@@ -29,6 +29,7 @@ from ray import serve
 from ray._private import auto_init_hook
 from ray.serve import Deployment
 from sqlalchemy import select
+from tests.integration.trained_models import register_trained
 
 from benchmarks._serving_bare import MODEL_DIR_ENV, RECIPE_ENV, BareBatched, BareModel
 from benchmarks._util import ROOT, free_port, start_uvicorn
@@ -44,8 +45,9 @@ from gureum.compute.local_ray import (
 from gureum.config import Settings
 from gureum.recipes import LocalDataset, LocalRunContext, train_and_evaluate
 from gureum.server.app import create_app
-from gureum.server.db.tables_serving import ResourceUsage
+from gureum.server.db.tables_serving import Endpoint, ResourceUsage
 from gureum.server.services.bootstrap import bootstrap
+from gureum.server.services.endpoint_controller import app_names
 
 # One row of the tabular sample (garment orders; the model predicts "returned").
 ROW = {"price": 30, "garment": "dress", "size": "M", "usual_size": "M", "fabric": "cotton"}
@@ -78,6 +80,11 @@ def rotate(names: list[str], i: int) -> list[str]:
 
 
 # -- the cloud ---------------------------------------------------------------------------------
+
+
+# Our endpoints' Serve applications are named by endpoint id (ep-<id>), never by name: the
+# benchmark's endpoint names, mapped to their applications as they are deployed.
+SERVE_APPS: dict[str, str] = {}
 
 
 class ServingCloud:
@@ -159,12 +166,17 @@ class ServingCloud:
     # -- what the benchmarks deploy ---------------------------------------------------------
 
     def register(self, name: str, model_dir: Path, recipe: str) -> None:
-        self.client.models.register(name, model_dir, recipe=recipe)
+        """The model trained here by the recipe's own code, registered as the platform's train
+        job would have (uploaded files of a recipe that unpickles are never loaded)."""
+        register_trained(self.client, self.app.state.db, name, model_dir, recipe=recipe)
 
     def deploy(self, name: str, model: str, config: dict[str, Any]) -> str:
         """Our endpoint, waited for; its data-plane URL."""
         ep = self.client.endpoints.deploy(name, model, config=config, wait=True, timeout_s=300)
         assert ep.url is not None
+        with self.app.state.db.read() as s:
+            endpoint_id = s.scalar(select(Endpoint.id).where(Endpoint.name == name))
+        SERVE_APPS[name] = app_names(int(endpoint_id))["primary"]
         return ep.url
 
     def delete(self, name: str, timeout: float = 120.0) -> None:
@@ -283,14 +295,14 @@ def digit_images(root: Path, n: int) -> list[str]:
 
 
 def replica_counts(apps: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """Per Serve app: (replicas running, replicas in any state: starting and stopping ones
-    hold their resources too)."""
+    """Per Serve app (or our endpoint, by name): (replicas running, replicas in any state:
+    starting and stopping ones hold their resources too)."""
     status = serve.status().applications
     out = {}
     for app in apps:
         running = total = 0
-        if app in status:
-            for dep in status[app].deployments.values():
+        if SERVE_APPS.get(app, app) in status:
+            for dep in status[SERVE_APPS.get(app, app)].deployments.values():
                 for state, n in dep.replica_states.items():
                     total += n
                     running += n if str(getattr(state, "value", state)) == "RUNNING" else 0
@@ -363,7 +375,8 @@ def wait_replicas(app: str, want: int, timeout: float) -> float:
 
 
 def replica_processes(app: str) -> list[psutil.Process]:
-    """The Serve replica processes of ``app`` on this machine."""
+    """The Serve replica processes of ``app`` (or of our endpoint of that name) here."""
+    app = SERVE_APPS.get(app, app)
     out = []
     for proc in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):

@@ -19,6 +19,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "push": ("benchmarks.bench_push", [], ["--rounds", "2", "--big-mb", "50"]),
     "jobs": ("benchmarks.bench_jobs", [], ["--quick"]),
     "serving": ("benchmarks.bench_serving", [], ["--quick"]),
+    "sandbox": ("benchmarks.bench_sandbox", [], ["--rounds", "4"]),
+    "models": ("benchmarks.bench_models", [], ["--quick"]),
 }
 
 

@@ -35,16 +35,42 @@ class Settings(BaseSettings):
     # Upload limits: a single file, and the expanded size / entry count of an archive.
     max_file_bytes: int = 20 * GiB
     max_archive_bytes: int = 50 * GiB
-    max_archive_entries: int = 1_000_000
+    max_archive_entries: int = 100_000
+    # Inputs (docs/security.md, "Inputs and storage limits"): a request body of the control
+    # plane (uploads have their own limits above), one that lists files (a push manifest, a
+    # job's code), an archive's expanded-to-compressed ratio past 64 MiB expanded, a line of a
+    # CSV / JSONL / text file, and the live log streams one key may hold open.
+    max_request_bytes: int = Field(default=1024**2, ge=1024)
+    max_manifest_bytes: int = Field(default=64 * 1024**2, ge=1024)
+    max_archive_ratio: float = Field(default=100.0, ge=1)
+    max_line_bytes: int = Field(default=1024**2, ge=1024)
+    max_streams_per_key: int = Field(default=8, ge=1)
+    stream_key_recheck_s: float = Field(default=10.0, gt=0)
     default_page_size: int = 50
     max_page_size: int = 1000
 
-    # The data plane: Ray Serve's HTTP entry (HAProxy) where consumers call endpoints.
+    # The data plane: Ray Serve's HTTP entry (HAProxy) where consumers call endpoints
+    # (`gureum up --data-plane-host`); loopback unless set.
     serve_host: str = "127.0.0.1"
     serve_port: int = 8100
+    # Where the local Ray head `gureum up` starts listens (`--ray-host`); it always runs with
+    # Ray's token authentication (the token in `ray_token_path`).
+    ray_host: str = "127.0.0.1"
+    # HAProxy's limits on a consumer's connection: seconds to send the request head, idle
+    # seconds, and the number of header fields.
+    data_plane_request_timeout_s: int = Field(default=10, ge=1)
+    data_plane_client_timeout_s: int = Field(default=60, ge=1)
+    data_plane_max_headers: int = Field(default=100, ge=8)
     # How replicas reach this server (to fetch keys and ship usage); derived from host/port
     # when empty. Set it when replicas run on other machines.
     control_url: str = ""
+    # Metering and access on the data plane (docs/security.md, "Consumers and metering"). A
+    # replica whose key table is older than this (the control plane unreachable) refuses calls.
+    max_key_staleness_s: float = Field(default=300.0, gt=0)
+    # Calls of a monthly quota a replica leases at a time: a quota of N allows at most N calls.
+    quota_lease_calls: int = Field(default=100, ge=1)
+    # Requests/s of one workspace key created with --data-plane (all replicas together).
+    data_plane_key_rate_limit: float = Field(default=10.0, gt=0)
 
     # Compute and storage prices for cost reports (GUREUM_PRICE_*; the dict is JSON).
     price_currency: str = "USD"
@@ -82,6 +108,11 @@ class Settings(BaseSettings):
     @property
     def run_dir(self) -> Path:
         return self.home / "run"
+
+    @property
+    def ray_token_path(self) -> Path:
+        """Ray's auth token of the head `gureum up` starts (mode 0600)."""
+        return self.home / "ray-token"
 
     @property
     def log_dir(self) -> Path:

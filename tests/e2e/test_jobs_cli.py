@@ -19,6 +19,7 @@ from typer.testing import CliRunner, Result
 
 from gureum.cli.main import app
 from tests.conftest import LiveServer
+from tests.integration.trained_models import register_trained
 
 runner = CliRunner()
 NO_CLUSTER = "no compute cluster"
@@ -218,7 +219,12 @@ def test_refusals_exit_non_zero_with_the_message(cli_env: LiveServer, rows: str)
 
 
 def test_workspace_quotas(cli_env: LiveServer) -> None:
-    empty = {"max_cpus": None, "max_gpus": None, "max_concurrent_jobs": None}
+    empty = {
+        "max_cpus": None,
+        "max_gpus": None,
+        "max_concurrent_jobs": None,
+        "max_storage_gb": None,
+    }
     assert ok_json("workspaces", "quotas", "default") == {"workspace": "default", **empty}
     got = ok_json("workspaces", "quotas", "default", "--max-gpus", "2", "--max-jobs", "3")
     assert (got["max_gpus"], got["max_concurrent_jobs"], got["max_cpus"]) == (2, 3, None)
@@ -241,7 +247,10 @@ def test_evaluate_and_predict_batch_queue_model_jobs(
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"recipe": "tabular", "params": {}}))
     with cli_env.client() as c:
-        c.models.register("rowsm", folder, recipe="tabular", dataset=rows)
+        # As a platform train job would have: uploaded tabular files are never loaded.
+        register_trained(
+            c, cli_env.cloud.app.state.db, "rowsm", folder, recipe="tabular", dataset=rows
+        )
     ev = ok_json("evaluate", "rowsm:1", "--dataset", rows, "--priority", "3")
     assert (ev["kind"], ev["state"], ev["model"], ev["priority"]) == (
         "evaluate",

@@ -55,8 +55,21 @@ def test_import_gate_promote_show(cli_env: LiveServer, tmp_path: Path) -> None:
     assert (v["model"], v["version"], v["format"], v["stage"]) == ("gen", 1, "safetensors", "none")
     m = ok_json("gate", "gen", "--require", "accuracy>=0.9", "--must-beat", "accuracy")
     assert isinstance(m, dict)
-    assert m["gates"] == [{"metric": "accuracy", "op": ">=", "threshold": 0.9}]
-    assert m["must_beat_production"] == {"metric": "accuracy", "higher_is_better": True}
+    gate = {"metric": "accuracy", "op": ">=", "threshold": 0.9, "measured": False}
+    assert m["gates"] == [gate]
+    assert m["must_beat_production"] == {
+        "metric": "accuracy",
+        "higher_is_better": True,
+        "measured": False,
+    }
+    # Gates guard production: a developer cannot change them (issue 10, item 8).
+    code, _, stderr = gureum_as(
+        member_key(cli_env.cloud, "developer"), "gate", "gen", "--require", "accuracy>=0.1"
+    )
+    assert code == 1 and "admin" in stderr
+    code, out, _ = gureum("gate", "gen", "--require", "accuracy>=0.9", "--measured")
+    assert code == 0 and "accuracy >= 0.9 (measured)" in out
+    assert ok_json("gate", "gen", "--require", "accuracy>=0.9")["gates"] == [gate]
 
     # Refused with the reason, as JSON and as a line for people; exit code 1.
     code, out, _ = gureum("promote", "gen:1", "--stage", "production", "-o", "json")
@@ -87,7 +100,7 @@ def test_import_gate_promote_show(cli_env: LiveServer, tmp_path: Path) -> None:
 def test_import_hf_folder_and_pytorch(cli_env: LiveServer, tmp_path: Path) -> None:
     hf = tmp_path / "hf"
     hf.mkdir()
-    (hf / "config.json").write_text("{}")
+    (hf / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
     weights(hf / "model.safetensors")
     assert ok_json("import", "llm", str(hf))["format"] == "huggingface"  # type: ignore[index]
     pt = tmp_path / "sd.pth"

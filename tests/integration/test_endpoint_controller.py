@@ -14,6 +14,7 @@ from sqlalchemy import select
 from gureum.config import Settings
 from gureum.server.db.tables_serving import ResourceUsage, UsageRecord
 from gureum.server.services import endpoint_controller
+from gureum.serving.backend import AppState
 from tests.integration.test_endpoints_api import Env, make_env, register, usage_record
 
 
@@ -48,7 +49,10 @@ def test_a_new_version_is_promoted_once_it_has_loaded(env: Env) -> None:
     )
     primary = env.fake.last("shop")
     assert primary.traffic.model.label == "m:1"
-    assert (primary.traffic.canary_app, primary.traffic.canary_percent) == ("shop--canary", 0.0)
+    assert (primary.traffic.canary_app, primary.traffic.canary_percent) == (
+        env.fake.app("shop--canary"),
+        0.0,
+    )
     # Loading: the old version keeps all traffic; nothing is promoted yet.
     env.tick()
     assert env.get()["version"] == 1 and env.get()["state"] == "updating"
@@ -270,7 +274,7 @@ def test_a_shadow_gets_its_own_application_and_is_removed_by_rollback(env: Env) 
     env.tick()
     shadow = env.fake.last("shop--shadow")
     assert shadow.replica.role == "shadow" and shadow.route_prefix is None
-    assert env.fake.last("shop").traffic.shadow_app == "shop--shadow"
+    assert env.fake.last("shop").traffic.shadow_app == env.fake.app("shop--shadow")
     env.fake.run("shop--shadow")
     env.tick()
     assert env.get()["replicas"]["shadow"] == 1
@@ -367,3 +371,95 @@ def test_replica_seconds_are_recorded_per_endpoint(
     with env.cloud.app.state.db.read() as s:
         after = s.scalars(select(ResourceUsage).where(ResourceUsage.kind == "endpoint")).all()
     assert len(after) == before
+
+
+# -- whose application it is -----------------------------------------------------------------------
+
+
+def test_an_application_recording_another_endpoint_is_never_adopted_nor_deleted(env: Env) -> None:
+    """A Serve application under an endpoint's application name whose user_config records
+    another endpoint (another control plane's, or made by hand) is not counted as its replicas,
+    not replaced by a deploy, and not deleted when the endpoint goes."""
+    env.tick()
+    env.deploy("m:1")
+    ep = env.row()
+    app = f"ep-{ep.id}"
+    env.fake.apps[app] = AppState("RUNNING", "", 3, endpoint_id=ep.id + 100, owner="someone")
+    env.tick(2)
+    out = env.get()
+    assert out["state"] == "deploying" and out["replicas"]["primary"] == 0
+    assert env.fake.applied == [] and env.fake.deleted_apps == []
+    assert "not this endpoint's" in out["message"]
+    assert [k for k, _ in env.events()].count("error") == 1  # said once, not every tick
+    # The same id but another owner (an earlier database's endpoint 1): not adopted either.
+    env.fake.apps[app] = AppState("RUNNING", "", 3, endpoint_id=ep.id, owner="earlier-db")
+    env.tick()
+    assert env.get()["replicas"]["primary"] == 0 and env.fake.applied == []
+    # Deleting the endpoint leaves the foreign application running, and the row goes.
+    assert env.http.delete("/v1/endpoints/shop").status_code == 202
+    env.tick(2)
+    assert env.fake.deleted_apps == [] and app in env.fake.apps
+    assert env.http.get("/v1/endpoints/shop").status_code == 404
+
+
+def test_once_the_foreign_application_is_gone_the_endpoint_deploys(env: Env) -> None:
+    env.deploy("m:1")
+    ep = env.row()
+    env.fake.apps[f"ep-{ep.id}"] = AppState("RUNNING", "", 1, endpoint_id=None, owner=None)
+    env.tick()
+    assert env.fake.applied == []
+    del env.fake.apps[f"ep-{ep.id}"]
+    env.tick()
+    env.fake.run("shop")
+    env.tick()
+    out = env.get()
+    assert out["state"] == "ready" and out["replicas"]["primary"] == 1
+    assert env.fake.apps[f"ep-{ep.id}"].endpoint_id == ep.id
+
+
+def test_applications_named_by_an_earlier_gureum_are_retired(env: Env) -> None:
+    """Before applications were named by id they were named like the endpoint; after an upgrade
+    they hold the endpoint's route, so they are removed; nothing else named alike is."""
+    env.deploy("m:1")
+    legacy = AppState("RUNNING", "", 1, legacy=True, route_prefix="/v1/endpoints/shop")
+    env.fake.apps.update(
+        {
+            "shop": legacy,
+            "shop--canary": AppState("RUNNING", "", 1, legacy=True),
+            "shop--shadow": AppState("RUNNING", "", 1),  # not a gureum application
+            "elsewhere": AppState("RUNNING", "", 1, legacy=True),  # no such endpoint
+        }
+    )
+    env.tick()
+    assert sorted(env.fake.deleted_apps) == ["shop", "shop--canary"]
+    env.fake.apps.pop("shop")
+    env.fake.apps.pop("shop--canary")
+    env.tick()
+    env.fake.run("shop")
+    env.tick()
+    assert env.get()["state"] == "ready"
+    assert sorted(env.fake.deleted_apps) == ["shop", "shop--canary"]
+
+
+def test_a_new_application_that_does_not_yet_say_whose_it_is_is_not_foreign(env: Env) -> None:
+    """Ray Serve lists a new application a moment before its deployment (and user_config): the
+    controller that applied it keeps it; a restarted one waits rather than calling it foreign."""
+    env.deploy("m:1")
+    env.tick()
+    app = env.fake.app("shop")
+    recorded = env.fake.apps[app]
+    env.fake.apps[app] = AppState("DEPLOYING", "", 0)  # nothing recorded yet
+    env.tick(2)
+    assert env.get()["message"] == "" and len(env.fake.applied) == 1
+    fresh = endpoint_controller.EndpointController(
+        env.cloud.app.state.db, env.fake, env.cloud.settings, env.cloud.app.state.serving.secret
+    )
+    env.http.patch("/v1/endpoints/shop", json={"config": {"cold_start_timeout_s": 30}})
+    fresh.tick()
+    assert len(env.fake.applied) == 1 and env.get()["message"] == ""  # waits
+    env.fake.apps[app] = recorded
+    fresh.tick()
+    assert len(env.fake.applied) == 2  # now known to be its own: the change is applied
+    env.fake.run("shop")
+    fresh.tick()
+    assert env.get()["state"] == "ready" and fresh.live("shop").primary == 1

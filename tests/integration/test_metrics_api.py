@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -30,15 +31,30 @@ class FakeServe:
 
     def __init__(self) -> None:
         self.apps: dict[str, AppState] = {}
-        self.bounds: dict[str, float] = {}
+        self.bounds: dict[str, Any] = {}
+        # "gen", "gen--canary" -> the application ("ep-<id>", ...) and what it recorded
+        self.app_of: dict[str, str] = {}
+        self.recorded: dict[str, tuple[int | None, str | None]] = {}
 
     def apply(self, app: AppSpec) -> None:
-        self.apps.setdefault(app.name, AppState("DEPLOYING", "", 0))
+        role = app.replica.role
+        self.app_of[app.replica.endpoint + ("" if role == "primary" else f"--{role}")] = app.name
+        self.recorded[app.name] = (app.traffic.endpoint_id, app.traffic.owner)
+        self.apps.setdefault(app.name, AppState("DEPLOYING", "", 0, *self.recorded[app.name]))
+
+    def set(self, states: dict[str, tuple[str, int]]) -> None:
+        """Applications by endpoint name (``gen--canary``): (status, running replicas)."""
+        self.apps = {}
+        for n, (st, running) in states.items():
+            endpoint, _, role = n.partition("--")
+            primary = self.app_of[endpoint]  # applied; a role's application records the same
+            app = f"{primary}--{role}" if role else primary
+            self.apps[app] = AppState(st, "", running, *self.recorded[primary])
 
     def delete(self, name: str) -> None:
         self.apps.pop(name, None)
 
-    def route(self, bounds: dict[str, float]) -> None:
+    def route(self, bounds: dict[str, Any]) -> None:
         self.bounds = bounds
 
     def states(self) -> dict[str, AppState]:
@@ -130,11 +146,7 @@ def test_metrics_count_requests_latency_batches_cold_starts_and_replicas(
         ),
     )
     controller(cloud).tick()  # applies the new endpoints
-    serve.apps = {
-        "gen": AppState("RUNNING", "", 2),
-        "gen--canary": AppState("RUNNING", "", 1),
-        "quiet": AppState("DEPLOYING", "", 0),
-    }
+    serve.set({"gen": ("RUNNING", 2), "gen--canary": ("RUNNING", 1), "quiet": ("DEPLOYING", 0)})
     controller(cloud).tick()  # and sees them run
 
     m = scrape(cloud)

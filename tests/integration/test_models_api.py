@@ -20,6 +20,7 @@ from gureum.server.db.tables import AuditEvent
 from tests.conftest import Cloud
 from tests.integration.test_blobs_api import member_key, sha
 from tests.integration.test_datasets_api import GARMENTS, push
+from tests.unit.test_onnx_model import classifier
 
 WEIGHTS = {"model.bin": b"\x00weights\x01" * 10, "meta/notes.txt": b"trained here"}
 
@@ -180,7 +181,11 @@ def test_must_beat_production(cloud: Cloud) -> None:
     assert promote(h, "gen", 1, "production").status_code == 200
     assert register(h, "gen", metrics={"loss": 2.0}).status_code == 201
     r = h.patch("/v1/models/gen", json={"description": "x"})
-    assert r.json()["must_beat_production"] == {"metric": "loss", "higher_is_better": False}
+    assert r.json()["must_beat_production"] == {
+        "metric": "loss",
+        "higher_is_better": False,
+        "measured": False,
+    }
     # Production v1 has no loss: it can't be beaten or lost to.
     assert promote(h, "gen", 2, "production").status_code == 200
     assert register(h, "gen", metrics={"loss": 2.5}).status_code == 201
@@ -294,12 +299,13 @@ def test_import_each_format(cloud: Cloud, tmp_path: Path) -> None:
     pt = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(2)}, pt)
     assert c.models.import_weights("pt", pt).format == "pytorch"
-    onnx = tmp_path / "net.onnx"
-    onnx.write_bytes(b"\x08\x07\x12\x04test")  # detected by extension only
+    onnx = classifier(tmp_path / "onnx" / "net.onnx")  # parsed and checked by the server
     assert c.models.import_weights("onnx", onnx).format == "onnx"
     hf = tmp_path / "hf"
     hf.mkdir()
-    (hf / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (hf / "config.json").write_text(
+        json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
+    )
     _safetensors(hf / "model.safetensors")
     (hf / "tokenizer.json").write_text("{}")
     v = c.models.import_weights("hf", hf, message="from the hub")

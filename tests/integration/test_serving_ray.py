@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 import ray
-import uvicorn
 from ray import serve
 
 from gureum import samples
@@ -30,7 +30,8 @@ from gureum.recipes import LocalDataset, LocalRunContext, train_and_evaluate
 from gureum.server.app import create_app
 from gureum.server.services.bootstrap import bootstrap
 from gureum.serving.backend import ROUTER_APP
-from tests.conftest import free_port
+from tests.conftest import ThreadedServer, free_port
+from tests.integration.trained_models import register_trained
 
 pytestmark = pytest.mark.ray
 
@@ -38,25 +39,48 @@ ROWS = [{"price": 30, "garment": "dress", "size": "M", "usual_size": "M", "fabri
 SMALL = {"resources": {"cpus": 0.25}, "autoscaling": {"min_replicas": 1, "max_replicas": 1}}
 
 
-class Live:
+class Live(ThreadedServer):
     """A real uvicorn server for the app: replicas reach it over HTTP."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app = create_app(settings)
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
+        super().__init__(self.app, settings.port)
 
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+
+@contextmanager
+def live_on_ray(root: Path, ray_cluster: str) -> Iterator[Live]:
+    """A server of its own (home under ``root``, free ports) on the session's cluster; at the
+    end every Serve application but the router is deleted, leaving the shared cluster clean."""
+    clear_apps(ray_cluster)  # what an earlier module left would be another endpoint's
+    live = Live(
+        Settings(
+            home=root / "home",
+            artifacts=str(root / "home" / "artifacts"),
+            ray_address=ray_cluster,
+            port=free_port(),
+            serve_port=free_port(),
+        )
+    )
+    try:
+        yield live
+    finally:
+        live.stop()
+        clear_apps(ray_cluster)
+
+
+def clear_apps(ray_cluster: str, timeout: float = 90.0) -> None:
+    """Delete every Serve application but the router and wait until they are gone, so that the
+    next module's replicas find the shared cluster's CPUs free."""
+    connect(ray_cluster)  # a stopped server left the cluster; rejoin to clean up
+    names = [n for n in serve.status().applications if n != ROUTER_APP]
+    for name in names:
+        serve.delete(name, _blocking=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and set(names) & set(serve.status().applications):
+        time.sleep(0.5)
+    left = set(names) & set(serve.status().applications)
+    assert not left, f"Serve applications {sorted(left)} outlived their test (a server left on?)"
 
 
 @dataclass
@@ -65,10 +89,18 @@ class Cloud:
     token: str
     live: Live
     models: Path
+    # A workspace key made with data_plane: the team's own calls to its endpoints.
+    data_key: str = ""
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.settings.port}"
+
+    def register(self, folder: str) -> None:
+        """A version of ``orders`` from a model folder, as a platform train job would have
+        written it (uploaded tabular files are never unpickled)."""
+        db = self.live.app.state.db
+        register_trained(self.client(), db, "orders", self.models / folder, recipe="tabular")
 
     def client(self, key: str | None = None) -> Client:
         return Client(self.url, key or self.token)
@@ -118,20 +150,20 @@ def cloud(tmp_path: Path, ray_cluster: str, serve_port: int, model_dirs: Path) -
         ray_address=ray_cluster,
         port=free_port(),
         serve_port=serve_port,
+        data_plane_key_rate_limit=10_000.0,  # the load loops below are not about limits
     )
+    clear_apps(ray_cluster)
     live = Live(settings)
     token = bootstrap(live.app.state.db)
     assert token is not None
     c = Cloud(settings, token, live, model_dirs)
-    c.client().models.register("orders", model_dirs / "good", recipe="tabular")
+    c.register("good")
+    c.data_key = c.client().keys.create("team", data_plane=True).token
     try:
         yield c
     finally:
-        live.stop()
-        connect(ray_cluster)  # the server left the cluster at shutdown; rejoin to clean up
-        for name in serve.status().applications:  # leave the shared cluster clean
-            if name != ROUTER_APP:
-                serve.delete(name, _blocking=False)
+        c.live.stop()  # the server the test left running (a restart test replaces it)
+        clear_apps(ray_cluster)
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 90, what: str = "") -> Any:
@@ -141,7 +173,18 @@ def wait_for(pred: Callable[[], Any], timeout: float = 90, what: str = "") -> An
         if value:
             return value
         time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}; {_cluster_view()}")
+
+
+def _cluster_view() -> str:
+    """What the shared cluster looked like when a wait ran out: free resources and the Serve
+    applications with their status, to tell a starved cluster from a stuck replica."""
+    try:
+        free = {k: round(v, 2) for k, v in ray.available_resources().items() if "CPU" in k}
+        apps = {n: str(a.status) for n, a in serve.status().applications.items()}
+    except Exception as exc:  # the view is a diagnostic: never hide the timeout behind it
+        return f"(cluster view failed: {exc!r})"
+    return f"free {free}; serve applications {apps}"
 
 
 def deploy(c: Cloud, name: str, model: str = "orders", **body: Any) -> dict[str, Any]:
@@ -160,7 +203,14 @@ def wait_ready(c: Cloud, name: str, timeout: float = 120) -> dict[str, Any]:
             settled = ep["state"] == "ready" and ep["canary"] is None and ep["replicas"]["primary"]
             return ep if settled else None
 
-        result: dict[str, Any] = wait_for(ready, timeout, f"endpoint {name} ready")
+        try:
+            result: dict[str, Any] = wait_for(ready, timeout, f"endpoint {name} ready")
+        except AssertionError as e:
+            last = api.get(f"/v1/endpoints/{name}").json()
+            raise AssertionError(
+                f"{e}; the endpoint: state {last.get('state')}, replicas "
+                f"{last.get('replicas')}, message {last.get('message')!r}"
+            ) from None
         return result
 
 
@@ -284,8 +334,8 @@ def test_rollover_fails_no_request_and_a_version_that_fails_to_load_changes_noth
     cloud: Cloud,
 ) -> None:
     ep = deploy(cloud, "t-roll", config=SMALL)
-    url, c = ep["url"], cloud.client()
-    c.models.register("orders", cloud.models / "good", recipe="tabular")
+    url = ep["url"]
+    cloud.register("good")
     codes: list[int] = []
     odd: list[str] = []
     stop = threading.Event()
@@ -293,7 +343,7 @@ def test_rollover_fails_no_request_and_a_version_that_fails_to_load_changes_noth
     def load() -> None:
         while not stop.is_set():
             try:
-                r = predict(url, cloud.token)
+                r = predict(url, cloud.data_key)
             except httpx.TransportError as e:
                 codes.append(-2)
                 odd.append(repr(e))
@@ -315,7 +365,7 @@ def test_rollover_fails_no_request_and_a_version_that_fails_to_load_changes_noth
         stop.set()
     assert codes and set(codes) == {200}, f"{len(codes)} requests, {set(odd)}"
 
-    c.models.register("orders", cloud.models / "broken", recipe="tabular")
+    cloud.register("broken")
     with cloud.api() as api:
         assert (
             api.post("/v1/endpoints", json={"name": "t-roll", "model": "orders:3"}).status_code
@@ -329,15 +379,15 @@ def test_rollover_fails_no_request_and_a_version_that_fails_to_load_changes_noth
         assert "version 3 failed" in failed["message"] and failed["version"] == 2
         kinds = [e["kind"] for e in api.get("/v1/endpoints/t-roll/events").json()]
         assert "failed" in kinds and "rollout" in kinds
-    assert predict(url, cloud.token).status_code == 200
+    assert predict(url, cloud.data_key).status_code == 200
 
 
 def test_a_failing_canary_is_rolled_back_and_a_shadow_is_recorded(cloud: Cloud) -> None:
     limits = {**SMALL, "canary_limits": {"min_requests": 5, "max_error_rate_increase": 0.2}}
     ep = deploy(cloud, "t-canary", config=limits)
-    url, c = ep["url"], cloud.client()
-    c.models.register("orders", cloud.models / "faulty", recipe="tabular")  # v2
-    c.models.register("orders", cloud.models / "good", recipe="tabular")  # v3
+    url = ep["url"]
+    cloud.register("faulty")  # v2
+    cloud.register("good")  # v3
     with cloud.api() as api:
         r = api.post(
             "/v1/endpoints", json={"name": "t-canary", "model": "orders:2", "canary_percent": 50}
@@ -349,7 +399,7 @@ def test_a_failing_canary_is_rolled_back_and_a_shadow_is_recorded(cloud: Cloud) 
         statuses: list[int] = []
 
         def rolled_back() -> bool:
-            statuses.append(predict(url, cloud.token).status_code)
+            statuses.append(predict(url, cloud.data_key).status_code)
             return api.get("/v1/endpoints/t-canary").json()["canary"] is None
 
         wait_for(rolled_back, 120, "automatic rollback")
@@ -366,7 +416,7 @@ def test_a_failing_canary_is_rolled_back_and_a_shadow_is_recorded(cloud: Cloud) 
         )
 
         def shadowed() -> list[Any]:
-            assert predict(url, cloud.token).status_code == 200
+            assert predict(url, cloud.data_key).status_code == 200
             rows: list[Any] = api.get("/v1/endpoints/t-canary/shadow").json()
             return rows
 
@@ -380,14 +430,17 @@ def test_scale_to_zero_then_a_cold_start_waits_instead_of_failing(cloud: Cloud) 
         "autoscaling": {
             "min_replicas": 0,
             "max_replicas": 1,
-            "idle_timeout_s": 1,
+            # Long enough that the deploy's own replica still runs when the first request
+            # comes on a loaded machine (with 1 s it was sometimes gone already: a real cold
+            # start, correctly flagged, but not what this test's first call checks).
+            "idle_timeout_s": 8,
             "downscale_delay_s": 1,
         },
         "batching": {"max_batch_size": 1},  # requests go straight to the model, no batch queue
     }
     ep = deploy(cloud, "t-zero", config=config)
     # The deploy's own replica: a request right after the deploy did not wait for a start.
-    first = predict(ep["url"], cloud.token)
+    first = predict(ep["url"], cloud.data_key)
     assert first.status_code == 200 and "x-gureum-cold-start" not in first.headers
     with cloud.api() as api:
         wait_for(
@@ -395,12 +448,12 @@ def test_scale_to_zero_then_a_cold_start_waits_instead_of_failing(cloud: Cloud) 
             120,
             "scaled to zero",
         )
-        r = predict(ep["url"], cloud.token)
+        r = predict(ep["url"], cloud.data_key)
         assert r.status_code == 200, r.text
         assert r.headers.get("x-gureum-cold-start") == "1"
         # From the replica's worker process start: at least its imports of torch and Ray Serve.
         assert float(r.headers["x-gureum-cold-start-ms"]) > 200
-        assert "x-gureum-cold-start" not in predict(ep["url"], cloud.token).headers
+        assert "x-gureum-cold-start" not in predict(ep["url"], cloud.data_key).headers
         stats = wait_for(
             lambda: (s := api.get("/v1/endpoints/t-zero/stats").json())["cold_starts"] and s,
             20,
@@ -427,7 +480,7 @@ def test_a_replica_killed_under_load_never_hangs_a_request_and_loses_no_usage(cl
     def load() -> None:
         while not stop.is_set():
             try:
-                r = predict(url, cloud.token)
+                r = predict(url, cloud.data_key)
                 codes.append(r.status_code)
                 if r.status_code == 503:
                     assert r.headers.get("retry-after")
@@ -441,7 +494,7 @@ def test_a_replica_killed_under_load_never_hangs_a_request_and_loses_no_usage(cl
 
     def sdk_load() -> None:
         """The SDK sends a cut call again (same Idempotency-Key) and waits out 503s."""
-        with EndpointClient(url, cloud.token, timeout=60) as client:
+        with EndpointClient(url, cloud.data_key, timeout=60) as client:
             while not stop.is_set():
                 try:
                     client.predict(ROWS)
@@ -475,9 +528,9 @@ def test_a_replica_killed_under_load_never_hangs_a_request_and_loses_no_usage(cl
 def test_a_control_plane_restart_loses_no_usage(cloud: Cloud) -> None:
     ep = deploy(cloud, "t-restart", config=SMALL)
     url = ep["url"]
-    assert predict(url, cloud.token).status_code == 200
+    assert predict(url, cloud.data_key).status_code == 200
     cloud.live.stop()
-    served = 1 + sum(predict(url, cloud.token).status_code == 200 for _ in range(10))
+    served = 1 + sum(predict(url, cloud.data_key).status_code == 200 for _ in range(10))
     time.sleep(2)  # replicas try to ship and fail meanwhile
     cloud.live = Live(cloud.settings)
     wait_for(lambda: usage_count(cloud, "t-restart") >= served, 30, "spooled usage shipped")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from datetime import UTC, datetime, timedelta
@@ -178,8 +179,10 @@ def test_last_owner_cannot_be_demoted_or_removed(cloud: Cloud) -> None:
     admin.users.add("second", role="owner")
     second = cloud.client(admin.keys.create("s", user="second").token)
     assert admin.users.set_role("admin", "admin").role == "admin"
-    # Now only an admin: its keys are capped, and it cannot mint an owner key any more.
-    assert admin.keys.create("after", user="second").role == "admin"
+    # Now only an admin: its keys are capped, and it makes no keys for the owner any more.
+    assert admin.keys.create("after").role == "admin"
+    with pytest.raises(ForbiddenError, match="above your role"):
+        admin.keys.create("after", user="second")
     with pytest.raises(ConflictError, match="last owner"):
         second.users.remove("second")
 
@@ -471,8 +474,14 @@ def test_lists_paginate(cloud: Cloud) -> None:
     page = cloud.http().get("/v1/users", params={"limit": 2}).json()
     assert len(page["items"]) == 2 and page["next_cursor"]
     assert len(admin.users.list()) == 4
+    # Not a cursor's alphabet (the schema's pattern): 422; a cursor's shape but not one we
+    # made (a name where an id goes, JSON of the wrong type, not JSON): 400, never a 500.
     r = cloud.http().get("/v1/keys", params={"cursor": "%%%"})
-    assert r.status_code == 400 and error_of(r)["code"] == "bad_request"
+    assert r.status_code == 422 and error_of(r)["code"] == "invalid_request"
+    for forged in ('"abc"', "[1]", "true", "{}", "nope"):
+        cursor = base64.urlsafe_b64encode(forged.encode()).decode()
+        r = cloud.http().get("/v1/keys", params={"cursor": cursor})
+        assert r.status_code == 400 and error_of(r)["code"] == "bad_request", forged
 
 
 def test_viewer_cannot_mutate_anything(cloud: Cloud) -> None:

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 from gureum.datasets.archive import (
+    RATIO_FLOOR_BYTES,
     ArchiveLimits,
     ArchiveTooLarge,
     BadArchive,
+    QuotaExceeded,
     UnsafeArchive,
     extract,
     member_path,
@@ -200,3 +202,49 @@ def test_sniff_format() -> None:
     assert sniff_format(make_zip({"a": b"1"})[:8]) == "zip"
     assert sniff_format(make_tar([("a", b"1")], gz=True)[:8]) == "tar.gz"
     assert sniff_format(make_tar([("a", b"1")])[:8]) == "tar"
+
+
+# -- bombs, quotas and entry counts (issue 10) --------------------------------------------
+
+
+def test_an_archive_past_the_expansion_ratio_stops_as_it_expands() -> None:
+    from tests.integration.archive_bombs import tar_gz_bomb, zip_bomb
+
+    limits = ArchiveLimits(1 << 30, 1 << 30, 100, max_ratio=100)
+    for data, fmt in ((zip_bomb(128 << 20), "zip"), (tar_gz_bomb(128 << 20), "tar.gz")):
+        seen = 0
+
+        def sink(chunks: Iterator[bytes]) -> int:
+            nonlocal seen
+            for chunk in chunks:
+                seen += len(chunk)
+            return seen
+
+        with pytest.raises(ArchiveTooLarge, match="compression bomb"):
+            extract(io.BytesIO(data), fmt, limits, sink)
+        # Stopped at the floor the ratio applies from (100x would be 13 MiB), not at 128 MiB.
+        assert seen <= max(RATIO_FLOOR_BYTES, 100 * len(data)) + (1 << 20)
+
+
+def test_the_quota_stops_an_archive_whatever_its_ratio() -> None:
+    limits = ArchiveLimits(1 << 20, 4 << 20, 100, quota_bytes=1000)
+    data = make_zip({"a.bin": b"\1" * 600, "b.bin": b"\2" * 600})
+    with pytest.raises(QuotaExceeded, match="storage quota"):
+        run(data, "zip", limits)
+    assert run(data, "zip", ArchiveLimits(1 << 20, 4 << 20, 100, quota_bytes=1200))
+
+
+@pytest.mark.parametrize("declared", [1, 200, 70_000])
+def test_a_zip_directory_is_counted_record_by_record(declared: int) -> None:
+    from tests.integration.archive_bombs import many_entries_zip
+
+    with pytest.raises(ArchiveTooLarge, match="more than 100 entries"):
+        run(many_entries_zip(200, declared), "zip")
+    # At the limit it is read (and these records name a member that is not theirs).
+    with pytest.raises(BadArchive):
+        run(many_entries_zip(100, 100), "zip")
+
+
+def test_a_zip_without_an_end_record_is_a_bad_archive() -> None:
+    with pytest.raises(BadArchive, match="end of central directory"):
+        run(b"PK\x03\x04" + b"\0" * 100, "zip")

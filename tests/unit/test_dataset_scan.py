@@ -12,6 +12,7 @@ from typing import IO
 import pytest
 from PIL import Image
 
+from gureum.datasets import readers as rd
 from gureum.datasets.scan import Entry, ScanResult, scan
 from gureum.datasets.split import (
     count_validation_rows,
@@ -206,3 +207,50 @@ def test_split_counts_and_edge_ratios() -> None:
 def test_row_split_ratio_is_roughly_honoured(ratio: float) -> None:
     n = 20_000
     assert abs(count_validation_rows(0, n, ratio) / n - ratio) < 0.02
+
+
+# -- line length (issue 10) ---------------------------------------------------------------
+
+
+def _scan_lines(files: dict[str, bytes], limit: int) -> ScanResult:
+    blobs = {hashlib.sha256(d).hexdigest(): d for d in files.values()}
+    entries = [Entry(p, hashlib.sha256(d).hexdigest(), len(d)) for p, d in files.items()]
+    return scan(
+        entries,
+        lambda sha: io.BytesIO(blobs[sha]),
+        validation_ratio=0.2,
+        seed=0,
+        max_line_bytes=limit,
+    )
+
+
+@pytest.mark.parametrize(
+    "path,data,line",
+    [
+        ("t.csv", b"a,b\n1,2\n" + b"x" * 5000 + b"\n", 3),
+        ("t.tsv", b"a\tb\n" * 3000 + b"y" * 4097, 3001),  # the last line, no newline
+        ("r.jsonl", b"{}\n" + b'{"a": "' + b"z" * 5000 + b'"}\n{}\n', 2),
+        ("n.txt", b"short\n" * 10 + b"w" * 4097 + b"\nend\n", 11),
+        ("sniffed", b"plain text\n" + b"v" * 4097 + b"\n", 2),  # text told from its bytes
+    ],
+)
+def test_a_line_over_the_limit_names_file_and_line(path: str, data: bytes, line: int) -> None:
+    with pytest.raises(rd.LineTooLong) as caught:
+        _scan_lines({path: data, "ok.txt": b"fine\n"}, 4096)
+    assert (caught.value.path, caught.value.line, caught.value.limit) == (path, line, 4096)
+
+
+def test_lines_at_the_limit_and_other_files_pass() -> None:
+    result = _scan_lines(
+        {"t.txt": b"a\n" + b"b" * 4096 + b"\n" * 3, "blob.bin": b"\0" * 100_000}, 4096
+    )
+    assert result.schema["lines"] == 4
+
+
+def test_long_lines_in_a_block_bigger_than_the_limit_are_found() -> None:
+    # Many short lines around one long one, all in one read of the wrapped file.
+    data = b"s\n" * 3000 + b"L" * 1500 + b"\n" + b"s\n" * 10
+    with pytest.raises(rd.LineTooLong) as caught:
+        rd.read_text(rd.line_limited(io.BytesIO(data), 1024))
+    assert caught.value.line == 3001
+    assert rd.read_text(rd.line_limited(io.BytesIO(data), 1500)).lines == 3011

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+import joblib
+import numpy as np
 import pytest
 
 from gureum import samples
@@ -19,6 +22,8 @@ from gureum.recipes import (
     get_recipe,
     train_and_evaluate,
 )
+from gureum.recipes.base import ModelMismatch
+from gureum.recipes.tabular import UnsafeModelFile, features, load_pipeline
 
 FAST = {"max_iter": 40}
 
@@ -101,3 +106,81 @@ def test_a_target_that_is_not_a_column_is_refused(orders: LocalDataset, tmp_path
     recipe = get_recipe("tabular")
     with pytest.raises(DatasetMismatch, match="target column 'refunded' is not in the table"):
         recipe.train(LocalRunContext(tmp_path), orders, recipe.Params(target="refunded"))
+
+
+# -- loading never runs code from the file (issue 10, item 2) -------------------------------
+
+
+class _Touch:
+    """Unpickling this creates ``path``: what a crafted model file would do (or worse)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.path), "w"))
+
+
+def crafted_model(folder: Path, payload: object) -> Path:
+    """A tabular model folder whose ``model.joblib`` is ``payload``, with a valid config."""
+    folder.mkdir(parents=True)
+    joblib.dump(payload, folder / "model.joblib")
+    config = {"recipe": "tabular", "params": {}, "target": "returned", "columns": {}}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(lambda m: _Touch(m), id="reduce-to-open"),
+        pytest.param(lambda m: {"steps": [_Touch(m)]}, id="nested"),
+        pytest.param(lambda m: np.array([_Touch(m)], dtype=object), id="object-array"),
+        pytest.param(lambda m: {"a": np.zeros(3), "b": np.array([_Touch(m)])}, id="after-array"),
+    ],
+)
+def test_a_crafted_model_file_is_refused_without_running(
+    payload: Any, orders: LocalDataset, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    folder = crafted_model(tmp_path / "model", payload(marker))
+    recipe = get_recipe("tabular")
+    with pytest.raises(UnsafeModelFile, match=r"refus|object or foreign array"):
+        recipe.load(folder)
+    with pytest.raises(ModelMismatch):
+        recipe.evaluate(LocalRunContext(tmp_path / "run"), folder, orders)
+    with pytest.raises(ModelMismatch):
+        recipe.predict(folder, [{"garment": "dress"}])
+    assert not marker.exists()
+    # The check is in the file format, not the folder: joblib itself would have run it.
+    joblib.load(folder / "model.joblib")
+    assert marker.exists()
+
+
+def test_a_truncated_model_file_is_a_model_mismatch(
+    returned: tuple[LocalRunContext, Any], tmp_path: Path
+) -> None:
+    _, result = returned
+    folder = tmp_path / "model"
+    shutil.copytree(result.train.model_dir, folder)
+    data = (folder / "model.joblib").read_bytes()
+    (folder / "model.joblib").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelMismatch, match="not a model file"):
+        get_recipe("tabular").load(folder)
+
+
+@pytest.mark.parametrize("model", ["gradient_boosting", "random_forest", "linear"])
+@pytest.mark.parametrize("target", ["returned", "price", "garment"])
+def test_every_model_the_recipe_trains_loads_through_the_safe_reader(
+    model: str, target: str, orders: LocalDataset, tmp_path: Path
+) -> None:
+    """The allow-list covers every estimator x task ``train`` can write (numbers compared)."""
+    params = {"target": target, "model": model, "max_iter": 5}
+    result = train_and_evaluate(LocalRunContext(tmp_path), "tabular", params, orders)
+    path = result.train.model_dir / "model.joblib"
+    safe, plain = load_pipeline(path), joblib.load(path)
+    rows = [{"garment": "dress", "price": 20.0}, {"garment": "jacket", "colour": "red"}]
+    x = [
+        features(r, json.loads((path.parent / "config.json").read_text())["columns"]) for r in rows
+    ]
+    assert np.array_equal(safe.predict(x), plain.predict(x))

@@ -28,6 +28,7 @@ from gureum.recipes import (
     InvalidParams,
     LocalDataset,
     LocalRunContext,
+    ModelMismatch,
     RecipeError,
     get_recipe,
     prepare,
@@ -79,9 +80,13 @@ def gpt_run(
 
 @pytest.fixture(scope="module")
 def tiny_gpt2(corpus: LocalDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer GPT-2 with random weights and a byte-level BPE tokenizer made here."""
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
     lines = (corpus.root / "corpus.txt").read_text().splitlines()
+    return build_tiny_gpt2(lines, tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+def build_tiny_gpt2(lines: list[str], folder: Path) -> Path:
+    """A 2-layer GPT-2 with random weights and a byte-level BPE tokenizer trained on ``lines``,
+    saved as a Hugging Face folder (no hub)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -276,12 +281,41 @@ def test_parameters_of_one_mode_are_refused_in_the_other(corpus: LocalDataset) -
     with pytest.raises(InvalidParams, match="lora_r apply to LoRA fine-tuning; give base_model"):
         prepare("text-generator", {"lora_r": "4"}, corpus)
     with pytest.raises(InvalidParams, match="n_layer shape a model trained from scratch"):
-        prepare("text-generator", {"base_model": "/x", "n_layer": "2"}, corpus)
+        prepare("text-generator", {"base_model": "tiny", "n_layer": "2"}, corpus)
     with pytest.raises(InvalidParams, match="n_embd must be a multiple of n_head"):
         prepare("text-generator", {"n_embd": "30", "n_head": "4"}, corpus)
 
 
-# -- LoRA on a local Hugging Face model --------------------------------------------------------
+@pytest.mark.parametrize(
+    "base",
+    [
+        "/srv/gureum/artifacts/workspaces/2/blobs",
+        "models/tiny",
+        "../tiny",
+        "~/tiny",
+        "./tiny",
+        "tiny:1/..",
+        "Tiny",
+        "tiny:0",
+        "tiny:v1",
+        "C:\\tiny",
+        "",
+    ],
+)
+def test_a_base_model_is_a_registry_reference_never_a_path(corpus: LocalDataset, base: str) -> None:
+    """A path would be read on the worker: another workspace's model folder, or any folder."""
+    with pytest.raises(InvalidParams, match="registry, NAME or NAME:VERSION"):
+        prepare("text-generator", {"base_model": base}, corpus)
+    for ref in ("tiny", "tiny:3", "tiny-gpt2.v1:latest", "tiny:production"):
+        assert (
+            prepare("text-generator", {"base_model": ref}, corpus)[1].model_dump()["base_model"]
+            == ref
+        )
+
+
+# -- LoRA on a registered Hugging Face model ---------------------------------------------------
+
+BASE = "tiny:1"  # the registry reference; the platform fetches its files for the run
 
 LORA = {
     "epochs": 2,
@@ -298,14 +332,18 @@ LORA = {
 def test_lora_fine_tunes_a_local_hugging_face_model(
     corpus: LocalDataset, tiny_gpt2: Path, tmp_path: Path
 ) -> None:
-    ctx = LocalRunContext(tmp_path / "run")
-    params = {**LORA, "base_model": str(tiny_gpt2)}
+    ctx = LocalRunContext(tmp_path / "run", models={BASE: tiny_gpt2})
+    params = {**LORA, "base_model": BASE}
     result = train_and_evaluate(ctx, "text-generator", params, corpus)
     model_dir = result.train.model_dir
     assert (model_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert (model_dir / "tokenizer" / "tokenizer.json").is_file()
     config = json.loads((model_dir / "config.json").read_text())
-    assert config["mode"] == "lora" and config["base_model"] == str(tiny_gpt2.resolve())
+    # Lineage names the registry version; the model carries the base's files itself.
+    assert config["mode"] == "lora" and config["base_model"] == BASE
+    assert (model_dir / "base" / "model.safetensors").read_bytes() == (
+        tiny_gpt2 / "model.safetensors"
+    ).read_bytes()
     losses = [m["val_loss"] for m in ctx.metrics() if "val_loss" in m]
     assert losses[1] < losses[0]
     assert result.evaluation.metrics["perplexity"] > 1.0
@@ -348,14 +386,14 @@ def test_lora_resume_checkpoints_only_the_adapter(
     corpus: LocalDataset, tiny_gpt2: Path, tmp_path: Path
 ) -> None:
     recipe = get_recipe("text-generator")
-    params = recipe.Params(**{**LORA, "base_model": str(tiny_gpt2)})
-    first = DiesAfterEpoch(tmp_path)
+    params = recipe.Params(**{**LORA, "base_model": BASE})
+    first = DiesAfterEpoch(tmp_path, models={BASE: tiny_gpt2})
     with pytest.raises(WorkerDied):
         recipe.train(first, corpus, params)
     state = first.load_checkpoint()
     assert state is not None and state["model"]
     assert all("lora_" in k for k in state["model"])
-    out = recipe.train(LocalRunContext(tmp_path), corpus, params)
+    out = recipe.train(LocalRunContext(tmp_path, models={BASE: tiny_gpt2}), corpus, params)
     assert out.resumed_from_epoch == 1
 
 
@@ -363,10 +401,40 @@ def test_lora_refuses_a_missing_base_or_a_too_long_context(
     corpus: LocalDataset, tiny_gpt2: Path, tmp_path: Path
 ) -> None:
     recipe = get_recipe("text-generator")
-    ctx = LocalRunContext(tmp_path)
-    missing = recipe.Params(**{**LORA, "base_model": str(tmp_path / "nothing")})
-    with pytest.raises(RecipeError, match="local Hugging Face model folder"):
+    (tmp_path / "empty").mkdir()
+    ctx = LocalRunContext(tmp_path, models={BASE: tiny_gpt2, "empty:1": tmp_path / "empty"})
+    missing = recipe.Params(**{**LORA, "base_model": "other:1"})
+    with pytest.raises(RecipeError, match="base model other:1 was not provided to this run"):
         recipe.train(ctx, corpus, missing)
-    too_long = recipe.Params(**{**LORA, "base_model": str(tiny_gpt2), "block_size": 64})
+    not_hf = recipe.Params(**{**LORA, "base_model": "empty:1"})
+    with pytest.raises(RecipeError, match="not a Hugging Face model folder"):
+        recipe.train(ctx, corpus, not_hf)
+    too_long = recipe.Params(**{**LORA, "base_model": BASE, "block_size": 64})
     with pytest.raises(RecipeError, match="at most 64 positions"):
         recipe.train(ctx, corpus, too_long)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"mode": "lora", "base_model": "{base}"},
+        {"mode": "lora"},
+        {"mode": "gpt", "base_model": "/etc"},
+    ],
+)
+def test_a_model_whose_config_names_a_path_as_base_is_refused(
+    tiny_gpt2: Path, tmp_path: Path, config: dict[str, str]
+) -> None:
+    """What this recipe once wrote (an absolute path), or what an uploader chose: loading,
+    evaluating and exporting never follow it."""
+    model_dir = tmp_path / "model"
+    body = {k: v.format(base=tiny_gpt2.resolve()) for k, v in config.items()}
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(
+        json.dumps({"recipe": "text-generator", "params": {**LORA}, **body})
+    )
+    recipe = get_recipe("text-generator")
+    with pytest.raises(ModelMismatch, match="never a path"):
+        recipe.load(model_dir)
+    with pytest.raises(ModelMismatch, match="never a path"):
+        recipe.export(model_dir, tmp_path / "export")

@@ -10,7 +10,14 @@ import pytest
 
 from gureum.schemas.metering import AccessKey, AccessSnapshot
 from gureum.serving import access
-from gureum.serving.access import AccessTable, Caller, Denied, next_month, split_bearer
+from gureum.serving.access import (
+    AccessTable,
+    Caller,
+    Denied,
+    NeedLease,
+    next_month,
+    split_bearer,
+)
 
 CONSUMER_ID = 7
 
@@ -52,27 +59,34 @@ def consumer(
     )
 
 
-def member(key_id: str = "m1", secret: str = "team") -> AccessKey:
+def member(key_id: str = "m1", secret: str = "team", rate_limit: float | None = None) -> AccessKey:
     return AccessKey(
         key_id=key_id,
         secret_hash=hashlib.sha256(secret.encode()).hexdigest(),
         kind="member",
         consumer_id=None,
         consumer_name="member:ann",
+        rate_limit=rate_limit,
+    )
+
+
+def snapshot(*keys: AccessKey, replicas: int = 1, staleness: float = 300.0) -> AccessSnapshot:
+    return AccessSnapshot(
+        endpoint="shop",
+        keys=list(keys),
+        replicas=replicas,
+        generated_at=datetime.now(UTC),
+        max_staleness_s=staleness,
     )
 
 
 def table(*keys: AccessKey, replicas: int = 1) -> AccessTable:
     t = AccessTable()
-    t.load(
-        AccessSnapshot(
-            endpoint="shop", keys=list(keys), replicas=replicas, generated_at=datetime.now(UTC)
-        )
-    )
+    t.load(snapshot(*keys, replicas=replicas))
     return t
 
 
-def denied(result: Caller | Denied) -> Denied:
+def denied(result: Caller | Denied | NeedLease) -> Denied:
     assert isinstance(result, Denied), result
     return result
 
@@ -123,14 +137,24 @@ def test_a_new_snapshot_replaces_the_keys(clock: Clock) -> None:
     assert denied(t.check("Bearer gck_k1_s3cret")).status == 401  # revoked meanwhile
 
 
-def test_member_keys_have_no_limits_and_use_no_quota(clock: Clock) -> None:
+def test_member_keys_use_no_quota_of_a_consumer(clock: Clock) -> None:
     t = table(member(), consumer(rate_limit=1, monthly_quota=1))
+    t.granted(CONSUMER_ID, 1)
     for _ in range(50):
         caller = t.check("Bearer gk_m1_team")
         assert caller == Caller(None, "member:ann", "m1")
         t.served(caller)
     # The members' traffic used none of the consumer's quota or rate.
     assert isinstance(t.check("Bearer gck_k1_s3cret"), Caller)
+
+
+def test_a_data_plane_member_key_is_rate_limited_per_key(clock: Clock) -> None:
+    t = table(member(rate_limit=2), member("m2", "other", rate_limit=2))
+    assert isinstance(t.check("Bearer gk_m1_team"), Caller)
+    assert isinstance(t.check("Bearer gk_m1_team"), Caller)
+    d = denied(t.check("Bearer gk_m1_team"))
+    assert (d.status, d.code) == (429, "rate_limited")
+    assert isinstance(t.check("Bearer gk_m2_other"), Caller)  # another key, its own bucket
 
 
 def test_rate_limit_is_429_with_retry_after_in_whole_seconds(clock: Clock) -> None:
@@ -181,35 +205,90 @@ def test_exhausted_quota_is_429_naming_the_reset_date(clock: Clock) -> None:
     assert d.retry_after is not None and 0 < d.retry_after <= 31 * 86400
 
 
-def test_requests_served_since_the_snapshot_count_toward_the_quota(clock: Clock) -> None:
-    t = table(consumer(monthly_quota=3, used=1))
+def test_a_quota_is_spent_from_leased_blocks_that_a_refresh_never_refills(clock: Clock) -> None:
+    t = table(consumer(monthly_quota=100, used=0))
+    assert t.check("Bearer gck_k1_s3cret") == NeedLease(CONSUMER_ID)  # nothing leased yet
+    t.granted(CONSUMER_ID, 2)
     for _ in range(2):
         caller = t.check("Bearer gck_k1_s3cret")
-        assert isinstance(caller, Caller)
+        assert isinstance(caller, Caller) and caller.leased
         t.served(caller)
+    # A refresh (the ledger still says 0 used) gives no calls back: the old code reset here.
+    t.load(snapshot(consumer(monthly_quota=100, used=0)))
+    assert t.check("Bearer gck_k1_s3cret") == NeedLease(CONSUMER_ID)
+
+
+def test_a_refused_lease_is_429_until_asked_again(clock: Clock) -> None:
+    t = table(consumer(monthly_quota=5, used=3))
+    t.granted(CONSUMER_ID, 0)
     assert denied(t.check("Bearer gck_k1_s3cret")).code == "quota_exhausted"
-    # The next snapshot carries the stored count; what was served before it is not counted twice.
-    t.load(
-        AccessSnapshot(
-            endpoint="shop",
-            keys=[consumer(monthly_quota=3, used=2)],
-            generated_at=datetime.now(UTC),
-        )
-    )
+    clock.now += access.EXHAUSTED_RECHECK_S + 1
+    assert t.check("Bearer gck_k1_s3cret") == NeedLease(CONSUMER_ID)
+
+
+def test_a_failed_call_gives_its_leased_call_back(clock: Clock) -> None:
+    t = table(consumer(monthly_quota=5))
+    t.granted(CONSUMER_ID, 1)
+    caller = t.check("Bearer gck_k1_s3cret")
+    assert isinstance(caller, Caller)
+    t.served(caller, 500)  # not billed, so not counted
     assert isinstance(t.check("Bearer gck_k1_s3cret"), Caller)
+    assert t.check("Bearer gck_k1_s3cret") == NeedLease(CONSUMER_ID)
+
+
+def test_the_next_block_is_wanted_when_a_quarter_is_left(clock: Clock) -> None:
+    t = table(consumer(monthly_quota=500))
+    t.granted(CONSUMER_ID, 8)
+    for _ in range(5):
+        assert isinstance(t.check("Bearer gck_k1_s3cret"), Caller)
+    assert not t.running_low(CONSUMER_ID)
+    assert isinstance(t.check("Bearer gck_k1_s3cret"), Caller)
+    assert t.running_low(CONSUMER_ID)  # 2 of 8 left
+    assert t.unused() == {CONSUMER_ID: 2}
+    assert t.unused() == {}
 
 
 def test_quota_is_checked_before_the_rate_and_spends_no_token(clock: Clock) -> None:
     t = table(consumer(rate_limit=1, monthly_quota=5, used=5))
     assert denied(t.check("Bearer gck_k1_s3cret")).code == "quota_exhausted"
-    t.load(
-        AccessSnapshot(
-            endpoint="shop",
-            keys=[consumer(rate_limit=1, monthly_quota=50, used=5)],
-            generated_at=datetime.now(UTC),
-        )
-    )
+    t.load(snapshot(consumer(rate_limit=1, monthly_quota=50, used=5)))
+    t.granted(CONSUMER_ID, 1)
     assert isinstance(t.check("Bearer gck_k1_s3cret"), Caller)
+
+
+def test_a_rate_limited_call_keeps_its_leased_call(clock: Clock) -> None:
+    t = table(consumer(rate_limit=1, monthly_quota=50))
+    t.granted(CONSUMER_ID, 2)
+    assert isinstance(t.check("Bearer gck_k1_s3cret"), Caller)
+    assert denied(t.check("Bearer gck_k1_s3cret")).code == "rate_limited"
+    clock.now += 1
+    assert isinstance(t.check("Bearer gck_k1_s3cret"), Caller)  # the second leased call
+
+
+def test_an_old_table_refuses_every_call_with_503(clock: Clock) -> None:
+    t = AccessTable()
+    t.load(snapshot(consumer(), member(), staleness=30))
+    assert isinstance(t.check("Bearer gck_k1_s3cret"), Caller)
+    clock.now += 31
+    for header in ("Bearer gck_k1_s3cret", "Bearer gk_m1_team"):
+        d = denied(t.check(header))
+        assert (d.status, d.code) == (503, "keys_stale")
+        assert d.retry_after is not None
+    t.load(snapshot(consumer(), staleness=30))
+    assert isinstance(t.check("Bearer gck_k1_s3cret"), Caller)
+
+
+def test_unknown_keys_are_remembered_for_a_while_and_bounded(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(access, "UNKNOWN_KEYS", 3)
+    t = table(consumer())
+    for key_id in ("a", "b", "c", "d"):
+        t.mark_unknown(key_id)
+    assert not t.known_unknown("a")  # the oldest went first
+    assert all(t.known_unknown(k) for k in ("b", "c", "d"))
+    clock.now += access.UNKNOWN_KEY_TTL_S + 1
+    assert not t.known_unknown("d")
 
 
 def test_split_bearer_and_next_month() -> None:

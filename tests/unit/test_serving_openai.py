@@ -14,14 +14,14 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-from openai.types import Completion
+from openai.types import Completion, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from gureum import samples
 from gureum.recipes import LocalDataset, LocalRunContext, get_recipe
 from gureum.recipes.text_generator import TextPredictor
 from gureum.serving import openai_compat
-from gureum.serving.openai_compat import TextRequest, chat_prompt, parse_request
+from gureum.serving.openai_compat import TextRequest, chat_messages, chat_prompt, parse_request
 from gureum.serving.units import PayloadError, error_body
 
 JSON = "application/json"
@@ -138,7 +138,7 @@ def test_a_conversation_becomes_one_prompt_for_a_plain_language_model() -> None:
         {"role": "assistant", "content": "Linen."},
         {"role": "user", "content": "Another."},
     ]
-    assert chat_prompt(messages) == (
+    assert chat_prompt(chat_messages(messages)) == (
         "system: You are terse.\nuser: Name a fabric.\nassistant: Linen.\nuser: Another.\n"
         "assistant:"
     )
@@ -394,3 +394,30 @@ def test_request_fields_are_what_the_client_sends() -> None:
         )
     req: TextRequest = openai_compat.parse_chat(seen[0])
     assert (req.max_tokens, req.stop, req.seed) == (3, ("\n",), 1)
+
+
+def test_prompts_are_capped_and_errors_quote_little_of_the_input() -> None:
+    at_cap = "x" * openai_compat.MAX_PROMPT_CHARS
+    assert parse_request("completions", body(prompt=at_cap), JSON).prompt == at_cap
+    for route, fields in (
+        ("completions", {"prompt": at_cap + "x"}),
+        ("completions", {"prompt": ["y" * (3 * 1024 * 1024)]}),
+        (CHAT, {"messages": [{"role": "user", "content": at_cap}]}),
+        (CHAT, {"messages": [{"role": "user", "content": "z"}] * 40_000}),
+    ):
+        with pytest.raises(PayloadError) as e:
+            parse_request(route, body(**fields), JSON)
+        assert (e.value.status, e.value.code) == (413, "payload_too_large")
+        assert len(e.value.message) < 200
+    with pytest.raises(PayloadError) as role:
+        parse_request(CHAT, body(messages=[{"role": "r" * 100_000, "content": "hi"}]), JSON)
+    assert role.value.status == 400 and len(role.value.message) < 200
+
+
+def test_the_model_list_is_openais_shape() -> None:
+    listed = openai_compat.model_list(MODEL, 1_700_000_000, "shop")
+    assert listed["object"] == "list"
+    models = [Model.model_validate(m) for m in listed["data"]]
+    assert [(m.id, m.object, m.created, m.owned_by) for m in models] == [
+        (MODEL, "model", 1_700_000_000, "shop")
+    ]

@@ -3,8 +3,10 @@ what each served request is metered as, cold starts and the gauges shipped with 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,7 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
-from gureum.schemas.metering import OUTPUT_CHARS, AccessKey, AccessSnapshot, UsageBatch
+from gureum.schemas.metering import (
+    OUTPUT_CHARS,
+    AccessKey,
+    AccessSnapshot,
+    LeaseGranted,
+    UsageBatch,
+)
+from gureum.server.services.endpoint_stats import LiveGauges
 from gureum.serving import replica as replica_module
 from gureum.serving.access import Caller
 from gureum.serving.replica import ControlPlane, ReplicaCore, Reply, load_predictor
@@ -31,15 +40,27 @@ class FakePredictor:
 
 
 class FakeControl(ControlPlane):
-    """The control plane as a replica sees it; ``down`` makes both calls fail like httpx does."""
+    """The control plane as a replica sees it; ``down`` makes every call fail like httpx does.
+    Leases follow the server's rule: never more than a consumer's quota in all."""
 
-    def __init__(self, keys: list[AccessKey], replicas: int = 1) -> None:
+    def __init__(
+        self,
+        keys: list[AccessKey],
+        replicas: int = 1,
+        staleness: float = 300.0,
+        block: int = 100,
+    ) -> None:
         self.keys = keys
         self.replicas = replicas
+        self.staleness = staleness
+        self.block = block
         self.down = False
         self.access_calls = 0
+        self.lease_calls = 0
+        self.leased: dict[int, int] = {}
         self.batches: list[UsageBatch] = []
         self.closed = False
+        self._lock = threading.Lock()
 
     def access(self) -> AccessSnapshot:
         self.access_calls += 1
@@ -50,6 +71,20 @@ class FakeControl(ControlPlane):
             keys=list(self.keys),
             replicas=self.replicas,
             generated_at=datetime.now(UTC),
+            max_staleness_s=self.staleness,
+        )
+
+    def lease(self, consumer_id: int, release: int = 0) -> LeaseGranted:
+        if self.down:
+            raise httpx.ConnectError("control plane down")
+        quota = next(k.monthly_quota for k in self.keys if k.consumer_id == consumer_id)
+        with self._lock:  # the server's row lock
+            self.lease_calls += 1
+            held = max(0, self.leased.get(consumer_id, 0) - release)
+            granted = 0 if release or quota is None else max(0, min(self.block, quota - held))
+            self.leased[consumer_id] = held + granted
+        return LeaseGranted(
+            consumer_id=consumer_id, granted=granted, monthly_quota=quota, period="2026-12"
         )
 
     def ship(self, batch: UsageBatch) -> None:
@@ -159,6 +194,11 @@ def control_of(core: ReplicaCore) -> FakeControl:
     return core.control
 
 
+def admit(core: ReplicaCore, authorization: str | None) -> Caller | Reply:
+    """What the ingress does with a request's Authorization header."""
+    return asyncio.run(core.admit(authorization))
+
+
 def caller(result: Caller | Reply) -> Caller:
     assert isinstance(result, Caller), result
     return result
@@ -174,18 +214,18 @@ def refused(result: Caller | Reply) -> tuple[int, str, dict[str, str]]:
 
 def test_consumer_and_member_keys_are_let_in_others_are_401(make: Make) -> None:
     core = make()
-    assert caller(core.authorize(f"Bearer {TOKEN}")) == Caller(7, "acme", "k1")
-    assert caller(core.authorize(f"Bearer {MEMBER}")).consumer_id is None
-    status, code, headers = refused(core.authorize("Bearer gck_k1_wrong"))
+    assert caller(admit(core, f"Bearer {TOKEN}")) == Caller(7, "acme", "k1")
+    assert caller(admit(core, f"Bearer {MEMBER}")).consumer_id is None
+    status, code, headers = refused(admit(core, "Bearer gck_k1_wrong"))
     assert (status, code) == (401, "unauthorized")
     assert headers["content-type"] == "application/json" and "retry-after" not in headers
-    assert refused(core.authorize(None))[0] == 401
+    assert refused(admit(core, None))[0] == 401
 
 
 def test_rate_limited_reply_is_429_with_a_retry_after_header(make: Make) -> None:
     core = make()
-    caller(core.authorize(f"Bearer {TOKEN}"))
-    status, code, headers = refused(core.authorize(f"Bearer {TOKEN}"))
+    caller(admit(core, f"Bearer {TOKEN}"))
+    status, code, headers = refused(admit(core, f"Bearer {TOKEN}"))
     assert (status, code) == (429, "rate_limited")
     assert headers["retry-after"] == "1"
 
@@ -193,70 +233,57 @@ def test_rate_limited_reply_is_429_with_a_retry_after_header(make: Make) -> None
 def test_exhausted_quota_reply_says_when_it_resets(make: Make) -> None:
     core = make(FakeControl([key("k1", "s3cret", 7, "acme", quota=2)]))
     for _ in range(2):
-        who = caller(core.authorize(f"Bearer {TOKEN}"))
+        who = caller(admit(core, f"Bearer {TOKEN}"))
         core.record(who, "predict", 200, 1.0, 3.0)
-    reply = core.authorize(f"Bearer {TOKEN}")
+    reply = admit(core, f"Bearer {TOKEN}")
     assert isinstance(reply, Reply) and reply.status == 429
     error = json.loads(reply.body)["error"]
     assert error["code"] == "quota_exhausted" and "resets on" in error["message"]
     assert int(reply.headers["retry-after"]) >= 1
 
 
+def test_a_quota_call_waits_for_a_lease_and_fails_closed_without_one(make: Make) -> None:
+    control = FakeControl([key("k1", "s3cret", 7, "acme", quota=50)])
+    core = make(control)
+    control.down = True
+    status, code, headers = refused(admit(core, f"Bearer {TOKEN}"))
+    assert (status, code, headers["retry-after"]) == (503, "quota_unavailable", "1")
+    control.down = False
+    assert caller(admit(core, f"Bearer {TOKEN}")).leased
+    assert control.leased == {7: 50}
+
+
 def test_until_the_keys_are_fetched_callers_get_503_then_get_in(make: Make) -> None:
     control = FakeControl([key("k1", "s3cret", 7, "acme")])
     control.down = True
     core = make(control)
-    status, code, headers = refused(core.authorize(f"Bearer {TOKEN}"))
+    status, code, headers = refused(admit(core, f"Bearer {TOKEN}"))
     assert (status, code, headers["retry-after"]) == (503, "starting", "1")
     control.down = False
     assert core.refresh() is True
-    assert caller(core.authorize(f"Bearer {TOKEN}")).name == "acme"
+    assert caller(admit(core, f"Bearer {TOKEN}")).name == "acme"
 
 
 def test_failing_refresh_keeps_the_keys_it_had(make: Make) -> None:
     core = make()
     control_of(core).down = True
     assert core.refresh() is False
-    assert caller(core.authorize(f"Bearer {TOKEN}")).consumer_id == 7
+    assert caller(admit(core, f"Bearer {TOKEN}")).consumer_id == 7
 
 
 def test_a_key_made_after_the_snapshot_is_looked_up_again(
     make: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(replica_module, "UNKNOWN_KEY_REFRESH_S", 0.05)
     core = make()
     control = control_of(core)
     control.keys.append(key("k9", "fresh", 9, "newco"))
     before = control.access_calls
-    # Within the back-off an unknown key is refused without asking the control plane again.
-    monkeypatch.setattr(replica_module, "UNKNOWN_KEY_REFRESH_S", 3600.0)
-    assert refused(core.authorize("Bearer gck_k9_fresh"))[0] == 401
-    assert control.access_calls == before
-    monkeypatch.setattr(replica_module, "UNKNOWN_KEY_REFRESH_S", 0.0)
-    assert caller(core.authorize("Bearer gck_k9_fresh")).name == "newco"
+    assert caller(admit(core, "Bearer gck_k9_fresh")).name == "newco"
     assert control.access_calls == before + 1
     # A known key never costs a lookup.
-    caller(core.authorize(f"Bearer {MEMBER}"))
+    caller(admit(core, f"Bearer {MEMBER}"))
     assert control.access_calls == before + 1
-
-
-def test_a_key_refused_for_a_stale_table_is_looked_up_once_more(
-    make: Make, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    core = make()
-    monkeypatch.setattr(replica_module, "UNKNOWN_KEY_REFRESH_S", 0.5)
-    core.refresh()  # the periodic look, a moment before the consumer was made
-    control_of(core).keys.append(key("k9", "fresh", 9, "newco"))
-    arrived = time.monotonic()
-    assert refused(core.authorize("Bearer gck_k9_fresh"))[0] == 401
-    wait = core.refresh_wait("Bearer gck_k9_fresh", arrived)
-    assert wait is not None and 0 < wait <= 0.5
-    time.sleep(wait)
-    assert caller(core.authorize("Bearer gck_k9_fresh")).name == "newco"
-    # The answer stands: a known key, a malformed one, or a table read after the request came.
-    assert core.refresh_wait(f"Bearer {TOKEN}", arrived) is None
-    assert core.refresh_wait("Bearer nope", arrived) is None
-    core.refresh()
-    assert core.refresh_wait("Bearer gck_zz_unknown", arrived) is None
 
 
 # -- metering --------------------------------------------------------------------------------------
@@ -332,18 +359,18 @@ def test_a_request_that_waited_for_the_replica_is_metered_as_a_cold_start(make: 
     assert control_of(core).batches[0].gauges[0].cold_start_ms == 1234.0
 
 
-def test_a_request_sent_again_with_its_idempotency_key_keeps_its_usage_id(make: Make) -> None:
+def test_usage_ids_of_one_call_share_its_name_but_each_computation_is_its_own(
+    make: Make,
+) -> None:
     core = make()
-    retry = Caller(7, "acme", "k1", request_key="call-1")
+    retry = Caller(7, "acme", "k1", request_key="call-1", request_hash="ab" * 32)
     for _ in range(2):
         core.record(retry, "predict", 200, 1.0, 3.0)
-    core.record(Caller(7, "acme", "k2", request_key="call-1"), "predict", 200, 1.0, 3.0)
-    core.record(Caller(7, "acme", "k1"), "predict", 200, 1.0, 3.0)
     core.record(Caller(7, "acme", "k1"), "predict", 200, 1.0, 3.0)
     core.spool.flush()
     ids = [r["id"] for r in control_of(core).records]
-    assert ids[0] == ids[1]  # the ledger keeps one of the two
-    assert len(set(ids)) == 4  # another key's same Idempotency-Key, and calls without one
+    assert len(set(ids)) == 3  # computed twice: billed twice, never folded into one
+    assert ids[0][:20] == ids[1][:20]  # the ledger can still tell they were one call
 
 
 def test_only_the_first_request_of_a_replica_started_from_zero_is_a_cold_start(
@@ -374,9 +401,21 @@ def test_gauges_report_in_flight_and_batch_sizes_since_the_last_look(make: Make)
     assert core.gauges().batch_sizes == {}  # counted once
 
 
+def test_gauges_say_which_engine_runs_the_model_and_the_server_keeps_it_per_role(
+    make: Make,
+) -> None:
+    core = make()
+    assert core.gauges().engine is None  # a recipe with no choice of engine says nothing
+    core.predictor.engine = "transformers-cpu"  # type: ignore[attr-defined]
+    gauges = LiveGauges()
+    gauges.observe("chat", UsageBatch(gauges=[core.gauges()]))
+    assert gauges.engines("chat") == {"primary": "transformers-cpu"}
+    assert gauges.engines("other") == {}
+
+
 @pytest.mark.parametrize("recipe", [None, "script"])
-def test_a_version_not_made_by_a_built_in_recipe_cannot_be_loaded(
+def test_a_version_without_a_serving_recipe_cannot_be_loaded(
     tmp_path: Path, recipe: str | None
 ) -> None:
-    with pytest.raises(ValueError, match="only built-in recipes can be served"):
+    with pytest.raises(ValueError, match="has no recipe that serves it"):
         load_predictor(spec(tmp_path), model(recipe=recipe))

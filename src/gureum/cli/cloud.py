@@ -5,6 +5,7 @@ Thin: options become Settings; gureum.local does the work.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -95,6 +96,17 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="use this Ray cluster (or $RAY_ADDRESS) instead of a local head"),
         ] = None,
+        data_plane_host: Annotated[
+            str | None,
+            typer.Option(help="where consumers call endpoints (default 127.0.0.1; 0.0.0.0: all)"),
+        ] = None,
+        ray_host: Annotated[
+            str | None,
+            typer.Option(
+                help="address the local Ray head listens on (default 127.0.0.1); "
+                "it always runs with Ray's token auth (token in HOME/ray-token)"
+            ),
+        ] = None,
         foreground: Annotated[
             bool, typer.Option("--foreground", help="serve in this process (containers)")
         ] = False,
@@ -109,7 +121,11 @@ def register(app: typer.Typer) -> None:
             database_url=database_url,
             artifacts=artifacts,
             ray_address=ray_address,
+            serve_host=data_plane_host,
+            ray_host=ray_host,
         )
+        if foreground:
+            _join_loopback_head(settings)
         # Imported here, not at the top: the server stack it pulls in (FastAPI, SQLAlchemy,
         # Alembic) would add ~0.4 s to the start of every other gureum command.
         from gureum.local import up as launcher
@@ -140,6 +156,17 @@ def register(app: typer.Typer) -> None:
         emit(report.model_dump(), output, lambda _: _render_status(report))
         if not report.healthy:
             raise typer.Exit(1)
+
+
+def _join_loopback_head(settings: Settings) -> None:
+    """A foreground server is the local head's driver: Ray reads the switch that keeps a
+    driver on loopback once, when it is imported, so it must be set before that."""
+    from gureum.compute.local_ray import LOOPBACK_ONLY, is_loopback
+
+    if not (settings.ray_address or os.environ.get("RAY_ADDRESS")) and is_loopback(
+        settings.ray_host
+    ):
+        os.environ.update(LOOPBACK_ONLY)
 
 
 def _emit_up(result: UpResult, output: Format, *, foreground: bool) -> None:

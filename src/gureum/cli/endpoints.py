@@ -33,6 +33,7 @@ from gureum.cli.output import (
     table,
 )
 from gureum.cli.refs import parse_ref
+from gureum.cli.validations import SampleInputsOpt, read_sample_inputs
 from gureum.client import Client
 from gureum.client.serving import PredictResult, has_images, save_images
 from gureum.schemas.endpoints import (
@@ -184,6 +185,8 @@ def _stats_tables(s: EndpointStats) -> list[Table]:
         "queue depth": str(s.queue_depth),
         "batch size": "-" if s.batch_size_avg is None else f"{s.batch_size_avg:.1f} on average",
     }
+    if s.engines:
+        gauges["engine"] = ", ".join(f"{engine} ({role})" for role, engine in s.engines.items())
     return [t, kv_table(gauges)]
 
 
@@ -300,11 +303,14 @@ def deploy(
     ] = False,
     wait: WaitOpt = False,
     timeout: TimeoutOpt = None,
+    sample_inputs: SampleInputsOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Serve a model version as endpoint E, or roll E over to it (or canary, or shadow it)."""
+    """Serve a model version as endpoint E, or roll E over to it (or canary, or shadow it).
+    Its first new replica smoke-tests it before it takes traffic; a failure keeps E as it was."""
     parse_ref(model, output, MODEL_REFS)
     changes = config_changes(locals())
+    samples = read_sample_inputs(sample_inputs, output)
     watching = _watching(endpoint, output) if wait else nullcontext()
     with api_errors(output), Client() as client, watching as on_update:
         ep = client.endpoints.deploy(
@@ -316,6 +322,7 @@ def deploy(
             wait=wait,
             timeout_s=timeout,
             on_update=on_update,
+            sample_inputs=samples,
         )
     if wait:
         _done(ep, "is live", output)

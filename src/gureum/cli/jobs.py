@@ -28,6 +28,7 @@ from gureum.cli.output import (
     kv_table,
     print_json,
     table,
+    write_clean,
 )
 from gureum.client import Client
 from gureum.client.jobs import JobEnded, LogChunk, StateChange
@@ -273,8 +274,7 @@ def logs_cmd(
             if output is Format.json:
                 texts.append(text)
             else:
-                sys.stdout.write(text)
-                sys.stdout.flush()
+                write_clean(text)
     if output is Format.json:
         print_json({"id": job_id, "text": "".join(texts), "next_offset": offset})
 
@@ -289,8 +289,7 @@ def _follow(client: Client, job_id: str, output: Format) -> None:
                 sys.stdout.write(json.dumps(_event_json(event)) + "\n")
                 sys.stdout.flush()
             elif isinstance(event, LogChunk):
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
+                write_clean(event.text)
             else:
                 lines.update(event.job)
             if isinstance(event, JobEnded):

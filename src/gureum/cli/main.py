@@ -14,6 +14,8 @@ from gureum.cli import (
     jobs_submit,
     models,
     samples,
+    secrets,
+    site_settings,
     tenancy,
     usage,
 )
@@ -32,6 +34,8 @@ consumers.register(app)
 usage.register(app)
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(models.app, name="models")
+app.add_typer(site_settings.app, name="settings")
+app.add_typer(secrets.app, name="secrets")
 jobs.register(app)
 jobs_submit.register(app)
 endpoints.register(app)

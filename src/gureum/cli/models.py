@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gureum.cli import validations
 from gureum.cli.datasets import progress_bar
 from gureum.cli.output import Format, OutputOpt, api_errors, console, emit, fail, kv_table, table
 from gureum.cli.refs import parse_ref
@@ -24,8 +25,8 @@ _GATE = re.compile(r"^\s*([^<>=\s]+)\s*(>=|<=|>|<)\s*(\S+)\s*$")
 _NAMED_REFS = ("latest", "production")
 
 
-def parse_gate(text: str, output: Format = Format.table) -> MetricGate:
-    """``metric>=0.9`` (or <=, >, <) as a gate."""
+def parse_gate(text: str, output: Format = Format.table, measured: bool = False) -> MetricGate:
+    """``metric>=0.9`` (or <=, >, <) as a gate; ``measured``: only platform-measured metrics."""
     match = _GATE.match(text)
     if match is None:
         fail(f"gate {text!r} is not METRIC OP NUMBER (e.g. accuracy>=0.9)", output, "bad_request")
@@ -34,14 +35,21 @@ def parse_gate(text: str, output: Format = Format.table) -> MetricGate:
         threshold = float(number)
     except ValueError:
         fail(f"gate {text!r}: {number!r} is not a number", output, "bad_request")
-    return MetricGate.model_validate({"metric": metric, "op": op, "threshold": threshold})
+    return MetricGate.model_validate(
+        {"metric": metric, "op": op, "threshold": threshold, "measured": measured}
+    )
 
 
 def _gates_text(m: ModelOut) -> str:
-    parts = [f"{g.metric} {g.op} {g.threshold:g}" for g in m.gates]
-    if m.must_beat_production is not None:
-        better = "higher" if m.must_beat_production.higher_is_better else "lower"
-        parts.append(f"beat production on {m.must_beat_production.metric} ({better} is better)")
+    parts = [
+        f"{g.metric} {g.op} {g.threshold:g}" + (" (measured)" if g.measured else "")
+        for g in m.gates
+    ]
+    must = m.must_beat_production
+    if must is not None:
+        better = "higher" if must.higher_is_better else "lower"
+        measured = ", measured" if must.measured else ""
+        parts.append(f"beat production on {must.metric} ({better} is better{measured})")
     return ", ".join(parts) or "-"
 
 
@@ -53,6 +61,7 @@ def _version_row(v: ModelVersionOut) -> dict[str, Any]:
         "recipe": v.recipe,
         "dataset": v.dataset,
         "metrics": v.metrics,
+        "metrics_source": v.metrics_source,
         "created_by": v.created_by,
         "created_at": v.created_at.isoformat(timespec="seconds"),
     }
@@ -76,8 +85,21 @@ def _render_list(items: list[ModelOut]) -> None:
 
 
 @app.command("list")
-def list_cmd(output: OutputOpt = Format.table) -> None:
-    """List the workspace's models."""
+def list_cmd(
+    catalog: Annotated[
+        bool,
+        typer.Option(
+            "--catalog",
+            help="what the workspace can deploy: servable versions, recipes and import "
+            "formats, with their task and what a replica needs",
+        ),
+    ] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """List the workspace's models (or, with --catalog, what it can deploy)."""
+    if catalog:
+        validations.catalog_cmd(output)
+        return
     with api_errors(output), Client() as client:
         items = client.models.list()
     emit([m.model_dump(mode="json") for m in items], output, lambda _: _render_list(items))
@@ -113,6 +135,7 @@ def show_cmd(ref: RefArg, output: OutputOpt = Format.table) -> None:
         else:
             ver = client.models.version(name, version)
             files = [f.model_dump(mode="json") for f in client.models.files(name, ver.version)]
+            report = validations.last_report(client, name, ver.version)
     if version is None:
         data = model.model_dump(mode="json")
         data["versions"] = [v.model_dump(mode="json") for v in versions]
@@ -120,30 +143,53 @@ def show_cmd(ref: RefArg, output: OutputOpt = Format.table) -> None:
     else:
         data = ver.model_dump(mode="json")
         data["files"] = files
-        emit(data, output, lambda _: _render_version(ver, files))
+        data["validation"] = report.model_dump(mode="json") if report else None
+
+        def render(_: Any) -> None:
+            _render_version(ver, files)
+            if report is not None:
+                validations.render_report(report)
+
+        emit(data, output, render)
 
 
 @app.command("import")
 def import_cmd(
     name: Annotated[str, typer.Argument(help="model name (created on first version)")],
     path: Annotated[
-        Path,
+        str,
         typer.Argument(
-            help="a .safetensors, .pt/.pth/.bin, .onnx file or a Hugging Face model folder"
+            help="a .safetensors, .pt/.pth/.bin, .onnx file, a Hugging Face model folder, or "
+            "hf://ORG/MODEL[@REVISION] to pull one from the Hugging Face hub; with --predictor, "
+            "the weights it loads (any file or folder)"
         ),
     ],
     message: Annotated[str, typer.Option("--message", "-m", help="where it came from")] = "",
+    predictor: Annotated[
+        Path | None,
+        typer.Option(
+            "--predictor",
+            help="a folder with predictor.py (a gureum.serve.Predictor) that serves PATH; "
+            "registered by a script job on the cluster",
+        ),
+    ] = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Register external weights as a new version of model NAME (format told from PATH)."""
     with api_errors(output), Client() as client, progress_bar(output, f"import {name}") as progress:
-        ver = client.models.import_weights(name, path, message=message, progress=progress)
+        if predictor is not None:
+            ver = client.models.import_predictor(
+                name, path, predictor, message=message, progress=progress
+            )
+        else:
+            ver = client.models.import_weights(name, path, message=message, progress=progress)
     emit(
         ver.model_dump(mode="json"),
         output,
         lambda _: console.print(
             f"imported [bold]{ver.model}:{ver.version}[/bold] ({ver.format}, "
-            f"{ver.file_count} file(s), {ver.total_bytes} bytes)"
+            + (f"served by {ver.recipe}, " if ver.recipe else "")
+            + f"{ver.file_count} file(s), {ver.total_bytes} bytes)"
         ),
     )
 
@@ -165,13 +211,21 @@ def gate_cmd(
     no_must_beat: Annotated[
         bool, typer.Option("--no-must-beat", help="drop the must-beat-production rule")
     ] = False,
+    measured: Annotated[
+        bool,
+        typer.Option(
+            "--measured",
+            help="these gates pass only on metrics the platform measured (a built-in "
+            "recipe's train job), not on metrics reported at import",
+        ),
+    ] = False,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Set the gates a version of NAME must pass to be promoted to production."""
-    gates = [parse_gate(g, output) for g in require or []]
+    """Set the gates a version of NAME must pass to be promoted to production (admin only)."""
+    gates = [parse_gate(g, output, measured) for g in require or []]
     must: MustBeat | Unset | None = UNSET
     if must_beat is not None:
-        must = MustBeat(metric=must_beat, higher_is_better=not lower_is_better)
+        must = MustBeat(metric=must_beat, higher_is_better=not lower_is_better, measured=measured)
     elif no_must_beat:
         must = None
     new_gates = gates if gates or clear_gates else None
@@ -209,3 +263,6 @@ def promote_cmd(
     with api_errors(output), Client() as client:
         result = client.models.promote(name, version, stage, force=force)
     emit(result.model_dump(mode="json"), output, lambda _: _render_promoted(result))
+
+
+app.command("validate")(validations.validate_cmd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -11,12 +12,51 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from gureum.client.errors import GureumError
 
-console = Console()
-err_console = Console(stderr=True)
+# What a server sends is shown, never obeyed: escape sequences (colours, cursor moves, OSC
+# hyperlinks and titles), other C0 / C1 controls and bidi overrides are taken out of every
+# string before it reaches the terminal. Newlines and tabs stay; a lone carriage return (a
+# progress bar redrawing its line) becomes a newline, so nothing can overwrite what was shown.
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor moves, erase
+    r"|\x1b[\]PX^_].*?(?:\x07|\x1b\\|$)"  # OSC, DCS, SOS, PM, APC up to their terminator
+    r"|\x1b[ -/]*[0-~]?"  # any other escape (two or three bytes)
+    r"|\x9b[0-?]*[ -/]*[@-~]",  # the one-byte CSI of C1
+    re.DOTALL,
+)
+_LONE_CR = re.compile(r"\r(?!\n)")
+_CONTROLS = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def clean(text: str) -> str:
+    """``text`` safe to print on a terminal (see above)."""
+    text = _ESCAPES.sub("", text)
+    text = _LONE_CR.sub("\n", text)
+    return _CONTROLS.sub("", text.replace("\r\n", "\n"))
+
+
+class SafeConsole(Console):
+    """A Rich console that cleans every string it renders (tables, prints, markup)."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(clean(text), **kwargs)
+
+
+console = SafeConsole()
+err_console = SafeConsole(stderr=True)
+
+
+def write_clean(text: str) -> None:
+    """Server text (a job's log) straight to stdout, cleaned."""
+    sys.stdout.write(clean(text))
+    sys.stdout.flush()
 
 
 class Format(StrEnum):
@@ -60,16 +100,17 @@ def kv_table(data: dict[str, Any]) -> Table:
     t.add_column(style="bold")
     t.add_column()
     for k, v in data.items():
-        t.add_row(k, _cell(v))
+        t.add_row(escape(str(k)), _cell(v))
     return t
 
 
 def _cell(value: Any) -> str:
+    """A table cell is data: markup in it (``[link=...]``) is shown, not rendered."""
     if value is None:
         return "-"
     if isinstance(value, dict | list):
-        return json.dumps(value, default=str)
-    return str(value)
+        return escape(json.dumps(value, default=str))
+    return escape(str(value))
 
 
 def fail(

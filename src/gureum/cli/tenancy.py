@@ -38,7 +38,8 @@ class RoleChoice(StrEnum):
 WS_COLUMNS = ("name", "role", "created_at")
 USER_COLUMNS = ("name", "role", "email", "is_site_admin", "added_at")
 KEY_COLUMNS = (
-    "key_id", "name", "user", "role", "created_at", "expires_at", "revoked_at", "last_used_at"
+    "key_id", "name", "user", "role", "data_plane", "created_at", "expires_at", "revoked_at",
+    "last_used_at",
 )  # fmt: skip
 AUDIT_COLUMNS = ("created_at", "user", "key_id", "action", "target_type", "target", "details")
 
@@ -108,18 +109,26 @@ def ws_quotas(
     max_jobs: Annotated[
         int | None, typer.Option("--max-jobs", min=0, help="jobs it may run at once")
     ] = None,
+    max_storage_gb: Annotated[
+        float | None,
+        typer.Option(
+            "--max-storage-gb", min=0, help="GB its datasets, models and job outputs may hold"
+        ),
+    ] = None,
     clear: Annotated[
         bool, typer.Option("--clear", help="drop every limit (then apply the options given)")
     ] = False,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Show a workspace's job quotas, or change the ones given (the rest stay as they are)."""
+    """Show a workspace's job and storage quotas, or change the ones given (the rest stay as
+    they are)."""
     changes = {
         k: v
         for k, v in (
             ("max_cpus", max_cpus),
             ("max_gpus", max_gpus),
             ("max_concurrent_jobs", max_jobs),
+            ("max_storage_gb", max_storage_gb),
         )
         if v is not None
     }
@@ -185,6 +194,14 @@ def keys_create(
     ] = None,
     user: Annotated[str | None, typer.Option(help="for this user (admins)")] = None,
     workspace: Annotated[str | None, typer.Option(help="in this workspace")] = None,
+    data_plane: Annotated[
+        bool,
+        typer.Option(
+            "--data-plane",
+            help="may also call the workspace's endpoints (developer or above; rate-limited "
+            "and metered like a consumer)",
+        ),
+    ] = False,
     output: OutputOpt = Format.table,
 ) -> None:
     """Create an API key; the token is printed this once."""
@@ -196,6 +213,7 @@ def keys_create(
             expires_at=expires_at,
             user=user,
             workspace=workspace,
+            data_plane=data_plane,
         )
         if output is Format.json:
             err_console.print("Store this key now; it will not be shown again.")

@@ -13,7 +13,9 @@ from gureum.client.endpoints import EndpointsAPI
 from gureum.client.errors import GureumError
 from gureum.client.jobs import JobsAPI
 from gureum.client.models import ModelsAPI
+from gureum.client.secrets import SecretsAPI
 from gureum.client.serving import EndpointClient, PredictResult
+from gureum.client.site_settings import SettingsAPI
 from gureum.client.tenancy import AuditAPI, KeysAPI, UsersAPI, WorkspacesAPI
 from gureum.client.usage import CostsAPI, InvoicesAPI, UsageAPI
 
@@ -52,6 +54,8 @@ class Client:
         self.invoices = InvoicesAPI(self._t)
         self.costs = CostsAPI(self._t)
         self.endpoints = EndpointsAPI(self._t)
+        self.settings = SettingsAPI(self._t)
+        self.secrets = SecretsAPI(self._t)
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self._t.json("GET", "/v1/health")

@@ -113,6 +113,7 @@ class EndpointsAPI:
         wait: bool = False,
         timeout_s: float | None = None,
         on_update: Callable[[EndpointOut], None] | None = None,
+        sample_inputs: Sequence[Any] | None = None,
     ) -> EndpointOut:
         """Serve ``model`` ("NAME", "NAME:V", "NAME:production") as endpoint ``name``.
 
@@ -123,6 +124,10 @@ class EndpointsAPI:
         With ``wait`` it returns once the endpoint is ready with
         this version in place, and raises :class:`EndpointFailed` (with the server's reason)
         when the version did not come up, even where the old one goes on serving.
+
+        The version's first new replica smoke-tests it before it takes traffic, on
+        ``sample_inputs`` or else on inputs from its dataset's validation split; when that
+        fails the deploy is dropped and the message lists the failed checks.
         """
         full = _config(config)
         if changes:
@@ -134,6 +139,7 @@ class EndpointsAPI:
                 config=full,
                 canary_percent=canary_percent,
                 shadow=shadow,
+                sample_inputs=list(sample_inputs) if sample_inputs is not None else None,
             )
         except ValidationError as exc:
             raise _invalid(exc, "deployment") from exc

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import builtins
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gureum.client import hub
 from gureum.client.base import Transport, VersionRef, pages, segment
 from gureum.client.datasets import PUSH_TIMEOUT
 from gureum.client.errors import BadRequestError
+from gureum.client.jobs import WaitTimeout
 from gureum.client.upload import BlobUploader, LocalPathError, Progress, scan
+from gureum.schemas.catalog import CatalogEntry
 from gureum.schemas.datasets import FileEntry, check_relative_path
 from gureum.schemas.models import (
     MetricGate,
@@ -23,6 +27,7 @@ from gureum.schemas.models import (
     PromoteOut,
     Stage,
 )
+from gureum.schemas.validations import ValidationOut
 
 PYTORCH_SUFFIXES = (".pt", ".pth", ".bin")
 HF_CONFIG = "config.json"
@@ -175,11 +180,50 @@ class ModelsAPI:
         description: str | None = None,
         progress: Progress | None = None,
     ) -> ModelVersionOut:
-        """Register external weights (safetensors, PyTorch, ONNX, Hugging Face folder) as-is."""
+        """Register external weights (safetensors, PyTorch, ONNX, Hugging Face folder) as-is.
+
+        ``hf://ORG/MODEL[@REVISION]`` pulls the folder from the Hugging Face hub first
+        (safetensors, config and tokenizer files only); ``hub.HubError`` when it cannot."""
+        if hub.is_hub_ref(path):
+            with hub.pulled(str(path)) as folder:
+                note = message or str(path)
+                return self.import_weights(
+                    name, folder, message=note, description=description, progress=progress
+                )
         fmt = detect_format(path)
         return self.register(
             name, path, format=fmt, message=message, description=description, progress=progress
         )
+
+    def import_predictor(
+        self,
+        name: str,
+        weights: str | os.PathLike[str],
+        predictor_dir: str | os.PathLike[str],
+        *,
+        message: str = "",
+        progress: Progress | None = None,
+        timeout_s: float = 1800.0,
+    ) -> ModelVersionOut:
+        """Register ``weights`` (a file or folder) with the ``gureum.serve.Predictor`` in
+        ``predictor_dir`` that serves them (``client.predictor_import``): a script job on the
+        cluster exports its schemas in the sandbox; returns the new version."""
+        from gureum.client.datasets import DatasetsAPI
+        from gureum.client.jobs import JobsAPI
+        from gureum.client.predictor_import import import_predictor
+
+        done = import_predictor(
+            DatasetsAPI(self._t),
+            JobsAPI(self._t),
+            name,
+            Path(weights),
+            Path(predictor_dir),
+            message=message,
+            progress=progress,
+            timeout_s=timeout_s,
+        )
+        model, _, version = str(done.model_version).rpartition(":")
+        return self.version(model, int(version))
 
     def promote(
         self, name: str, version: VersionRef, stage: Stage, *, force: bool = False
@@ -188,3 +232,47 @@ class ModelsAPI:
         path = f"/v1/models/{segment(name)}/versions/{segment(version)}/promote"
         data = self._t.json("POST", path, json={"stage": stage, "force": force})
         return PromoteOut.model_validate(data)
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def validate(
+        self,
+        name: str,
+        version: VersionRef = "latest",
+        *,
+        sample_inputs: Sequence[Any] | None = None,
+        count: int | None = None,
+        wait: bool = True,
+        timeout_s: float | None = 600.0,
+        poll_s: float = 1.0,
+    ) -> ValidationOut:
+        """Load the version and smoke-test it on the cluster, as a deploy's first replica does:
+        on ``sample_inputs``, else ``count`` inputs (16 by default) from the validation split
+        of its dataset. With ``wait``, returns the finished report (passed or failed)."""
+        body: dict[str, Any] = {}
+        if sample_inputs is not None:
+            body["sample_inputs"] = list(sample_inputs)
+        if count is not None:
+            body["count"] = count
+        path = f"/v1/models/{segment(name)}/versions/{segment(version)}/validate"
+        report = ValidationOut.model_validate(self._t.json("POST", path, json=body))
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while wait and report.state in ("pending", "running"):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    f"{name}:{report.version} is still being validated after {timeout_s:g} s",
+                    code="timeout",
+                )
+            time.sleep(poll_s)
+            report = self.validation(name, report.version)
+        return report
+
+    def validation(self, name: str, version: VersionRef = "latest") -> ValidationOut:
+        """The version's newest validation report (of a deploy or of :meth:`validate`)."""
+        path = f"/v1/models/{segment(name)}/versions/{segment(version)}/validation"
+        return ValidationOut.model_validate(self._t.json("GET", path))
+
+    def catalog(self) -> builtins.list[CatalogEntry]:
+        """What this workspace can deploy: its servable versions, the recipes whose trained
+        models serve and the formats that serve once imported, with what a replica needs."""
+        return [CatalogEntry.model_validate(e) for e in self._t.json("GET", "/v1/catalog")]

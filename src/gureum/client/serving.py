@@ -41,6 +41,8 @@ MAX_RETRY_WAIT_S = 30.0
 # Pause before sending again a request whose connection was cut.
 CUT_RETRY_PAUSE_S = 0.2
 MIN_RETRY_PAUSE_S = 0.05
+# The data plane's answer to a repeat of a call it is still computing (same Idempotency-Key).
+IN_PROGRESS = "request_in_progress"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _DATA_URL = re.compile(r"^data:[^,]*;base64,")
 
@@ -77,6 +79,8 @@ class PredictResult:
     cold_start: bool
     cold_start_ms: float | None
     latency_ms: float
+    # Answered from the replica's replay cache (a retry of a call it had computed): not billed.
+    replayed: bool = False
 
 
 class _PredictBody(BaseModel):
@@ -137,6 +141,17 @@ def api_error(resp: httpx.Response) -> GureumError:
     )
 
 
+def _retry_wait(resp: httpx.Response, err: GureumError) -> float | None:
+    """Seconds to wait before sending a call again with its Idempotency-Key, or None: a 503
+    with Retry-After (no replica ready), or a 409 ``request_in_progress`` (the replica still
+    computes the first try of this call; the next try gets its answer replayed)."""
+    if isinstance(err, Unavailable):
+        return err.retry_after
+    if resp.status_code == 409 and err.code == IN_PROGRESS:
+        return parse_retry_after(resp.headers.get("Retry-After")) or CUT_RETRY_PAUSE_S
+    return None
+
+
 def has_images(output: Any) -> bool:
     """Whether an output carries images (image generators: base64 PNGs under "images")."""
     return isinstance(output, dict) and isinstance(output.get("images"), list)
@@ -181,9 +196,11 @@ class EndpointClient:
 
     A 503 that carries Retry-After is retried, waiting as told, for at most
     ``max_retry_wait_s`` in all; so is a connection cut before the answer came (a replica that
-    died mid-request). Every try of one call carries the same Idempotency-Key, so the endpoint
-    meters the call once however often it was sent. 4xx answers are never retried (they would
-    fail the same way).
+    died mid-request), and a 409 ``request_in_progress`` (the first try still running). Every
+    try of one call carries the same Idempotency-Key and the same body: a try that reaches the
+    replica that answered the first is answered from its replay cache (``Idempotent-Replayed:
+    true``) and not billed again; a try computed again elsewhere is billed again. Other 4xx
+    answers are never retried (they would fail the same way).
     """
 
     def __init__(
@@ -231,6 +248,7 @@ class EndpointClient:
             cold_start=cold,
             cold_start_ms=_header_ms(resp.headers.get("X-Gureum-Cold-Start-Ms")) if cold else None,
             latency_ms=latency_ms,
+            replayed=resp.headers.get("Idempotent-Replayed") == "true",
         )
 
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -248,9 +266,10 @@ class EndpointClient:
             if resp.status_code < 400:
                 return resp
             err = api_error(resp)
-            if not isinstance(err, Unavailable) or err.retry_after is None:
+            wait = _retry_wait(resp, err)
+            if wait is None:
                 raise err
-            pause = max(err.retry_after, MIN_RETRY_PAUSE_S)
+            pause = max(wait, MIN_RETRY_PAUSE_S)
             if waited + pause > self.max_retry_wait_s:
                 raise err
             self._sleep(pause)

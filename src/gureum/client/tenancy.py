@@ -79,8 +79,11 @@ class KeysAPI(_API):
         expires_at: datetime | None = None,
         user: str | None = None,
         workspace: str | None = None,
+        data_plane: bool = False,
     ) -> KeyCreated:
-        """Create a key; ``token`` in the result is shown this once and never again."""
+        """Create a key; ``token`` in the result is shown this once and never again.
+        ``data_plane``: the key may also call the workspace's endpoints (developer or above),
+        rate-limited and metered like a consumer."""
         fields: dict[str, Any] = {
             "name": name,
             "role": role,
@@ -88,6 +91,7 @@ class KeysAPI(_API):
             "expires_at": expires_at.isoformat() if expires_at else None,
             "user": user,
             "workspace": workspace,
+            "data_plane": data_plane or None,
         }
         body = {k: v for k, v in fields.items() if v is not None}
         return KeyCreated.model_validate(self._t.json("POST", "/v1/keys", json=body))

@@ -21,6 +21,7 @@ from typing import BinaryIO, TypeVar
 
 from gureum.client.base import Transport
 from gureum.client.errors import GureumError
+from gureum.schemas.datasets import check_relative_path
 
 CHUNK = 1024 * 1024
 # Files under this size travel in tar batches; larger ones get their own streamed PUT.
@@ -75,7 +76,7 @@ def scan(path: Path) -> list[LocalFile]:
     except OSError as exc:
         raise LocalPathError(f"cannot read {path}: {exc.strerror}", code="not_found") from exc
     if stat.S_ISREG(st.st_mode):
-        return [LocalFile(path.name, str(path), st.st_size)]
+        return _named([LocalFile(path.name, str(path), st.st_size)])
     if not stat.S_ISDIR(st.st_mode):
         raise LocalPathError(f"{path} is neither a file nor a folder", code="bad_request")
     root = os.path.realpath(path)
@@ -104,6 +105,17 @@ def scan(path: Path) -> list[LocalFile]:
                 if stat.S_ISREG(est.st_mode):
                     files.append(LocalFile(rel, entry.path, est.st_size))
     files.sort(key=lambda f: f.path)
+    return _named(files)
+
+
+def _named(files: list[LocalFile]) -> list[LocalFile]:
+    """Refuse, before a byte is sent, a name the server refuses (control or bidi characters,
+    too long to pull, not UTF-8), naming it safely."""
+    for f in files:
+        try:
+            check_relative_path(f.path)
+        except ValueError as exc:
+            raise LocalPathError(f"cannot push {f.path!r}: {exc}", code="bad_request") from exc
     return files
 
 

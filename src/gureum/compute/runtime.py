@@ -136,6 +136,8 @@ class ClusterRunContext:
         self._artifacts = workdir / "artifacts"
         self._artifacts.mkdir(parents=True, exist_ok=True)
         self.resumed: dict[str, Any] | None = None
+        # Registry models fetched for this run (``JobSpec.models``), by reference.
+        self.models: dict[str, Path] = {}
 
     @property
     def device(self) -> str:

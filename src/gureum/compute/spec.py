@@ -40,8 +40,15 @@ class JobSpec(BaseModel):
     entrypoint: str | None = None
     args: list[str] = Field(default_factory=list)
     model_files: list[BlobFile] = Field(default_factory=list)
+    # Registry versions of the job's workspace its parameters name (a LoRA ``base_model``), by
+    # the pinned "NAME:V" the server resolved: fetched for the recipe as ``ctx.models``.
+    models: dict[str, list[BlobFile]] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     workers: int = 1
+    # A site admin allowed user code outside the sandbox (``allow_unsandboxed_code``).
+    unsandboxed_ok: bool = False
+    # The workspace's secrets for a script job's sandbox (never in params, events or logs).
+    secrets: dict[str, str] = Field(default_factory=dict, repr=False)
 
     @property
     def attempt_name(self) -> str:

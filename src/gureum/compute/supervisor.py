@@ -21,8 +21,31 @@ import ray
 from ray import exceptions as rex
 
 from gureum.compute.entry import noop, run_one, train_loop
-from gureum.compute.resources import ray_options, train_resources
+from gureum.compute.resources import (
+    NodeInfo,
+    ray_options,
+    train_resources,
+    unplaceable,
+    whole_job,
+)
 from gureum.compute.spec import Item, JobSpec, Outcome
+
+
+def one_node(spec: JobSpec) -> bool:
+    """A script job's ranks run as one task, in one sandbox, meeting on its private loopback.
+    Only where a site admin allowed unsandboxed code, and no node can hold all ranks, do they
+    spread over nodes with Ray Train (unsandboxed: they need the host network)."""
+    if spec.recipe != "script":
+        return False
+    if not spec.unsandboxed_ok:
+        return True
+    nodes = [
+        NodeInfo(node_id=n["NodeID"], total=dict(n.get("Resources", {})))
+        for n in ray.nodes()  # type: ignore[no-untyped-call]
+        if n.get("Alive")
+    ]
+    return unplaceable(whole_job(spec.resources, spec.workers), 1, nodes) is None
+
 
 # Ray errors that mean the work's process, node or owner went away: retried, not the user's fault.
 _LOST = (
@@ -166,9 +189,10 @@ class JobSupervisor:
 
     def _run(self, spec: JobSpec) -> None:
         try:
-            if spec.workers == 1:
+            if spec.workers == 1 or one_node(spec):
                 self._ref = run_one.options(
-                    **ray_options(spec.resources), name=f"gureum-{spec.attempt_name}"
+                    **ray_options(whole_job(spec.resources, spec.workers)),
+                    name=f"gureum-{spec.attempt_name}",
                 ).remote(spec, ray.get_runtime_context().current_actor)
                 if self._stop.is_set():
                     self.stop()

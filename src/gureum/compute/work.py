@@ -8,22 +8,31 @@ outputs go back to it as blobs the control plane then registers.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
+from gureum.compute import sandbox
 from gureum.compute.runtime import CheckpointStore, ClusterRunContext, Reporter, Send
 from gureum.compute.spec import BlobFile, JobSpec
+from gureum.config import default_home
 from gureum.datasets.readers import TABLE_EXTENSIONS, extension, table_rows
 from gureum.recipes.base import BadInput, Cancelled, Recipe
 from gureum.recipes.dataset import LocalDataset
+from gureum.recipes.predictor import NAME as PREDICTOR
 from gureum.recipes.registry import get_recipe, train_and_evaluate
 from gureum.recipes.script import ScriptRecipe
+from gureum.recipes.specs import spec_of
+from gureum.serving.predictor_pool import PredictorPool, PredictorRecipe, fault_error
+from gureum.serving.predictor_protocol import CODE_DIR, PredictorManifest
+from gureum.serving.predictor_sandbox import attach
+from gureum.serving.units import ModelFault
 from gureum.storage.store import ArtifactStore
 
 MAX_OUTPUT_BYTES = 1 << 40
@@ -67,12 +76,32 @@ def upload(store: ArtifactStore, workspace_id: int, root: Path, prefix: str = ""
     return out
 
 
-def _recipe(spec: JobSpec, workdir: Path, store: ArtifactStore) -> Recipe[Any]:
+def _recipe(spec: JobSpec, workdir: Path, store: ArtifactStore, ranks: int = 1) -> Recipe[Any]:
+    if spec.recipe == PREDICTOR:  # a script job's own predictor: sandboxed workers
+        forbidden = script_policy(spec, store, ranks).forbidden
+        return cast("Recipe[Any]", PredictorRecipe(forbidden))
     if spec.recipe != "script":
         return get_recipe(spec.recipe)
     code_dir = workdir / "code"
     fetch(store, spec.workspace_id, spec.code_files, code_dir)
-    return ScriptRecipe().with_code(code_dir)
+    return ScriptRecipe().with_code(code_dir, script_policy(spec, store, ranks))
+
+
+def script_policy(spec: JobSpec, store: ArtifactStore, ranks: int) -> sandbox.Policy:
+    """How this attempt's user code runs: all ``ranks`` in one sandbox, bounded by the job's
+    memory; a rank of a job spread over nodes (``ranks`` 1 of several workers) needs the host
+    network, which only unsandboxed code may have."""
+    forbidden = [default_home()] + ([Path(store.root)] if store.is_local else [])
+    limits = sandbox.Limits(memory_bytes=sandbox.memory_limit(spec.resources.memory_gb, ranks))
+    return sandbox.Policy(
+        limits=limits,
+        ranks=ranks,
+        cpus=spec.resources.cpus,
+        unsandboxed_ok=spec.unsandboxed_ok,
+        host_network=spec.workers > 1 and ranks == 1,
+        forbidden=tuple(forbidden),
+        secrets=tuple(spec.secrets.items()),
+    )
 
 
 def batch_inputs(spec: JobSpec, ds: LocalDataset | None) -> tuple[list[str], list[Any]]:
@@ -104,8 +133,11 @@ def batch_inputs(spec: JobSpec, ds: LocalDataset | None) -> tuple[list[str], lis
     return names, inputs
 
 
-def execute(spec: JobSpec, send: Send, rank: int = 0, device: str | None = None) -> dict[str, Any]:
-    """Run one worker of an attempt; rank 0's return value is the attempt's result."""
+def execute(
+    spec: JobSpec, send: Send, rank: int = 0, device: str | None = None, ranks: int = 1
+) -> dict[str, Any]:
+    """Run one worker of an attempt; rank 0's return value is the attempt's result. ``ranks``
+    > 1: a script job's ranks all run here, in one sandbox (see ``supervisor.one_node``)."""
     # Workers are reused across jobs: size torch's thread pool to this job's CPUs, not the
     # first job's the process ran.
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
@@ -125,13 +157,16 @@ def execute(spec: JobSpec, send: Send, rank: int = 0, device: str | None = None)
             files = [BlobFile.model_validate(f) for f in spec.dataset["files"]]
             fetch(store, spec.workspace_id, files, workdir / "data")
             ds = LocalDataset.from_manifest(workdir / "data", spec.dataset)
-        recipe = _recipe(spec, workdir, store)
+        for i, (ref, model) in enumerate(spec.models.items()):  # e.g. a LoRA base model
+            fetch(store, spec.workspace_id, model, workdir / "models" / str(i))
+            ctx.models[ref] = workdir / "models" / str(i)
+        recipe = _recipe(spec, workdir, store, ranks)
         if spec.kind == "train":
             result = _train(ctx, spec, recipe, ds)
         else:
             model_dir = workdir / "model"
             fetch(store, spec.workspace_id, spec.model_files, model_dir)
-            result = _evaluate(ctx, recipe, model_dir, ds) if spec.kind == "evaluate" else {}
+            result = _evaluate(ctx, spec, recipe, model_dir, ds) if spec.kind == "evaluate" else {}
             if spec.kind == "predict":
                 result = _predict(ctx, spec, recipe, model_dir, ds)
         if rank == 0:
@@ -152,8 +187,15 @@ def _train(
     model_dir = job.train.model_dir
     register = not isinstance(recipe, ScriptRecipe) or recipe.registered(model_dir)
     model_files: list[BlobFile] = []
+    predictor = None
+    if register and model_dir.is_dir() and isinstance(recipe, ScriptRecipe):
+        predictor = _attach_predictor(ctx, spec, recipe, model_dir)
     if register and model_dir.is_dir():
         model_files = upload(ArtifactStore(spec.artifacts), spec.workspace_id, model_dir)
+        if predictor is not None:  # the code the version serves: the job's own blobs
+            model_files += [
+                f.model_copy(update={"path": f"{CODE_DIR}/{f.path}"}) for f in spec.code_files
+            ]
         # The model's files travel as the version's files, not again as job outputs.
         shutil.rmtree(model_dir, ignore_errors=True)
     return {
@@ -164,15 +206,41 @@ def _train(
         "resumed_from_epoch": job.train.resumed_from_epoch,
         "register": register and bool(model_files),
         "model_files": [f.model_dump() for f in model_files],
+        "predictor": predictor is not None,
     }
 
 
+def _attach_predictor(
+    ctx: ClusterRunContext, spec: JobSpec, recipe: ScriptRecipe, model_dir: Path
+) -> PredictorManifest | None:
+    """When the job's code folder holds a predictor: its manifest, exported in the sandbox
+    and written into the model's folder (``serving.predictor_sandbox.attach``)."""
+    if recipe.code_dir is None or recipe.policy is None:
+        return None
+    return attach(
+        recipe.code_dir,
+        model_dir,
+        [(f.path, f.sha256) for f in spec.code_files],
+        forbidden=recipe.policy.forbidden,
+        memory_bytes=recipe.policy.limits.memory_bytes,
+        log_line=ctx.log,
+    )
+
+
 def _evaluate(
-    ctx: ClusterRunContext, recipe: Recipe[Any], model_dir: Path, ds: LocalDataset | None
+    ctx: ClusterRunContext,
+    spec: JobSpec,
+    recipe: Recipe[Any],
+    model_dir: Path,
+    ds: LocalDataset | None,
 ) -> dict[str, Any]:
     if ds is None:
         raise BadInput("an evaluation needs a dataset")
-    out = recipe.evaluate(ctx, model_dir, ds)
+    served = spec_of(recipe.name)
+    if served is not None and not served.trainable:  # a table's truth column: the job names it
+        out = recipe.evaluate(ctx, model_dir, ds, spec.params)  # type: ignore[call-arg]
+    else:
+        out = recipe.evaluate(ctx, model_dir, ds)
     return {"metrics": out.metrics, "details": out.details}
 
 
@@ -186,13 +254,21 @@ def _predict(
     names, inputs = batch_inputs(spec, ds)
     ctx.log(f"predicting {len(inputs)} inputs")
     predictor = recipe.load(model_dir, ctx.device)
+    if isinstance(predictor, PredictorPool):  # JSON only: an image's bytes go as base64
+        inputs = [base64.b64encode(x).decode() if isinstance(x, bytes) else x for x in inputs]
     batch = int(spec.params.get("batch_size", 64))
-    with open(ctx.artifacts_dir / PREDICTIONS, "w", encoding="utf-8") as out:
-        for start in range(0, len(inputs), batch):
-            if ctx.should_stop():
-                raise Cancelled("stopped during batch prediction")
-            chunk = inputs[start : start + batch]
-            for name, pred in zip(names[start:], predictor.predict(chunk), strict=False):
-                out.write(json.dumps({"input": name, "output": pred}) + "\n")
-            ctx.progress(1, min(start + batch, len(inputs)), len(inputs))
+    try:
+        with open(ctx.artifacts_dir / PREDICTIONS, "w", encoding="utf-8") as out:
+            for start in range(0, len(inputs), batch):
+                if ctx.should_stop():
+                    raise Cancelled("stopped during batch prediction")
+                chunk = inputs[start : start + batch]
+                for name, pred in zip(names[start:], predictor.predict(chunk), strict=False):
+                    out.write(json.dumps({"input": name, "output": pred}) + "\n")
+                ctx.progress(1, min(start + batch, len(inputs)), len(inputs))
+    except ModelFault as exc:
+        raise fault_error(exc) from None
+    finally:
+        if isinstance(predictor, PredictorPool):
+            predictor.close()
     return {"metrics": {"predictions": float(len(inputs))}, "details": {}}

@@ -4,14 +4,20 @@ Nothing here writes to a path taken from the archive: each regular member's byte
 caller's sink (the blob store, by content hash). Entries that try to escape anyway ("..",
 absolute paths, links, devices) are refused outright rather than skipped, so a hostile
 archive fails loudly. Sizes are counted on the bytes actually produced, never taken from
-headers, so a compression bomb stops at the limit. tar and tar.gz are read as a stream;
-zip keeps its directory at the end, so it is spooled to an anonymous temporary file first.
+headers, so a compression bomb stops at the limit: the expanded total, a storage quota, and
+an expanded-to-compressed ratio (a 1 MiB zip of zeros stops at 100 MiB, not 1 GiB). tar and
+tar.gz are read as a stream; zip keeps its directory at the end, so it is spooled to an
+anonymous temporary file first, and its central directory is counted entry by entry (without
+building them) before ``zipfile`` reads it, so an archive of millions of entries is refused
+in a fraction of a second and in bounded memory.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import stat
+import struct
 import tarfile
 import tempfile
 import zipfile
@@ -19,7 +25,7 @@ import zlib
 from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from typing import IO, Generic, TypeVar
+from typing import IO, Any, Generic, TypeVar, cast
 
 from gureum.schemas.datasets import check_relative_path
 
@@ -45,8 +51,22 @@ class ArchiveTooLarge(ArchiveError):
     """Expanded bytes, a member's bytes or the entry count went past a limit."""
 
 
+class QuotaExceeded(ArchiveTooLarge):
+    """The expanded bytes went past what the workspace's storage quota has room for."""
+
+
 class BadArchive(ArchiveError):
     """Not a readable archive of the given format, or one we do not support (encryption)."""
+
+
+# Past this many expanded bytes, an archive must also keep to ``max_ratio``.
+RATIO_FLOOR_BYTES = 64 * 1024 * 1024
+# What a zip's central directory may weigh per allowed entry (46 fixed bytes, name, extras).
+CD_BYTES_PER_ENTRY = 640
+_EOCD = struct.Struct("<4s4H2LH")
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")
+_CD_ENTRY = 46
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,10 @@ class ArchiveLimits:
     max_file_bytes: int
     max_total_bytes: int
     max_entries: int
+    # Expanded bytes per compressed byte read, checked past RATIO_FLOOR_BYTES; 0 turns it off.
+    max_ratio: float = 0.0
+    # Room left in the workspace's storage quota; None: no quota.
+    quota_bytes: int | None = None
 
     @property
     def max_body_bytes(self) -> int:
@@ -104,11 +128,50 @@ def strip_common_root(paths: list[str]) -> list[str]:
     return paths
 
 
+class _Counting(io.RawIOBase):
+    """Counts the compressed bytes a reader has taken from the body."""
+
+    def __init__(self, body: IO[bytes]) -> None:
+        super().__init__()
+        self.body = body
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.body.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.count += n
+        return n
+
+
 class _Budget:
     def __init__(self, limits: ArchiveLimits) -> None:
         self.limits = limits
         self.total = 0
         self.entries = 0
+        self.compressed: Callable[[], int] = lambda: 0
+
+    def _check_total(self) -> None:
+        limits = self.limits
+        if limits.quota_bytes is not None and self.total > limits.quota_bytes:
+            raise QuotaExceeded(
+                f"archive expands past the {limits.quota_bytes} bytes left in the workspace's "
+                "storage quota"
+            )
+        if self.total > limits.max_total_bytes:
+            raise ArchiveTooLarge(
+                f"archive expands past the limit of {limits.max_total_bytes} bytes"
+            )
+        if limits.max_ratio and self.total > RATIO_FLOOR_BYTES:
+            compressed = max(self.compressed(), 1)
+            if self.total > limits.max_ratio * compressed:
+                raise ArchiveTooLarge(
+                    f"archive expands more than {limits.max_ratio:g} times its compressed size "
+                    f"({self.total} bytes from {compressed}): refused as a compression bomb"
+                )
 
     def entry(self) -> None:
         self.entries += 1
@@ -126,10 +189,7 @@ class _Budget:
                 raise ArchiveTooLarge(
                     f"{path} expands past the file size limit of {self.limits.max_file_bytes} bytes"
                 )
-            if self.total > self.limits.max_total_bytes:
-                raise ArchiveTooLarge(
-                    f"archive expands past the limit of {self.limits.max_total_bytes} bytes"
-                )
+            self._check_total()
             yield data
 
 
@@ -154,7 +214,9 @@ def extract(
     if fmt == "zip":
         members = _zip_members(body, budget, spool_dir)
     else:
-        members = _tar_members(body, fmt, budget)
+        counting = _Counting(body)
+        budget.compressed = lambda: counting.count
+        members = _tar_members(io.BufferedReader(counting, CHUNK), fmt, budget)
     out: list[Extracted[T]] = []
     seen: set[str] = set()
     try:
@@ -184,6 +246,9 @@ def _tar_members(body: IO[bytes], fmt: str, budget: _Budget) -> Members:
         raise BadArchive(f"not a readable {fmt} archive: {exc}") from exc
     with tf:
         for info in tf:
+            # A stream keeps every header it read in ``members``; drop them as we go, so
+            # memory stays flat however many entries come.
+            cast(Any, tf).members.clear()  # (untyped attribute of TarFile)
             budget.entry()
             if info.issym() or info.islnk():
                 raise UnsafeArchive(f"archive entry {info.name!r} is a link")
@@ -215,6 +280,8 @@ def _zip_members(body: IO[bytes], budget: _Budget, spool_dir: str | None) -> Mem
                     f"archive is larger than the limit of {limits.max_total_bytes} bytes"
                 )
             spool.write(data)
+        budget.compressed = lambda: copied
+        _check_zip_directory(spool, copied, limits)
         spool.seek(0)
         try:
             zf = zipfile.ZipFile(spool)
@@ -242,6 +309,45 @@ def _zip_members(body: IO[bytes], budget: _Budget, spool_dir: str | None) -> Mem
                     yield path, fh
 
 
+def _check_zip_directory(spool: IO[bytes], size: int, limits: ArchiveLimits) -> None:
+    """Refuse a zip whose central directory holds more than ``max_entries`` entries, counted
+    record by record (the end record's own count may lie), before ``zipfile`` builds them."""
+    tail_size = min(size, _EOCD.size + 0xFFFF)
+    spool.seek(size - tail_size)
+    tail = spool.read(tail_size)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + _EOCD.size > len(tail):
+        raise BadArchive("not a readable zip archive: no end of central directory")
+    _, _, _, _, declared, cd_size, _, _ = _EOCD.unpack_from(tail, at)
+    cd_end = size - tail_size + at
+    zip64_at = at - _EOCD64_LOCATOR.size
+    if zip64_at >= 0 and tail[zip64_at : zip64_at + 4] == b"PK\x06\x07":
+        record_at = cd_end - _EOCD64_LOCATOR.size - _EOCD64.size
+        if record_at < 0:
+            raise BadArchive("not a readable zip archive: a broken zip64 end record")
+        spool.seek(record_at)
+        record = spool.read(_EOCD64.size)
+        if len(record) < _EOCD64.size or record[:4] != b"PK\x06\x06":
+            raise BadArchive("not a readable zip archive: a broken zip64 end record")
+        declared, cd_size = _EOCD64.unpack(record)[7:9]
+        cd_end = record_at
+    too_many = f"archive has more than {limits.max_entries} entries (the limit)"
+    if declared > limits.max_entries or cd_size > limits.max_entries * CD_BYTES_PER_ENTRY:
+        raise ArchiveTooLarge(too_many)
+    cd_start = cd_end - cd_size
+    if cd_start < 0:
+        raise BadArchive("not a readable zip archive: the central directory lies outside it")
+    spool.seek(cd_start)
+    directory = spool.read(cd_size)
+    pos = count = 0
+    while pos + _CD_ENTRY <= len(directory) and directory[pos : pos + 4] == b"PK\x01\x02":
+        name, extra, comment = struct.unpack_from("<3H", directory, pos + 28)
+        pos += _CD_ENTRY + name + extra + comment
+        count += 1
+        if count > limits.max_entries:
+            raise ArchiveTooLarge(too_many)
+
+
 __all__ = [
     "FORMATS",
     "ArchiveError",
@@ -249,6 +355,7 @@ __all__ = [
     "ArchiveTooLarge",
     "BadArchive",
     "Extracted",
+    "QuotaExceeded",
     "UnsafeArchive",
     "extract",
     "member_path",

@@ -3,7 +3,8 @@
 Every reader streams: an image is opened for its header only (Pillow does not decode pixels
 until asked), and CSV, JSONL and text are read line by line, so a large file costs time but
 not memory. Readers never raise on bad content; they report it, because a dataset may hold
-odd files and the push should still land.
+odd files and the push should still land. The one exception is a line longer than the
+limit (``line_limited``): that file is refused, naming the file and the line.
 """
 
 from __future__ import annotations
@@ -128,6 +129,69 @@ def thumbnail_png(fh: IO[bytes], size: int = THUMBNAIL) -> str | None:
     except Exception:  # a broken image just has no thumbnail
         return None
     return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+# -- line length ---------------------------------------------------------------------------
+
+
+class LineTooLong(ValueError):
+    """A line of a CSV / JSONL / text file is longer than the limit: such a file is refused,
+    since every reader (and a training job's) would hold the whole line in memory."""
+
+    def __init__(self, line: int, limit: int, path: str = "") -> None:
+        super().__init__(f"{path or 'file'}: line {line} is longer than {limit} bytes")
+        self.line, self.limit, self.path = line, limit, path
+
+
+class _LineLimit(io.RawIOBase):
+    """Passes bytes through, raising LineTooLong as soon as a line passes ``limit`` bytes."""
+
+    def __init__(self, fh: IO[bytes], limit: int) -> None:
+        super().__init__()
+        self._fh = fh
+        self._limit = limit
+        self._run = 0  # bytes of the current line so far
+        self._line = 1
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._fh.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self._check(data)
+        return n
+
+    def _check(self, data: bytes) -> None:
+        first = data.find(b"\n")
+        if first < 0:
+            self._run += len(data)
+            self._fail_if_long()
+            return
+        self._run += first
+        self._fail_if_long()
+        self._line += 1
+        if len(data) > self._limit:  # a whole line could hide inside this block
+            start = first + 1
+            while (nl := data.find(b"\n", start)) >= 0:
+                if nl - start > self._limit:
+                    raise LineTooLong(self._line, self._limit)
+                self._line += 1
+                start = nl + 1
+        else:
+            self._line += data.count(b"\n", first + 1)
+        self._run = len(data) - data.rfind(b"\n") - 1
+        self._fail_if_long()
+
+    def _fail_if_long(self) -> None:
+        if self._run > self._limit:
+            raise LineTooLong(self._line, self._limit)
+
+
+def line_limited(fh: IO[bytes], limit: int) -> IO[bytes]:
+    """``fh`` that raises LineTooLong on a line over ``limit`` bytes (line end excluded)."""
+    return io.BufferedReader(_LineLimit(fh, limit))
 
 
 # -- tables -------------------------------------------------------------------------------

@@ -63,12 +63,19 @@ class _Facts:
 
 
 def scan(
-    entries: Sequence[Entry], open_blob: OpenBlob, *, validation_ratio: float, seed: int
+    entries: Sequence[Entry],
+    open_blob: OpenBlob,
+    *,
+    validation_ratio: float,
+    seed: int,
+    max_line_bytes: int | None = None,
 ) -> ScanResult:
+    """Raises readers.LineTooLong (naming the path) for a CSV / JSONL / text file with a line
+    over ``max_line_bytes``."""
     ordered = sorted(entries, key=lambda e: e.path)
     facts = _Facts()
     cache: dict[tuple[str, str, str], Any] = {}
-    files = [_read(e, open_blob, facts, cache) for e in ordered]
+    files = [_read(e, open_blob, facts, cache, max_line_bytes) for e in ordered]
     _assign_labels(files)
     split = _split(files, facts, validation_ratio, seed)
     kinds = Counter(f.kind for f in files)
@@ -82,7 +89,11 @@ def scan(
 
 
 def _read(
-    entry: Entry, open_blob: OpenBlob, facts: _Facts, cache: dict[tuple[str, str, str], Any]
+    entry: Entry,
+    open_blob: OpenBlob,
+    facts: _Facts,
+    cache: dict[tuple[str, str, str], Any],
+    max_line_bytes: int | None,
 ) -> ScannedFile:
     kind = rd.kind_by_extension(entry.path)
     if kind is None:
@@ -95,7 +106,13 @@ def _read(
         found = cache[key]
     else:
         with open_blob(entry.sha256) as fh:
-            found = _facts_of(kind, entry.path, fh)
+            read: IO[bytes] = fh
+            if max_line_bytes is not None and kind in ("table", "jsonl", "text"):
+                read = rd.line_limited(fh, max_line_bytes)
+            try:
+                found = _facts_of(kind, entry.path, read)
+            except rd.LineTooLong as exc:
+                raise rd.LineTooLong(exc.line, exc.limit, entry.path) from None
         cache[key] = found
     if found is None:
         out.kind = "other"

@@ -7,11 +7,16 @@ handed straight to the credentials file and never passes through a server log.
 from __future__ import annotations
 
 import os
+import secrets
+import stat
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from gureum.compute.local_ray import (
+    HeadNetwork,
+    RayHead,
     RayStartError,
     default_temp_dir,
     head_alive,
@@ -25,7 +30,7 @@ from gureum.config import Settings
 from gureum.local.credentials import update_url, write_credentials
 from gureum.local.procs import port_open
 from gureum.local.results import UpError
-from gureum.local.state import RayState
+from gureum.local.state import RayState, write_private
 from gureum.server.db.migrate import upgrade
 from gureum.server.db.session import Database
 from gureum.server.services.bootstrap import DEFAULT_WORKSPACE, bootstrap
@@ -74,6 +79,32 @@ def prepare_database(settings: Settings) -> str | None:
         db.dispose()
 
 
+def secure_home(settings: Settings) -> None:
+    """Make what gureum keeps private to its OS user: files it creates from here on (umask
+    077, inherited by the server and the Ray head), the home folder, the SQLite database and a
+    local artifact store made by an earlier version."""
+    os.umask(0o077)
+    home = settings.home
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _restrict(home, 0o700)
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            _restrict(Path(f"{url.database}{suffix}"), 0o600)
+    if "://" not in settings.resolved_artifacts:
+        _restrict(Path(settings.resolved_artifacts), 0o700)
+
+
+def _restrict(path: Path, mode: int) -> None:
+    """Drop group and world bits of ``path`` if it exists and is ours."""
+    try:
+        st = path.stat()
+        if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
+            path.chmod(stat.S_IMODE(st.st_mode) & mode)
+    except OSError:
+        pass
+
+
 def check_artifacts(settings: Settings) -> None:
     url = settings.resolved_artifacts
     try:
@@ -116,6 +147,7 @@ def ensure_ray(settings: Settings, previous: RayState | None) -> tuple[RayState,
     address = requested_ray_address(settings)
     if old_head is not None:
         if not address and head_alive(old_head):
+            _check_same_network(old_head, head_network(settings))
             return RayState(address=old_head.address, head=old_head), False
         # Ours, and no longer used (or half dead): stop what is left of it.
         stop_head(old_head)
@@ -123,7 +155,44 @@ def ensure_ray(settings: Settings, previous: RayState | None) -> tuple[RayState,
     if address:
         return RayState(address=address), False
     try:
-        head = start_head(default_temp_dir(settings.home), settings.log_dir / "ray.log")
+        head = start_head(
+            default_temp_dir(settings.home),
+            settings.log_dir / "ray.log",
+            network=head_network(settings),
+        )
     except RayStartError as exc:
         raise UpError(f"cannot start a local Ray head: {exc}") from exc
     return RayState(address=head.address, head=head), True
+
+
+def head_network(settings: Settings) -> HeadNetwork:
+    """Where the local head listens, always with Ray's token auth: every Ray service binds
+    the head's address, but Ray Serve's replicas also open an inter-deployment gRPC port on
+    every address (hard-coded ``[::]:0`` in Ray 2.60); the token is what guards it."""
+    return HeadNetwork(
+        host=settings.ray_host,
+        data_plane_host=settings.serve_host,
+        auth_token_path=str(ray_token(settings)),
+        http_request_timeout_s=settings.data_plane_request_timeout_s,
+        client_timeout_s=settings.data_plane_client_timeout_s,
+        max_headers=settings.data_plane_max_headers,
+    )
+
+
+def ray_token(settings: Settings) -> Path:
+    """The local head's Ray auth token (made once, mode 0600, never logged)."""
+    path = settings.ray_token_path
+    if not path.exists() or not path.read_text().strip():
+        write_private(path, secrets.token_hex(32).encode())
+    return path
+
+
+def _check_same_network(head: RayHead, wanted: HeadNetwork) -> None:
+    """A running head keeps the addresses and auth it started with: refuse to serve with
+    other network settings (its jobs would be lost if we restarted it unasked)."""
+    if head.network != wanted:
+        raise UpError(
+            "the local Ray head still running was started with other network settings "
+            "(addresses, token auth or HAProxy limits); run `gureum down` first "
+            "(it stops running jobs), then `gureum up` again"
+        )

@@ -44,6 +44,8 @@ def status(settings: Settings) -> StatusReport:
     parts = {"server": _server(state)}
     parts.update(_readiness(settings, state, parts["server"].ok))
     parts["ray"] = _ray(state)
+    if parts["server"].ok:
+        parts["sandbox"] = _sandbox(settings, state)
     return StatusReport(
         running=parts["server"].ok,
         url=state.url,
@@ -96,6 +98,33 @@ def _readiness(settings: Settings, state: RunState, server_ok: bool) -> dict[str
         "database": Part(ok=bool(ready.get("database")), detail=state.database),
         "artifacts": Part(ok=bool(ready.get("artifacts")), detail=state.artifacts),
     }
+
+
+def _key(settings: Settings) -> str | None:
+    found = read_credentials(settings.credentials_path).get("api_key")
+    return found or os.environ.get("GUREUM_API_KEY")
+
+
+def _sandbox(settings: Settings, state: RunState) -> Part:
+    """Whether script jobs run sandboxed, as the server sees it (/v1/settings): down when
+    they would be refused, ok with a warning when a site admin allowed unsandboxed code."""
+    key = _key(settings)
+    if not key:
+        return Part(ok=False, detail="unknown: no API key")
+    try:
+        with Client(state.url, key, timeout=PROBE_TIMEOUT) as client:
+            site = client.settings.get()
+    except GureumError as exc:
+        return Part(ok=False, detail=f"unknown: {exc.message}")
+    if site.sandbox.available:
+        extra = "; allow_unsandboxed_code is on" if site.allow_unsandboxed_code else ""
+        return Part(ok=True, detail=site.sandbox.detail + extra)
+    if site.allow_unsandboxed_code:
+        return Part(
+            ok=True,
+            detail=f"UNSANDBOXED: {site.sandbox.detail}; a site admin allowed unsandboxed code",
+        )
+    return Part(ok=False, detail=f"{site.sandbox.detail}; script jobs are refused")
 
 
 def _ray(state: RunState) -> Part:

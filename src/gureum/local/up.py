@@ -18,7 +18,7 @@ from types import FrameType
 import httpx
 import uvicorn
 
-from gureum.compute.local_ray import LOCAL_AUTH
+from gureum.compute.local_ray import auth_env
 from gureum.config import Settings
 from gureum.local.down import STOP_TIMEOUT, server_alive, stop_ray
 from gureum.local.prepare import (
@@ -30,6 +30,7 @@ from gureum.local.prepare import (
     mask_url,
     prepare_database,
     save_credentials,
+    secure_home,
     server_url,
 )
 from gureum.local.procs import (
@@ -105,11 +106,13 @@ def _server_env(settings: Settings, ray: RayState | None) -> dict[str, str]:
     env = dict(os.environ)
     ray_address = ray.address if ray else ""
     if ray is not None and ray.head is not None:
-        env.update(LOCAL_AUTH)
+        env.pop("RAY_AUTH_TOKEN", None)
+        env.update(auth_env(ray.head.network))
     env.update(
         GUREUM_HOME=str(settings.home),
         GUREUM_HOST=settings.host,
         GUREUM_PORT=str(settings.port),
+        GUREUM_SERVE_HOST=settings.serve_host,
         GUREUM_DATABASE_URL=settings.resolved_database_url,
         GUREUM_ARTIFACTS=settings.resolved_artifacts,
         GUREUM_RAY_ADDRESS=ray_address,
@@ -154,6 +157,7 @@ def _wait_healthy(
 
 def up(settings: Settings, *, timeout: float = START_TIMEOUT) -> UpResult:
     """Start the cloud detached and return once the server answers."""
+    secure_home(settings)
     with run_lock(settings.run_dir):
         previous = load_state(settings.run_dir)
         if previous is not None and server_alive(previous):
@@ -220,6 +224,7 @@ def run_foreground(settings: Settings, on_ready: Callable[[UpResult], None]) -> 
 
 
 def _foreground(settings: Settings, on_ready: Callable[[UpResult], None]) -> UpResult | None:
+    secure_home(settings)
     with run_lock(settings.run_dir):
         previous = load_state(settings.run_dir)
         if previous is not None and server_alive(previous):
@@ -236,7 +241,8 @@ def _foreground(settings: Settings, on_ready: Callable[[UpResult], None]) -> UpR
     try:
         on_ready(result)
         if state.ray is not None and state.ray.head is not None:
-            os.environ.update(LOCAL_AUTH)
+            os.environ.pop("RAY_AUTH_TOKEN", None)
+            os.environ.update(auth_env(state.ray.head.network))
         _serve(settings, result.ray_address)
     finally:
         # The head is this process's child in all but name: started (or taken over from a

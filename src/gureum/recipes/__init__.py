@@ -1,6 +1,11 @@
 """Built-in trainers behind one ``Recipe`` protocol: image-generator, image-classifier,
 text-generator and tabular. Pure code: they run on the platform (Ray) and as plain Python alike.
+
+Importing this package imports no torch or sklearn: the control plane reads recipes through
+their specs (``recipes.specs``). ``LocalRunContext`` (torch) is imported when first used.
 """
+
+from typing import Any
 
 from gureum.recipes.base import (
     BadInput,
@@ -18,7 +23,6 @@ from gureum.recipes.base import (
     UnknownRecipe,
     parse_params,
 )
-from gureum.recipes.context import LocalRunContext
 from gureum.recipes.dataset import DataFile, LocalDataset
 from gureum.recipes.registry import (
     RECIPES,
@@ -54,3 +58,12 @@ __all__ = [
     "prepare",
     "train_and_evaluate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``LocalRunContext`` imports torch (devices): loaded on first use, not with the package."""
+    if name == "LocalRunContext":
+        from gureum.recipes.context import LocalRunContext
+
+        return LocalRunContext
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

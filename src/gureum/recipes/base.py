@@ -100,6 +100,20 @@ class RecipeParams(BaseModel):
 
     seed: int = Field(0, description="seed for initialisation, data order and sampling")
 
+    def chosen(self) -> set[str]:
+        """Parameters given with a value other than their default.
+
+        Rules between parameters look at these, not at ``model_fields_set``: the platform
+        stores a job's full parameters (defaults included) and the worker validates them again,
+        so a default must read the same whether it was typed or filled in.
+        """
+        fields = type(self).model_fields
+        return {
+            name
+            for name in self.model_fields_set
+            if getattr(self, name) != fields[name].get_default(call_default_factory=True)
+        }
+
 
 @dataclass
 class TrainOutput:
@@ -116,6 +130,17 @@ class EvalOutput:
     metrics: dict[str, float]
     details: dict[str, Any] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
+
+
+def evaluation_report(
+    ctx: RunContext, recipe: str, metrics: dict[str, float], details: dict[str, Any]
+) -> EvalOutput:
+    """The evaluation as a job output (``evaluation.json``) and one log line."""
+    report = ctx.artifacts_dir / "evaluation.json"
+    report.write_text(json.dumps({"metrics": metrics, **details}, indent=2))
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "/" not in k)
+    ctx.log(f"{recipe}: {shown}")
+    return EvalOutput(metrics, details, [report])
 
 
 class Predictor(Protocol):
@@ -217,6 +242,9 @@ class RecipeBase:
 
     name: str
     description: str
+    # True when ``load`` unpickles model files: the platform then loads only files its own
+    # train jobs wrote (``registry.unpickles``), never uploaded ones.
+    unpickles_model: bool = False
 
     def predict(self, model_dir: Path, inputs: list[Any], device: str = "cpu") -> list[Any]:
         return self.load(model_dir, device).predict(inputs)

@@ -19,7 +19,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,8 +41,12 @@ class LocalRunContext:
         timeout_s: float | None = None,
         echo: TextIO | None = None,
         on_progress: Callable[[int, int, int], None] | None = None,
+        models: Mapping[str, Path | str] | None = None,
     ) -> None:
         self.root = Path(root)
+        # Registry models the run may read, by reference (a LoRA base model: ``base_model``);
+        # on the platform these are the versions the server resolved, fetched by the worker.
+        self.models = {ref: Path(folder) for ref, folder in (models or {}).items()}
         self._device = device
         self._keep = max(1, keep_checkpoints)
         self._stop = stop or threading.Event()

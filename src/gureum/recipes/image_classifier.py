@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from gureum.recipes.base import (
@@ -20,15 +19,17 @@ from gureum.recipes.base import (
     EvalOutput,
     ModelConfig,
     RecipeBase,
-    RecipeParams,
     RunContext,
     TrainOutput,
     export_files,
 )
 from gureum.recipes.dataset import LocalDataset
-from gureum.recipes.images import decode_input, load_split, require_images
+from gureum.recipes.images import decode_input, load_split
 from gureum.recipes.metrics import classification_report
 from gureum.recipes.nets import SmallCNN
+from gureum.recipes.params import IMAGE_CLASSIFIER as NAME
+from gureum.recipes.params import ClassifierParams, check_classifier_dataset
+from gureum.recipes.specs import SPECS
 from gureum.recipes.training import (
     WEIGHTS_FILE,
     batched,
@@ -42,18 +43,7 @@ from gureum.recipes.training import (
     steps_in,
 )
 
-NAME = "image-classifier"
 EVAL_BATCH = 256
-
-
-class ClassifierParams(RecipeParams):
-    epochs: int = Field(10, ge=1, le=1000)
-    batch_size: int = Field(16, ge=1, le=4096)
-    lr: float = Field(2e-3, gt=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    image_size: int = Field(32, ge=8, le=256)
-    width: int = Field(32, ge=4, le=256, description="channels of the first conv layer")
-    dropout: float = Field(0.1, ge=0, lt=1)
 
 
 def _model(info: dict[str, Any], params: dict[str, Any]) -> SmallCNN:
@@ -143,11 +133,11 @@ class ClassifierPredictor:
 
 class ImageClassifier(RecipeBase):
     name = NAME
-    description = "small CNN for folder-per-class images; accuracy, per-class P/R, confusion"
+    description = SPECS[NAME].description
     Params = ClassifierParams
 
     def check_dataset(self, ds: LocalDataset, params: ClassifierParams | None = None) -> None:
-        require_images(ds, NAME, min_classes=2)
+        check_classifier_dataset(ds, params)
 
     def train(self, ctx: RunContext, ds: LocalDataset, params: ClassifierParams) -> TrainOutput:
         self.check_dataset(ds, params)

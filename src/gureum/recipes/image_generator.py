@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from gureum.recipes.base import (
@@ -31,17 +30,20 @@ from gureum.recipes.base import (
     EvalOutput,
     ModelConfig,
     RecipeBase,
-    RecipeParams,
     RunContext,
     TrainOutput,
     export_files,
 )
 from gureum.recipes.context import ScratchContext
 from gureum.recipes.dataset import LocalDataset
-from gureum.recipes.image_classifier import ClassifierParams, train_classifier
-from gureum.recipes.images import load_split, png_bytes, require_images, save_grid, to_image
+from gureum.recipes.image_classifier import train_classifier
+from gureum.recipes.images import load_split, png_bytes, save_grid, to_image
+from gureum.recipes.io_schemas import MAX_IMAGES as MAX_COUNT
 from gureum.recipes.metrics import median_bandwidth, mmd2
 from gureum.recipes.nets import ConditionalVAE, SmallCNN
+from gureum.recipes.params import IMAGE_GENERATOR as NAME
+from gureum.recipes.params import ClassifierParams, GeneratorParams, check_generator_dataset
+from gureum.recipes.specs import SPECS
 from gureum.recipes.training import (
     WEIGHTS_FILE,
     batched,
@@ -55,23 +57,11 @@ from gureum.recipes.training import (
     steps_in,
 )
 
-NAME = "image-generator"
 SINGLE_CLASS = "all"
 EVAL_SEED = 1234
-MAX_COUNT = 64
 # Fixed, not parameters: two models evaluated on one dataset must share the feature space.
 FEATURE_EPOCHS = 20
 FEATURE_WIDTH = 16
-
-
-class GeneratorParams(RecipeParams):
-    epochs: int = Field(30, ge=1, le=5000)
-    batch_size: int = Field(32, ge=1, le=4096)
-    lr: float = Field(2e-3, gt=0, le=1)
-    image_size: int = Field(32, ge=8, le=128, multiple_of=8)
-    latent: int = Field(32, ge=2, le=512)
-    width: int = Field(32, ge=4, le=256)
-    samples_per_class: int = Field(8, ge=1, le=64, description="pictures per class in the grid")
 
 
 def _vae(cfg: ModelConfig) -> ConditionalVAE:
@@ -128,11 +118,11 @@ class GeneratorPredictor:
 
 class ImageGenerator(RecipeBase):
     name = NAME
-    description = "class-conditional VAE for small pictures; kernel MMD and sample grids"
+    description = SPECS[NAME].description
     Params = GeneratorParams
 
     def check_dataset(self, ds: LocalDataset, params: GeneratorParams | None = None) -> None:
-        require_images(ds, NAME, min_classes=0)
+        check_generator_dataset(ds, params)
 
     def train(self, ctx: RunContext, ds: LocalDataset, params: GeneratorParams) -> TrainOutput:
         self.check_dataset(ds, params)

@@ -47,8 +47,8 @@ def load_split(
     return torch.stack(images), torch.tensor(labels, dtype=torch.long)
 
 
-def decode_input(item: Any, size: int) -> torch.Tensor:
-    """A prediction input: raw image bytes, base64 text, or ``{"image": base64}``."""
+def input_bytes(item: Any) -> bytes:
+    """The file of a prediction input: raw image bytes, base64 text, or ``{"image": base64}``."""
     data: Any = item.get("image") if isinstance(item, dict) else item
     if isinstance(data, str):
         try:
@@ -57,6 +57,12 @@ def decode_input(item: Any, size: int) -> torch.Tensor:
             raise BadInput("image input must be base64-encoded image bytes") from None
     if not isinstance(data, bytes | bytearray):
         raise BadInput('each input must be image bytes, base64 text or {"image": base64}')
+    return bytes(data)
+
+
+def decode_input(item: Any, size: int) -> torch.Tensor:
+    """A prediction input (see ``input_bytes``) as the model's tensor."""
+    data = input_bytes(item)
     try:
         with Image.open(io.BytesIO(data)) as img:
             return to_tensor(img, size)
@@ -92,24 +98,3 @@ def save_grid(images: torch.Tensor, cols: int, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     grid(images, cols).save(path, format="PNG")
     return path
-
-
-def require_images(ds: LocalDataset, recipe: str, min_classes: int) -> None:
-    """Refuse, from the manifest alone, a dataset an image recipe cannot use."""
-    layout = "a folder-per-class image dataset" if min_classes > 1 else "an image dataset"
-    images = ds.select("image")
-    if not images:
-        raise DatasetMismatch(f"{recipe} needs {layout}; got {ds.describe()}")
-    classes = ds.labels()
-    if len(classes) < min_classes:
-        found = ", ".join(classes) or "none"
-        raise DatasetMismatch(
-            f"{recipe} needs {layout} with at least {min_classes} classes (one folder per "
-            f"class); found {len(classes)}: {found}"
-        )
-    for split in ("train", "validation"):
-        if not ds.select("image", split):
-            raise DatasetMismatch(
-                f"{recipe} needs images in both splits; the {split} split has none "
-                "(push the dataset with a validation ratio between 0 and 1)"
-            )

@@ -49,6 +49,16 @@ def classification_report(
     return metrics, details
 
 
+def regression_metrics(y: NDArray[Any], pred: NDArray[Any]) -> dict[str, float]:
+    err = pred - y
+    total = float(((y - y.mean()) ** 2).sum())
+    return {
+        "rmse": float(np.sqrt((err**2).mean())),
+        "mae": float(np.abs(err).mean()),
+        "r2": 1.0 - float((err**2).sum()) / total if total else 0.0,
+    }
+
+
 def median_bandwidth(x: torch.Tensor) -> float:
     """The median heuristic: the RBF width is the median pairwise distance of the reference."""
     d = torch.cdist(x, x)

@@ -1,4 +1,5 @@
-"""The built-in recipes by name, and the two calls the platform makes around them.
+"""The recipes by name, from their specs (``recipes.specs``), and the two calls the platform
+makes around them. A recipe's implementation (torch, sklearn) is imported when first asked for.
 
 ``prepare`` is what the control plane runs at submission (unknown recipe, unknown or bad
 parameter, a dataset that does not fit: refused before anything is queued); ``train_and_evaluate``
@@ -9,14 +10,16 @@ path, so the two can be compared.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
+from gureum.recipes import specs
 from gureum.recipes.base import (
     EvalOutput,
     Recipe,
+    RecipeError,
     RecipeParams,
     RunContext,
     TrainOutput,
@@ -24,42 +27,83 @@ from gureum.recipes.base import (
     parse_params,
 )
 from gureum.recipes.dataset import LocalDataset
-from gureum.recipes.image_classifier import ImageClassifier
-from gureum.recipes.image_generator import ImageGenerator
-from gureum.recipes.tabular import Tabular
-from gureum.recipes.text_generator import TextGenerator
-from gureum.recipes.training import is_main
+from gureum.recipes.spec import RecipeSpec
 
-_BUILT_IN: tuple[Recipe[Any], ...] = (
-    ImageGenerator(),
-    ImageClassifier(),
-    TextGenerator(),
-    Tabular(),
-)
-RECIPES: Mapping[str, Recipe[Any]] = MappingProxyType({r.name: r for r in _BUILT_IN})
+_loaded: dict[str, Recipe[Any]] = {}
+_lock = threading.Lock()
 
 
 def names() -> list[str]:
-    return list(RECIPES)
+    """The recipes a train job runs by name alone: trainable, bringing no code of their own."""
+    return [n for n, s in specs.SPECS.items() if s.trainable and not s.needs_code]
+
+
+def spec(name: str) -> RecipeSpec:
+    """The recipe's spec; ``UnknownRecipe`` listing the known ones."""
+    found = specs.spec_of(name)
+    if found is None:
+        raise UnknownRecipe(f"unknown recipe {name!r}; choose one of: {', '.join(specs.SPECS)}")
+    return found
 
 
 def get_recipe(name: str) -> Recipe[Any]:
-    try:
-        return RECIPES[name]
-    except KeyError:
-        raise UnknownRecipe(
-            f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}"
-        ) from None
+    """The recipe object, its implementation imported on first use (torch and the like)."""
+    found = spec(name)
+    with _lock:
+        if name not in _loaded:
+            _loaded[name] = found.load_implementation()
+        return _loaded[name]
+
+
+class _Recipes(Mapping[str, Recipe[Any]]):
+    """The built-in trainers by name (``names()``), each loaded when first looked up."""
+
+    def __getitem__(self, name: str) -> Recipe[Any]:
+        if name not in names():
+            raise KeyError(name)
+        return get_recipe(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(names())
+
+    def __len__(self) -> int:
+        return len(names())
+
+
+RECIPES: Mapping[str, Recipe[Any]] = _Recipes()
+
+
+def unpickles(name: str) -> bool:
+    """Whether the recipe's ``load`` unpickles model files (code runs on load): the platform
+    hands it only files a platform train job wrote. Unknown names unpickle nothing here."""
+    found = specs.spec_of(name)
+    return bool(found and found.unpickles_model)
+
+
+def check_params(name: str, raw: Mapping[str, Any]) -> RecipeParams:
+    """A train job's parameters validated against the recipe's spec (no implementation
+    loaded); ``InvalidParams`` with every problem, ``UnknownRecipe``, or a ``RecipeError`` for
+    a recipe that does not train."""
+    found = spec(name)
+    if not found.trainable or found.params is None:
+        raise RecipeError(f"recipe {name!r} only serves models; it does not train")
+    return parse_params(name, found.params, dict(raw))
+
+
+def check_dataset(name: str, ds: LocalDataset, params: RecipeParams | None = None) -> None:
+    """``DatasetMismatch`` unless ``ds`` fits the recipe, from its manifest alone."""
+    found = spec(name)
+    if found.check_dataset is not None:
+        found.check_dataset(ds, params)
 
 
 def prepare(
     name: str, raw_params: Mapping[str, Any], ds: LocalDataset
 ) -> tuple[Recipe[Any], RecipeParams]:
     """Recipe, validated parameters, and the dataset checked against them (manifest only)."""
-    recipe = get_recipe(name)
-    params = parse_params(recipe.name, recipe.Params, dict(raw_params))
-    recipe.check_dataset(ds, params)
-    return recipe, params
+    params = check_params(name, raw_params)
+    check_dataset(name, ds, params)
+    return get_recipe(name), params
 
 
 @dataclass
@@ -95,6 +139,8 @@ def train_and_evaluate(
 
     ``recipe`` is a name, or a recipe object configured for this run (a script with its code).
     """
+    from gureum.recipes.training import is_main  # torch: a job's process, not the server
+
     if isinstance(recipe, str):
         recipe = get_recipe(recipe)
     params = parse_params(recipe.name, recipe.Params, dict(raw_params))

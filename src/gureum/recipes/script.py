@@ -17,35 +17,39 @@ import os
 import queue
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import torch
-from pydantic import ConfigDict, Field, field_validator
 
 import gureum
 from gureum import run as job_api
+from gureum.compute import sandbox, user_env
+from gureum.compute.sandbox_init import RANKS_DIR
 from gureum.recipes.base import (
     Cancelled,
     EvalOutput,
     Predictor,
     RecipeBase,
     RecipeError,
-    RecipeParams,
     RunContext,
     TrainOutput,
 )
 from gureum.recipes.dataset import LocalDataset
+from gureum.recipes.params import SCRIPT as NAME
+from gureum.recipes.params import ScriptParams as ScriptParams
+from gureum.recipes.params import check_script_dataset
+from gureum.recipes.specs import SPECS
 
 if TYPE_CHECKING:
     from gureum.recipes.base import Recipe
 
-NAME = "script"
 RUN_DIR = "script-run"
 MANIFEST_FILE = "manifest.json"
 REGISTERED_FILE = "registered.json"
@@ -58,6 +62,19 @@ EVENTS_CHUNK = 4 * 1024 * 1024
 STOP_GRACE_S = 3.0  # after writing ``stop``: time to save a checkpoint and exit by itself
 KILL_AFTER_S = 5.0  # after the stop request: SIGTERM at STOP_GRACE_S, SIGKILL at this
 DRAIN_S = 2.0  # after exit: how long output still held open by a stray process is read
+WATCH_S = 0.5  # how often the sandbox's memory, processes and disk are checked
+HOME_DIR = "home"
+REDACTED = "[secret]"
+DIST_ENV = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "NODE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+MIN_REDACT = 4  # shorter secret values would blank out ordinary text
 _EOF = object()
 
 
@@ -67,25 +84,10 @@ class ScriptFailed(RecipeError):
     code = "script_failed"
 
 
-class ScriptParams(RecipeParams):
-    """``entrypoint``/``args`` come from the job's code; every other key is the user's own."""
+class SandboxRefused(RecipeError):
+    """User code would have to run outside the sandbox, and no site admin allowed that."""
 
-    model_config = ConfigDict(extra="allow", validate_default=True)
-
-    entrypoint: str = Field(..., min_length=1, description="the .py file to run, relative")
-    args: list[str] = Field(default_factory=list, description="command-line arguments")
-
-    @field_validator("entrypoint")
-    @classmethod
-    def _relative_py(cls, v: str) -> str:
-        p = PurePosixPath(v)
-        if p.is_absolute() or ".." in p.parts or "\\" in v or not v.endswith(".py"):
-            raise ValueError("must be a relative path of a .py file inside the code folder")
-        return v
-
-    def user_params(self) -> dict[str, Any]:
-        """What the script gets as ``gureum.run.params()``."""
-        return {k: v for k, v in self.model_dump().items() if k not in {"entrypoint", "args"}}
+    code = "sandbox_unavailable"
 
 
 class _Output:
@@ -93,8 +95,10 @@ class _Output:
     script blocks on its pipe instead of filling our memory; ``ctx`` is only called from the
     supervising thread."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], redact: tuple[str, ...] = ()) -> None:
         self._stream = stream
+        # Longest first, so a secret containing another is hidden whole.
+        self._redact = sorted((v for v in redact if len(v) >= MIN_REDACT), key=len, reverse=True)
         self._q: queue.Queue[object] = queue.Queue(maxsize=1024)
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.done = False
@@ -109,15 +113,21 @@ class _Output:
             text = shown[-1] if shown else ""
         return text
 
+    def _hide(self, text: str) -> str:
+        for value in self._redact:
+            if value in text:
+                text = text.replace(value, REDACTED)
+        return text
+
     def _read(self) -> None:
         try:
             while raw := self._stream.readline(MAX_LINE):
                 if len(raw) >= MAX_LINE and not raw.endswith(b"\n"):
-                    self._q.put(self._text(raw) + CUT_MARK)
+                    self._q.put(self._hide(self._text(raw)) + CUT_MARK)
                     while raw and not raw.endswith(b"\n"):  # drop the rest of the line
                         raw = self._stream.readline(MAX_LINE)
                 else:
-                    self._q.put(self._text(raw))
+                    self._q.put(self._hide(self._text(raw)))
         except (OSError, ValueError):
             pass  # the pipe was closed under us
         finally:
@@ -155,10 +165,10 @@ class _Events:
         """Handle every whole line written since the last call, a bounded chunk at a time."""
         while True:
             try:
-                with open(self._path, "rb") as fh:
+                with _open_nofollow(self._path) as fh:
                     fh.seek(self._offset)
                     data = fh.read(EVENTS_CHUNK)
-            except FileNotFoundError:
+            except OSError:  # not there yet, or a link (ELOOP): nothing we may read
                 return
             end = data.rfind(b"\n")
             if end < 0:
@@ -200,7 +210,8 @@ class _Events:
         try:
             # weights_only: the context reloads it so on a retry; a state it cannot load there
             # is better refused now, loudly, than at the start of the retry.
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with _open_nofollow(path) as fh:
+                state = torch.load(fh, map_location="cpu", weights_only=True)
         except Exception as exc:
             self._ctx.log(
                 f"{NAME}: checkpoint not kept for retries (only tensors, numbers, strings, "
@@ -217,6 +228,50 @@ class _Events:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _open_nofollow(path: Path) -> IO[bytes]:
+    """Open a file the script wrote, refusing a symlink (it could point at our secrets)."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+
+
+def _touch_nofollow(path: Path) -> None:
+    """Create ``path`` in a folder the script controls without following its links."""
+    if path.parent.is_symlink():
+        return
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+
+
+def _keep_plain_files(ctx: RunContext, run_dir: Path) -> None:
+    """Remove symlinks and special files the script left in its model folder: we upload
+    that folder as the control plane's OS user, and a link could name any file of ours."""
+    model = run_dir / job_api.MODEL_DIR
+    if model.is_symlink() or (model.exists() and not model.is_dir()):
+        model.unlink()
+    model.mkdir(exist_ok=True)
+    for folder, dirs, files in os.walk(model):  # never follows links
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode) or not (
+                stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
+            ):
+                path.unlink()
+                ctx.log(
+                    f"{NAME}: dropped {path.relative_to(run_dir)} "
+                    "(links and special files are not kept)"
+                )
+        dirs[:] = [
+            d for d in dirs if (Path(folder) / d).is_dir() and not (Path(folder) / d).is_symlink()
+        ]
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL to the process group and to every process under ``pid`` (a sandbox's own
+    session included; its namespace dies with it anyway)."""
+    sandbox.signal_tree(pid, signal.SIGKILL, include_root=False)
+    _signal_group(pid, signal.SIGKILL)
 
 
 def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
@@ -239,18 +294,22 @@ def _exit_text(rc: int) -> str:
 
 class ScriptRecipe(RecipeBase):
     name = NAME
-    description = "your own Python entry point, reporting through gureum.run"
+    description = SPECS[NAME].description
     Params = ScriptParams
 
-    def __init__(self, code_dir: Path | None = None) -> None:
+    def __init__(self, code_dir: Path | None = None, policy: sandbox.Policy | None = None) -> None:
         self.code_dir = code_dir
+        self.policy = policy
 
-    def with_code(self, code_dir: Path) -> ScriptRecipe:
-        """A copy that runs the code in ``code_dir``; the registry's instance has none."""
-        return ScriptRecipe(Path(code_dir))
+    def with_code(self, code_dir: Path, policy: sandbox.Policy | None = None) -> ScriptRecipe:
+        """A copy that runs the code in ``code_dir``; the registry's instance has none.
+
+        The platform always gives a ``policy`` (sandboxed, scrubbed environment, limits);
+        without one the script runs as a plain child process, for a script run by hand."""
+        return ScriptRecipe(Path(code_dir), policy)
 
     def check_dataset(self, ds: LocalDataset | None, params: ScriptParams | None = None) -> None:
-        """Any dataset, or none: the script decides what it can read."""
+        check_script_dataset(ds, params)
 
     @staticmethod
     def registered(model_dir: Path) -> bool:
@@ -270,10 +329,21 @@ class ScriptRecipe(RecipeBase):
         shutil.rmtree(run_dir, ignore_errors=True)  # an earlier attempt's events and stop file
         (run_dir / job_api.MODEL_DIR).mkdir(parents=True)
         resumed = self._write_resume(ctx, run_dir)
-        env = self._env(ctx, ds, params, code_dir, run_dir)
+        job_env = self._job_env(ctx, ds, params, run_dir)
+        command = [sys.executable, "-u", str(entry), *params.args]
+        env_dir = user_env.ensure(code_dir, ctx.log)  # requirements.txt: wheels, cached
+        if self.policy is None:
+            argv, env = command, self._host_env(job_env, code_dir)
+        else:
+            argv, env = self._policed(
+                ctx, self.policy, ds, code_dir, run_dir, command, job_env, env_dir
+            )
+        if env_dir is not None:  # right after the code folder on the script's path
+            first, _, rest = env["PYTHONPATH"].partition(os.pathsep)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [first, str(env_dir), rest]))
         ctx.log(f"{NAME}: running {params.entrypoint} {' '.join(params.args)}".rstrip())
         proc = subprocess.Popen(
-            [sys.executable, "-u", str(entry), *params.args],
+            argv,
             cwd=code_dir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -281,21 +351,32 @@ class ScriptRecipe(RecipeBase):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        watchdog = None
+        if self.policy is not None:
+            watchdog = sandbox.Watchdog(proc.pid, self.policy.limits, run_dir)
         try:
-            events, output, stopped = self._supervise(ctx, proc, run_dir)
+            events, output, stopped, killed = self._supervise(
+                ctx, proc, run_dir, watchdog, self.policy
+            )
         finally:
             if proc.returncode is None:  # we are failing ourselves: leave nothing running
-                _signal_group(proc.pid, signal.SIGKILL)
+                _kill(proc.pid)
                 proc.wait()
         rc = proc.returncode
+        if self.policy is not None and rc > 128 and rc - 128 in signal.valid_signals():
+            rc = 128 - rc  # bwrap and sandbox_init report a signal as 128 + its number
         if events.checkpoints:
             ctx.log(f"{NAME}: kept {events.checkpoints} checkpoint(s)")
         if stopped:
             raise Cancelled(f"script stopped ({_exit_text(rc)})")
+        if killed is not None:
+            raise ScriptFailed(f"script killed by the platform: it {killed}")
         if rc != 0:
             tail = "\n".join(output.tail)
             raise ScriptFailed(f"script {_exit_text(rc)}" + (f"\n{tail}" if tail else ""))
         metrics = events.registered or {}
+        _keep_plain_files(ctx, run_dir)  # the script's links must not lead us outside
+        (run_dir / REGISTERED_FILE).unlink(missing_ok=True)  # only ours counts
         if events.registered is not None:
             marker = {"metrics": metrics, "time": round(time.time(), 3)}
             (run_dir / REGISTERED_FILE).write_text(json.dumps(marker, indent=2))
@@ -321,16 +402,11 @@ class ScriptRecipe(RecipeBase):
         return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
     @staticmethod
-    def _env(
-        ctx: RunContext,
-        ds: LocalDataset | None,
-        params: ScriptParams,
-        code_dir: Path,
-        run_dir: Path,
+    def _job_env(
+        ctx: RunContext, ds: LocalDataset | None, params: ScriptParams, run_dir: Path
     ) -> dict[str, str]:
-        env = dict(os.environ)
-        for key in ("GUREUM_DATA_DIR", "GUREUM_DATA_MANIFEST"):
-            env.pop(key, None)
+        """The ``gureum.run`` channel: the only variables of ours the script gets."""
+        env: dict[str, str] = {}
         if ds is not None:
             manifest = run_dir / MANIFEST_FILE
             manifest.write_text(json.dumps(ds.to_manifest(), indent=2))
@@ -339,51 +415,125 @@ class ScriptRecipe(RecipeBase):
         job_id = getattr(ctx, "job_id", None)
         if isinstance(job_id, str) and job_id:
             env["GUREUM_JOB_ID"] = job_id
+        env.update(
+            GUREUM_RUN_DIR=str(run_dir.resolve()),
+            GUREUM_PARAMS=json.dumps(params.user_params()),
+            GUREUM_DEVICE=ctx.device,
+        )
+        return env
+
+    @staticmethod
+    def _host_env(job_env: dict[str, str], code_dir: Path) -> dict[str, str]:
+        """By hand (no policy): our environment plus the job's channel."""
+        env = dict(os.environ)
+        for key in ("GUREUM_DATA_DIR", "GUREUM_DATA_MANIFEST"):
+            env.pop(key, None)
         # The code first, then whatever was there, then this gureum, so `import gureum.run`
         # works even where gureum is on our sys.path only (tests, a source checkout).
         package_root = str(Path(gureum.__file__).resolve().parent.parent)
         paths = [str(code_dir), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
         env["PYTHONPATH"] = os.pathsep.join([*paths, package_root])
-        env.update(
-            GUREUM_RUN_DIR=str(run_dir.resolve()),
-            GUREUM_PARAMS=json.dumps(params.user_params()),
-            GUREUM_DEVICE=ctx.device,
-            PYTHONUNBUFFERED="1",
-        )
+        env.update(job_env, PYTHONUNBUFFERED="1")
         return env
 
     @staticmethod
+    def _policed(
+        ctx: RunContext,
+        policy: sandbox.Policy,
+        ds: LocalDataset | None,
+        code_dir: Path,
+        run_dir: Path,
+        command: list[str],
+        job_env: dict[str, str],
+        env_dir: Path | None = None,
+    ) -> tuple[list[str], dict[str, str]]:
+        """(argv, environment) of the platform's run: ``sandbox_init`` (rlimits, ranks) inside
+        bubblewrap, or on the host only where a site admin allowed unsandboxed code."""
+        home = run_dir / HOME_DIR
+        home.mkdir(exist_ok=True)
+        try:
+            env = sandbox.environment(
+                job_env,
+                home=home,
+                code_dir=code_dir,
+                cpus=policy.cpus,
+                secrets=dict(policy.secrets),
+            )
+        except sandbox.SandboxError as exc:
+            raise SandboxRefused(f"{NAME}: {exc}") from None
+        if policy.host_network:  # a Ray Train rank: Ray Train set where the ranks meet
+            env.update({k: os.environ[k] for k in DIST_ENV if k in os.environ})
+        inner = sandbox.init_argv(command, policy.limits, ranks=policy.ranks, run_dir=run_dir)
+        bwrap = sandbox.bwrap_path()
+        why = "its ranks span nodes" if policy.host_network else sandbox.probe(bwrap)
+        if why is None:
+            layout = sandbox.Layout(
+                run_dir,
+                code_dir,
+                data_dir=Path(ds.root) if ds is not None and Path(ds.root).is_dir() else None,
+                forbidden=policy.forbidden,
+                gpu=ctx.device.startswith("cuda"),
+                python_roots=sandbox.python_roots() + ((env_dir,) if env_dir else ()),
+            )
+            try:
+                return [bwrap, *sandbox.bwrap_args(layout), "--", *inner], env
+            except sandbox.SandboxError as exc:
+                raise SandboxRefused(f"{NAME}: {exc}") from None
+        if not policy.unsandboxed_ok:
+            raise SandboxRefused(
+                f"{NAME}: user code runs only in a sandbox and {why}; a site admin can allow "
+                "unsandboxed code (PUT /v1/settings/allow_unsandboxed_code)"
+            )
+        ctx.log(f"{NAME}: running WITHOUT a sandbox ({why}); a site admin allowed unsandboxed code")
+        return inner, env
+
+    @staticmethod
     def _supervise(
-        ctx: RunContext, proc: subprocess.Popen[bytes], run_dir: Path
-    ) -> tuple[_Events, _Output, bool]:
+        ctx: RunContext,
+        proc: subprocess.Popen[bytes],
+        run_dir: Path,
+        watchdog: sandbox.Watchdog | None = None,
+        policy: sandbox.Policy | None = None,
+    ) -> tuple[_Events, _Output, bool, str | None]:
         """Forward output and events until the script has exited and its output is drained;
-        on a stop request: ``stop`` file, then SIGTERM, then SIGKILL to the whole group."""
+        on a stop request: ``stop`` file, then SIGTERM, then SIGKILL to the whole group; over a
+        limit the watchdog names: SIGKILL, and the reason is returned."""
         assert proc.stdout is not None
         events = _Events(ctx, run_dir)
-        output = _Output(proc.stdout)
+        output = _Output(proc.stdout, tuple(v for _, v in policy.secrets) if policy else ())
         stop_at: float | None = None
         term_sent = False
         exit_at: float | None = None
-        next_poll = 0.0
+        next_poll = next_watch = 0.0
+        killed: str | None = None
         while True:
             output.forward(ctx, POLL_S)
             now = time.monotonic()
             if exit_at is None and _has_exited(proc):
                 exit_at = now
                 _signal_group(proc.pid, signal.SIGKILL)  # whatever it left behind
+            if watchdog is not None and exit_at is None and killed is None and now >= next_watch:
+                next_watch = now + WATCH_S
+                killed = watchdog.check(now)
+                if killed is not None:
+                    ctx.log(f"{NAME}: killing the script: it {killed}")
+                    _kill(proc.pid)
             if now >= next_poll or exit_at is not None:
                 events.poll()
                 next_poll = now + POLL_S
                 if stop_at is None and exit_at is None and ctx.should_stop():
                     stop_at = now
-                    (run_dir / job_api.STOP_FILE).touch()
+                    for folder in [run_dir, *(run_dir / RANKS_DIR).glob("*")]:
+                        _touch_nofollow(folder / job_api.STOP_FILE)
                     ctx.log(f"{NAME}: stop requested; asking the script to stop")
             if stop_at is not None and exit_at is None:
                 if not term_sent and now - stop_at >= STOP_GRACE_S:
                     term_sent = True
                     _signal_group(proc.pid, signal.SIGTERM)
+                    # A sandbox's processes sit in their own session: signal them directly.
+                    sandbox.signal_tree(proc.pid, signal.SIGTERM, include_root=False)
                 if now - stop_at >= KILL_AFTER_S:
-                    _signal_group(proc.pid, signal.SIGKILL)
+                    _kill(proc.pid)
             if exit_at is not None and (output.done or now - exit_at >= DRAIN_S):
                 break
         proc.wait()
@@ -393,7 +543,7 @@ class ScriptRecipe(RecipeBase):
         else:
             ctx.log(f"{NAME}: a process outside the script's group still holds its output")
         events.poll()
-        return events, output, stop_at is not None
+        return events, output, stop_at is not None, killed
 
     def evaluate(self, ctx: RunContext, model_dir: Path, ds: LocalDataset | None) -> EvalOutput:
         """Scripts evaluate themselves: the metrics they registered with the model."""

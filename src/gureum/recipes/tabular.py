@@ -8,22 +8,26 @@ are ignored and missing values imputed.
 Rows are split as the version records: a version of one table splits its rows (unit ``row``,
 by row index with the version's seed and ratio); otherwise each CSV is wholly on its file's
 side. Column names and row numbers are the platform readers' own. Training is one ``fit`` of a few
-seconds, so there are no checkpoints: a retry fits again. The model is a joblib (pickle) file:
-load only model folders the platform wrote.
+seconds, so there are no checkpoints: a retry fits again.
+
+The model is a joblib (pickle) file, and unpickling runs code. Two locks keep uploaded files
+from doing so: the server hands this recipe only versions its own train jobs wrote
+(``platform_written``), and ``load`` reads the file with an unpickler that resolves only the
+classes a trained pipeline is made of (and no object arrays, which joblib would unpickle with
+no such check), so a crafted file fails to load instead of running.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
-from collections.abc import Mapping
+import pickle
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import joblib
 import numpy as np
-from pydantic import Field, field_validator
+from joblib.numpy_pickle import NDArrayWrapper, NumpyArrayWrapper, NumpyUnpickler
 from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
@@ -45,33 +49,112 @@ from gureum.recipes.base import (
     ModelConfig,
     ModelMismatch,
     RecipeBase,
-    RecipeParams,
     RunContext,
     TrainOutput,
+    evaluation_report,
     export_files,
 )
 from gureum.recipes.dataset import DataFile, LocalDataset
-from gureum.recipes.metrics import classification_report
+from gureum.recipes.metrics import classification_report, regression_metrics
+from gureum.recipes.params import TABULAR as NAME
+from gureum.recipes.params import TabularParams as TabularParams
+from gureum.recipes.params import check_tabular_dataset
+from gureum.recipes.prediction_scores import MAX_CLASS_VALUES
+from gureum.recipes.specs import SPECS
 
-NAME = "tabular"
 MODEL_FILE = "model.joblib"
-MAX_CLASS_VALUES = 10
 Row = dict[str, str]
+_SK = "sklearn."
+_HGB = "sklearn.ensemble._hist_gradient_boosting."
+# Exactly the globals the pipelines ``train`` builds pickle to (every model x task): nothing
+# else is resolved, so a crafted file cannot reach os.system, eval, getattr or the like.
+SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("joblib.numpy_pickle", "NumpyArrayWrapper"),
+        ("numpy", "dtype"),
+        ("numpy", "float64"),
+        ("numpy", "ndarray"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy.random._pcg64", "PCG64"),
+        ("numpy.random._mt19937", "MT19937"),
+        ("numpy.random._pickle", "__bit_generator_ctor"),
+        ("numpy.random._pickle", "__generator_ctor"),
+        ("numpy.random.bit_generator", "SeedSequence"),
+        ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+        (_SK + "_loss._loss", "CyHalfBinomialLoss"),
+        (_SK + "_loss._loss", "CyHalfMultinomialLoss"),
+        (_SK + "_loss._loss", "CyHalfSquaredError"),
+        (_SK + "_loss._loss", "__pyx_unpickle_CyHalfMultinomialLoss"),
+        (_SK + "_loss.link", "IdentityLink"),
+        (_SK + "_loss.link", "Interval"),
+        (_SK + "_loss.link", "LogitLink"),
+        (_SK + "_loss.link", "MultinomialLogit"),
+        (_SK + "_loss.loss", "HalfBinomialLoss"),
+        (_SK + "_loss.loss", "HalfMultinomialLoss"),
+        (_SK + "_loss.loss", "HalfSquaredError"),
+        (_SK + "ensemble._forest", "RandomForestClassifier"),
+        (_SK + "ensemble._forest", "RandomForestRegressor"),
+        (_HGB + "binning", "_BinMapper"),
+        (_HGB + "gradient_boosting", "HistGradientBoostingClassifier"),
+        (_HGB + "gradient_boosting", "HistGradientBoostingRegressor"),
+        (_HGB + "predictor", "TreePredictor"),
+        (_SK + "feature_extraction._dict_vectorizer", "DictVectorizer"),
+        (_SK + "impute._base", "SimpleImputer"),
+        (_SK + "linear_model._logistic", "LogisticRegression"),
+        (_SK + "linear_model._ridge", "Ridge"),
+        (_SK + "pipeline", "Pipeline"),
+        (_SK + "preprocessing._data", "StandardScaler"),
+        (_SK + "preprocessing._label", "LabelEncoder"),
+        (_SK + "tree._classes", "DecisionTreeClassifier"),
+        (_SK + "tree._classes", "DecisionTreeRegressor"),
+        (_SK + "tree._tree", "Tree"),
+    }
+)
 
 
-class TabularParams(RecipeParams):
-    target: str = Field(..., min_length=1, description="the column to predict")
-    task: Literal["auto", "classification", "regression"] = "auto"
-    model: Literal["gradient_boosting", "random_forest", "linear"] = "gradient_boosting"
-    drop: list[str] = Field(default_factory=list, description="columns to leave out (ids)")
-    max_iter: int = Field(200, ge=1, le=100_000, description="boosting rounds / forest trees")
-    learning_rate: float = Field(0.1, gt=0, le=1)
-    max_depth: int | None = Field(None, ge=1, le=1000)
+class UnsafeModelFile(ModelMismatch):
+    """A model file that asks the unpickler for something a trained pipeline never holds."""
 
-    @field_validator("drop", mode="before")
-    @classmethod
-    def _comma_list(cls, v: Any) -> Any:
-        return [c.strip() for c in v.split(",") if c.strip()] if isinstance(v, str) else v
+
+class _PipelineUnpickler(NumpyUnpickler):  # type: ignore[misc]
+    """joblib's unpickler, resolving only ``SAFE_GLOBALS`` and only plain-dtype arrays."""
+
+    dispatch = NumpyUnpickler.dispatch.copy()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in SAFE_GLOBALS:
+            raise UnsafeModelFile(
+                f"{NAME}: {MODEL_FILE} refers to {module}.{name}, which no tabular model holds; "
+                "refusing to load it (only files a platform train job wrote are loaded)"
+            )
+        return super().find_class(module, name)
+
+    def load_build(self) -> None:
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+        top = self.stack[-1]
+        if isinstance(top, NDArrayWrapper):
+            raise UnsafeModelFile(f"{NAME}: {MODEL_FILE} uses joblib's old array format")
+        if isinstance(top, NumpyArrayWrapper):
+            # joblib reads an object array with a plain pickle.load: never let it.
+            dtype = getattr(top, "dtype", None)
+            plain = isinstance(dtype, np.dtype) and not dtype.hasobject
+            if type(top) is not NumpyArrayWrapper or top.subclass is not np.ndarray or not plain:
+                raise UnsafeModelFile(f"{NAME}: {MODEL_FILE} holds an object or foreign array")
+            self.stack[-1] = top.read(self, self.ensure_native_byte_order)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def load_pipeline(path: Path) -> Any:
+    """The fitted pipeline in ``path``, read by the restricted unpickler."""
+    with open(path, "rb") as fh:
+        try:
+            return _PipelineUnpickler(str(path), fh, True).load()
+        except UnsafeModelFile:
+            raise
+        except Exception as exc:  # a truncated or foreign file: not a model we wrote
+            raise ModelMismatch(f"{NAME}: {path.name} is not a model file: {exc}") from None
 
 
 def _is_number(v: str) -> bool:
@@ -104,23 +187,6 @@ def load_rows(ds: LocalDataset) -> tuple[list[Row], list[Row]]:
     return train, val
 
 
-def table_columns(schema: Mapping[str, Any]) -> list[str] | None:
-    """The column names every table shares, from the version's schema (one table: its
-    ``columns``; several: ``tables``), or None when the schema records none."""
-    if isinstance(schema.get("columns"), list):
-        tables: list[Any] = [schema]
-    elif isinstance(schema.get("tables"), Mapping):
-        tables = list(schema["tables"].values())
-    else:
-        return None
-    shared: list[str] | None = None
-    for t in tables:
-        columns = t.get("columns") if isinstance(t, Mapping) else None
-        names = [str(c["name"]) for c in columns or [] if isinstance(c, Mapping) and "name" in c]
-        shared = names if shared is None else [c for c in shared if c in names]
-    return shared
-
-
 def column_types(rows: list[Row], columns: list[str]) -> dict[str, str]:
     """``number`` when every non-empty value parses as a finite float, else ``category``."""
     out = {}
@@ -139,8 +205,10 @@ def features(row: dict[str, Any], types: dict[str, str]) -> dict[str, Any]:
         if kind == "number":
             try:
                 out[c] = float(v) if v not in (None, "") else math.nan
-            except (TypeError, ValueError):
-                raise BadInput(f"column {c!r} must be a number, not {v!r}") from None
+            except (TypeError, ValueError, OverflowError):
+                raise BadInput(f"column {c!r} must be a number, not {str(v)[:40]!r}") from None
+            if math.isinf(out[c]):  # the pipeline refuses it (a 500); NaN is a missing value
+                raise BadInput(f"column {c!r} must be a finite number, not {str(v)[:40]!r}")
         elif v not in (None, ""):
             out[c] = str(v)
     return out
@@ -159,16 +227,6 @@ def _estimator(p: TabularParams, classify: bool) -> Any:
         forest = RandomForestClassifier if classify else RandomForestRegressor
         return forest(n_estimators=p.max_iter, max_depth=p.max_depth, random_state=p.seed)
     return LogisticRegression(max_iter=max(p.max_iter, 1000)) if classify else Ridge()
-
-
-def regression_metrics(y: np.ndarray[Any, Any], pred: np.ndarray[Any, Any]) -> dict[str, float]:
-    err = pred - y
-    total = float(((y - y.mean()) ** 2).sum())
-    return {
-        "rmse": float(np.sqrt((err**2).mean())),
-        "mae": float(np.abs(err).mean()),
-        "r2": 1.0 - float((err**2).sum()) / total if total else 0.0,
-    }
 
 
 class TabularPredictor:
@@ -203,21 +261,12 @@ class TabularPredictor:
 
 class Tabular(RecipeBase):
     name = NAME
-    description = "scikit-learn classification or regression on a CSV target column"
+    description = SPECS[NAME].description
     Params = TabularParams
+    unpickles_model = SPECS[NAME].unpickles_model
 
     def check_dataset(self, ds: LocalDataset, params: TabularParams | None = None) -> None:
-        if not ds.select("table"):
-            raise DatasetMismatch(f"{NAME} needs CSV files with a header row; got {ds.describe()}")
-        columns = table_columns(ds.schema)
-        if params is not None and columns is not None:
-            if params.target not in columns:
-                raise DatasetMismatch(
-                    f"{NAME}: target column {params.target!r} is not in the table; "
-                    f"columns: {', '.join(columns)}"
-                )
-            if len([c for c in columns if c != params.target and c not in params.drop]) < 1:
-                raise DatasetMismatch(f"{NAME}: no feature columns left besides the target")
+        check_tabular_dataset(ds, params)
 
     def train(self, ctx: RunContext, ds: LocalDataset, params: TabularParams) -> TrainOutput:
         self.check_dataset(ds, params)
@@ -296,18 +345,14 @@ class Tabular(RecipeBase):
         target = ModelConfig.read(model_dir, NAME).info["target"]
         _, val = load_rows(ds)
         metrics, details = self._score(predictor, val, target)
-        report = ctx.artifacts_dir / "evaluation.json"
-        report.write_text(json.dumps({"metrics": metrics, **details}, indent=2))
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k)
-        ctx.log(f"{NAME}: {shown}")
-        return EvalOutput(metrics, details, [report])
+        return evaluation_report(ctx, NAME, metrics, details)
 
     def load(self, model_dir: Path, device: str = "cpu") -> TabularPredictor:
         cfg = ModelConfig.read(model_dir, NAME)
         path = model_dir / MODEL_FILE
         if not path.is_file():
             raise ModelMismatch(f"{model_dir} holds no {MODEL_FILE}")
-        return TabularPredictor(joblib.load(path), cfg)
+        return TabularPredictor(load_pipeline(path), cfg)
 
     def export(self, model_dir: Path, dest: Path) -> list[Path]:
         ModelConfig.read(model_dir, NAME)

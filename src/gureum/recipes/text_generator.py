@@ -1,5 +1,10 @@
 """text-generator: a small byte-level GPT trained from scratch, or LoRA fine-tuning of a Hugging
-Face causal LM read from a local folder (``base_model=<path>``).
+Face causal LM of the job's own workspace registry (``base_model=NAME[:VERSION]``).
+
+A base model is never a path: the server resolves the reference in the job's workspace, the
+platform fetches that version's files for the run (``ctx.models``), and the fine-tuned model
+carries them in its ``base/`` folder, so loading it (serving, evaluation, export) reads only the
+version's own files. ``config.json`` names the base as the registry reference it came from.
 
 Both modes train on random windows of the training text, measure the held-out text (perplexity
 per token, and bits per byte, which compares across tokenizers) and write sample generations
@@ -9,9 +14,10 @@ to ``samples.txt`` in the artifacts.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import math
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 
 from gureum.recipes import gpt
@@ -30,13 +35,16 @@ from gureum.recipes.base import (
     ModelConfig,
     RecipeBase,
     RecipeError,
-    RecipeParams,
     RunContext,
     TrainOutput,
     export_files,
 )
 from gureum.recipes.dataset import LocalDataset
-from gureum.recipes.textdata import load_text, require_text
+from gureum.recipes.io_schemas import MAX_STOPS
+from gureum.recipes.params import BASE_DIR, MAX_TOKENS, TextParams, check_text_dataset, lora_base
+from gureum.recipes.params import TEXT_GENERATOR as NAME
+from gureum.recipes.specs import SPECS
+from gureum.recipes.textdata import load_text
 from gureum.recipes.training import (
     WEIGHTS_FILE,
     fit,
@@ -48,46 +56,7 @@ from gureum.recipes.training import (
     world,
 )
 
-NAME = "text-generator"
-GPT_ONLY = frozenset({"n_layer", "n_head", "n_embd", "dropout"})
-LORA_ONLY = frozenset({"lora_r", "lora_alpha", "lora_dropout"})
 SAMPLE_PROMPTS = 3
-MAX_TOKENS = 2048
-MAX_STOPS = 4
-
-
-class TextParams(RecipeParams):
-    base_model: str | None = Field(None, description="local Hugging Face model folder: LoRA")
-    epochs: int = Field(5, ge=1, le=10000)
-    steps_per_epoch: int = Field(100, ge=1, le=1_000_000)
-    batch_size: int = Field(16, ge=1, le=4096)
-    block_size: int = Field(128, ge=8, le=8192, description="context length in tokens")
-    lr: float | None = Field(None, gt=0, le=1, description="default 3e-3 (GPT), 5e-4 (LoRA)")
-    n_layer: int = Field(4, ge=1, le=48)
-    n_head: int = Field(4, ge=1, le=64)
-    n_embd: int = Field(128, ge=8, le=4096)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    lora_r: int = Field(8, ge=1, le=1024)
-    lora_alpha: int = Field(16, ge=1, le=4096)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    sample_tokens: int = Field(200, ge=1, le=MAX_TOKENS, description="length of samples")
-    eval_windows: int = Field(200, ge=1, le=100_000, description="held-out windows measured")
-
-    @model_validator(mode="after")
-    def _one_mode(self) -> TextParams:
-        given = self.model_fields_set
-        if self.base_model and given & GPT_ONLY:
-            names = ", ".join(sorted(given & GPT_ONLY))
-            raise ValueError(f"{names} shape a model trained from scratch; not with base_model")
-        if not self.base_model and given & LORA_ONLY:
-            names = ", ".join(sorted(given & LORA_ONLY))
-            raise ValueError(f"{names} apply to LoRA fine-tuning; give base_model too")
-        if not self.base_model and self.n_embd % self.n_head:
-            raise ValueError("n_embd must be a multiple of n_head")
-        return self
-
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (5e-4 if self.base_model else 3e-3)
 
 
 # One generation step: the text it makes visible (may be empty while a character is incomplete)
@@ -103,6 +72,9 @@ class LanguageModel:
     encode: Callable[[str], torch.Tensor]
     window_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (B, T+1) tokens
     stream: Callable[[str, int, float, int], Steps]  # prompt, max tokens, temperature, seed
+    # The model's own chat format (a Hugging Face tokenizer's chat template): a chat's
+    # messages -> its prompt. Without one, chats use the "role: content" prompt.
+    chat: Callable[[list[dict[str, str]]], str] | None = None
 
     def generate(self, prompt: str, max_new: int, temperature: float, seed: int) -> str:
         return "".join(piece for piece, _ in self.stream(prompt, max_new, temperature, seed))
@@ -132,14 +104,36 @@ def _gpt_lm(model: gpt.TinyGPT, device: torch.device) -> LanguageModel:
 
 
 def _hf_lm(model: nn.Module, tokenizer: Any, device: torch.device) -> LanguageModel:
-    from gureum.recipes import hf_lora  # optional, heavy: only when a base model is used
+    # optional, heavy: only when a base model is used
+    from gureum.recipes import hf_generate
 
     def stream(prompt: str, max_new: int, temperature: float, seed: int) -> Steps:
-        return hf_lora.stream(model, tokenizer, prompt, max_new, temperature, seed, device)
+        return hf_generate.stream(model, tokenizer, prompt, max_new, temperature, seed, device)
 
     return LanguageModel(
-        model, lambda text: hf_lora.encode(tokenizer, text), hf_lora.window_loss, stream
+        model,
+        lambda text: hf_generate.encode(tokenizer, text),
+        hf_generate.window_loss,
+        stream,
+        hf_generate.chat_format(tokenizer),
     )
+
+
+def _base_folder(ctx: RunContext, ref: str | None) -> Path | None:
+    """Where the run's context materialised the base model ``ref`` (None: no base model).
+
+    The platform fetches the registry version the server resolved (``ctx.models``); a recipe
+    never opens a folder a parameter names."""
+    if ref is None:
+        return None
+    models: Mapping[str, Path] = getattr(ctx, "models", None) or {}
+    folder = models.get(ref)
+    if folder is None:
+        raise RecipeError(
+            f"{NAME}: base model {ref} was not provided to this run (the platform fetches the "
+            f"registry version base_model names; a local run passes models={{{ref!r}: FOLDER}})"
+        )
+    return Path(folder)
 
 
 def _windows(tokens: torch.Tensor, size: int, count: int) -> torch.Tensor:
@@ -253,6 +247,22 @@ class TextStream:
             self._steps.close()
 
 
+def _messages(value: Any) -> list[dict[str, str]]:
+    ok = (
+        isinstance(value, list)
+        and value
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in value
+        )
+    )
+    if not ok:
+        raise BadInput('"messages" must be a non-empty list of {"role", "content"} strings')
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
 def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
     """Length of the longest end of ``text`` that begins some stop string."""
     longest = 0
@@ -273,8 +283,13 @@ class TextPredictor:
         return len(self.lm.encode(text))
 
     def stream(self, item: Any) -> TextStream:
-        """Validate now (``BadInput`` before any text is sent), generate while iterated."""
-        return TextStream(self.lm, Generation.parse(item))
+        """Validate now (``BadInput`` before any text is sent), generate while iterated. An
+        input with ``messages`` (a chat) is prompted in the model's own chat format, if any."""
+        gen = Generation.parse(item)
+        messages = item.get("messages") if isinstance(item, dict) else None
+        if messages is not None and self.lm.chat is not None:
+            gen = dataclasses.replace(gen, prompt=self.lm.chat(_messages(messages)))
+        return TextStream(self.lm, gen)
 
     def predict(self, inputs: list[Any]) -> list[Any]:
         """A prompt, or ``{"prompt", "max_tokens", "temperature", "seed", "stop"}`` ->
@@ -300,22 +315,25 @@ class TextPredictor:
 
 class TextGenerator(RecipeBase):
     name = NAME
-    description = "byte-level GPT from scratch, or LoRA fine-tuning of a local HF causal LM"
+    description = SPECS[NAME].description
     Params = TextParams
 
     def check_dataset(self, ds: LocalDataset, params: TextParams | None = None) -> None:
-        require_text(ds, NAME)
+        check_text_dataset(ds, params)
 
-    def _build(self, params: TextParams, device: torch.device) -> tuple[LanguageModel, Any]:
-        if params.base_model is None:
+    def _build(
+        self, params: TextParams, base_dir: Path | None, device: torch.device
+    ) -> tuple[LanguageModel, Any]:
+        if base_dir is None:
             model = gpt.TinyGPT(
                 params.block_size, params.n_layer, params.n_head, params.n_embd, params.dropout
             ).to(device)
             return _gpt_lm(model, device), None
-        from gureum.recipes import hf_lora  # optional, heavy: only when a base model is used
+        # optional, heavy: only when a base model is used
+        from gureum.recipes import hf_generate, hf_lora
 
-        base, tokenizer = hf_lora.load_base(params.base_model, device)
-        limit = hf_lora.max_positions(base)
+        base, tokenizer = hf_lora.load_base(base_dir, device)
+        limit = hf_generate.max_positions(base)
         if limit is not None and params.block_size + 1 > limit:
             raise RecipeError(
                 f"{NAME}: block_size {params.block_size} is too long for the base model, "
@@ -329,7 +347,8 @@ class TextGenerator(RecipeBase):
         seed_everything(params.seed)
         device = resolve_device(ctx.device)
         text = load_text(ds, NAME)
-        lm, tokenizer = self._build(params, device)
+        base_dir = _base_folder(ctx, params.base_model)
+        lm, tokenizer = self._build(params, base_dir, device)
         tokens, held = lm.encode(text.train), lm.encode(text.validation)
         if len(tokens) <= params.block_size + 1:
             raise RecipeError(
@@ -374,28 +393,36 @@ class TextGenerator(RecipeBase):
         )
         model_dir = ctx.artifacts_dir / "model"
         if is_main():
-            self._save(lm, tokenizer, params, model_dir)
+            self._save(lm, tokenizer, params, base_dir, model_dir)
         return TrainOutput(model_dir, result.metrics, result.epochs_run, result.resumed_from_epoch)
 
-    def _save(self, lm: LanguageModel, tokenizer: Any, params: TextParams, model_dir: Path) -> None:
-        info: dict[str, Any] = {"mode": "gpt" if params.base_model is None else "lora"}
-        if params.base_model is None:
+    def _save(
+        self,
+        lm: LanguageModel,
+        tokenizer: Any,
+        params: TextParams,
+        base_dir: Path | None,
+        model_dir: Path,
+    ) -> None:
+        info: dict[str, Any] = {"mode": "gpt" if base_dir is None else "lora"}
+        if base_dir is None:
             save_weights(lm.model, model_dir)
         else:
             from gureum.recipes import hf_lora  # optional, heavy: only when a base model is used
 
             hf_lora.save(lm.model, tokenizer, model_dir)
-            info["base_model"] = str(Path(params.base_model).resolve())
+            hf_lora.link_folder(base_dir, model_dir / BASE_DIR)
+            info["base_model"] = params.base_model  # lineage: the registry reference
         ModelConfig(NAME, params.model_dump(), info).write(model_dir)
 
     def _load(self, model_dir: Path, device: str) -> tuple[LanguageModel, ModelConfig]:
         cfg = ModelConfig.read(model_dir, NAME)
         dev = resolve_device(device)
         p = cfg.params
-        if cfg.info.get("mode") == "lora":
+        if lora_base(cfg.info) is not None:
             from gureum.recipes import hf_lora  # optional, heavy: only when a base model is used
 
-            model, tokenizer = hf_lora.load_finetuned(model_dir, cfg.info["base_model"], dev)
+            model, tokenizer = hf_lora.load_finetuned(model_dir, model_dir / BASE_DIR, dev)
             return _hf_lm(model, tokenizer, dev), cfg
         net = gpt.TinyGPT(
             int(p["block_size"]), int(p["n_layer"]), int(p["n_head"]), int(p["n_embd"])
@@ -444,9 +471,9 @@ class TextGenerator(RecipeBase):
 
     def export(self, model_dir: Path, dest: Path) -> list[Path]:
         cfg = ModelConfig.read(model_dir, NAME)
-        if cfg.info.get("mode") == "lora":
+        if lora_base(cfg.info) is not None:
             from gureum.recipes import hf_lora  # optional, heavy: only when a base model is used
 
-            files = hf_lora.export_merged(model_dir, cfg.info["base_model"], dest)
+            files = hf_lora.export_merged(model_dir, model_dir / BASE_DIR, dest)
             return [*files, *export_files(model_dir, dest, ["config.json"])]
         return export_files(model_dir, dest, [WEIGHTS_FILE, "config.json"])

@@ -6,6 +6,7 @@ empty, ``.`` or ``..`` part, so nothing a client sends can name a place outside 
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -15,6 +16,14 @@ from gureum.schemas.common import Out
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 MAX_PATH_CHARS = 1024
+MAX_PATH_BYTES = 1024
+MAX_NAME_BYTES = 255
+# Bidi embeddings, overrides and isolates, the marks, and the line / paragraph separators.
+_BIDI_AND_SEPARATORS = frozenset(
+    [chr(c) for c in range(0x202A, 0x202F)]
+    + [chr(c) for c in range(0x2066, 0x206A)]
+    + ["\u200e", "\u200f", "\u061c", "\u2028", "\u2029"]
+)
 MAX_FILES = 1_000_000
 MAX_MISSING_QUERY = 10_000
 
@@ -23,10 +32,30 @@ FileKind = Literal["image", "table", "jsonl", "text", "other"]
 SplitName = Literal["train", "validation"]
 
 
+def _unsafe_char(c: str) -> bool:
+    return c in _BIDI_AND_SEPARATORS or unicodedata.category(c) in ("Cc", "Cs")
+
+
 def check_relative_path(path: str) -> str:
-    """Accept only a clean relative POSIX path; raise ValueError otherwise."""
+    """Accept only a clean relative POSIX path; raise ValueError otherwise.
+
+    A path is shown in terminals and written to disks on pull, so control characters (C0,
+    C1, DEL), bidi overrides and line separators are refused, and so are names a file system
+    could not hold: a part over 255 UTF-8 bytes, or a whole path over ``MAX_PATH_BYTES``.
+    """
     if not path or len(path) > MAX_PATH_CHARS:
         raise ValueError(f"path must be 1 to {MAX_PATH_CHARS} characters")
+    bad = next((c for c in path if _unsafe_char(c)), None)
+    if bad is not None:
+        raise ValueError(f"path must not hold control or bidi characters (U+{ord(bad):04X})")
+    size = len(path.encode("utf-8"))
+    if size > MAX_PATH_BYTES:
+        raise ValueError(f"path is {size} bytes in UTF-8; at most {MAX_PATH_BYTES} can be pulled")
+    longest = max(len(part.encode("utf-8")) for part in path.split("/"))
+    if longest > MAX_NAME_BYTES:
+        raise ValueError(
+            f"a path part is {longest} bytes in UTF-8; file systems hold at most {MAX_NAME_BYTES}"
+        )
     if path.startswith("/") or "\\" in path or "\x00" in path:
         raise ValueError("path must be relative POSIX (no leading '/', no '\\', no NUL)")
     if any(part in ("", ".", "..") for part in path.split("/")):

@@ -2,15 +2,50 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from gureum.schemas.common import Out
 
 EndpointState = Literal["deploying", "ready", "updating", "failed", "deleting"]
+# Names of existing endpoints (references to them); new names are NewEndpointName.
 ENDPOINT_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+# A new endpoint's name: DNS-label-like words joined by single hyphens ("--" once named an
+# endpoint's canary and shadow applications in Ray Serve; it stays refused so that no name reads
+# like one), not a reserved name, at most 63 characters (a DNS label).
+NEW_ENDPOINT_NAME = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+ENDPOINT_NAME_MAX = 63
+# gureum's own names on the data plane and in Ray Serve (the router is "gureum-router";
+# endpoint applications are "ep-<id>"): no endpoint may be named like them.
+RESERVED_ENDPOINT_NAMES = r"^(gureum|ep-[0-9]+($|-))"
+
+
+def check_endpoint_name(name: str) -> str:
+    if re.match(RESERVED_ENDPOINT_NAMES, name):
+        raise ValueError(
+            f"{name!r} is reserved: endpoint names may not start with 'gureum' or look like "
+            "'ep-<number>'"
+        )
+    return name
+
+
+NewEndpointName = Annotated[
+    str,
+    Field(
+        pattern=NEW_ENDPOINT_NAME,
+        min_length=1,
+        max_length=ENDPOINT_NAME_MAX,
+        json_schema_extra={"not": {"pattern": RESERVED_ENDPOINT_NAMES}},
+        description=(
+            "lowercase letters and digits in words joined by single hyphens, at most 63 "
+            "characters; names starting with 'gureum' or like 'ep-<number>' are reserved"
+        ),
+    ),
+    AfterValidator(check_endpoint_name),
+]
 MiB = 1024 * 1024
 
 
@@ -71,6 +106,8 @@ class EndpointConfig(In):
     cold_start_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     # Largest request body a replica reads; bigger ones get 413.
     max_request_bytes: int = Field(default=8 * MiB, ge=1024, le=1024 * MiB)
+    # Open OpenAI streams one key may hold on one replica; more get 429.
+    max_streams_per_key: int = Field(default=4, ge=1, le=1000)
 
 
 class EndpointCreate(In):
@@ -78,11 +115,18 @@ class EndpointCreate(In):
     endpoint ``name``. On an existing endpoint: a new version rolls over with no failed request,
     or goes to ``canary_percent`` of the traffic, or is mirrored as a ``shadow``."""
 
-    name: str = Field(pattern=ENDPOINT_NAME)
+    name: NewEndpointName
     model: str = Field(min_length=1, max_length=200)
     config: EndpointConfig | None = None
     canary_percent: float | None = Field(default=None, gt=0, lt=100)
     shadow: bool = False
+    sample_inputs: list[Any] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="inputs the version's smoke test predicts before it takes traffic; "
+        "by default up to 16 from the validation split of the dataset it was trained on",
+    )
 
     @model_validator(mode="after")
     def _one_mode(self) -> Self:
@@ -161,6 +205,8 @@ class EndpointStats(Out):
     replicas: ReplicaCounts
     queue_depth: int
     batch_size_avg: float | None
+    # role -> what runs the model where a recipe has a choice (e.g. "vllm", "transformers-cpu")
+    engines: dict[str, str] = Field(default_factory=dict)
 
 
 class ShadowRecordOut(Out):

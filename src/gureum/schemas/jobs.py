@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gureum.schemas.common import Out
 from gureum.schemas.datasets import MAX_FILES, FileEntry, RelPath
@@ -16,6 +16,7 @@ TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"}
 ACTIVE_STATES: frozenset[str] = frozenset({"starting", "running"})
 SCRIPT_RECIPE = "script"
 MAX_TIMEOUT_S = 30 * 24 * 3600.0
+MIN_JOB_CPUS = 0.5
 
 
 class In(BaseModel):
@@ -27,11 +28,23 @@ class Resources(In):
     ``memory``, ``accelerator_type`` and custom resources (``{"TPU": 4}``, ``{"neuron_cores":
     2}``) for accelerators Ray knows by name only."""
 
-    cpus: float = Field(default=1.0, ge=0, le=4096)
+    cpus: float = Field(
+        default=1.0,
+        ge=0,
+        le=4096,
+        description=f"CPUs per worker; less than {MIN_JOB_CPUS:g} is raised to {MIN_JOB_CPUS:g}",
+    )
     gpus: float = Field(default=0.0, ge=0, le=256)
     memory_gb: float | None = Field(default=None, gt=0, le=65536)
     accelerator_type: str | None = Field(default=None, min_length=1, max_length=64)
     custom: dict[str, float] = Field(default_factory=dict, max_length=16)
+
+    @field_validator("cpus")
+    @classmethod
+    def _real_cpus(cls, cpus: float) -> float:
+        # A worker asking for no CPU would be placed without limit by Ray and slip past a
+        # workspace's CPU quota: every job holds at least a real share of a CPU.
+        return max(cpus, MIN_JOB_CPUS)
 
     @model_validator(mode="after")
     def _custom_ok(self) -> Self:
@@ -157,8 +170,16 @@ class JobOutputOut(Out):
 
 
 class WorkspaceQuotas(In):
-    """Per-workspace ceilings the queue holds jobs against; ``null`` is no limit."""
+    """Per-workspace ceilings: the queue holds jobs against the compute ones, uploads and
+    pushes are refused past the storage one; ``null`` is no limit."""
 
     max_cpus: float | None = Field(default=None, ge=0)
     max_gpus: float | None = Field(default=None, ge=0)
     max_concurrent_jobs: int | None = Field(default=None, ge=0)
+    max_storage_gb: float | None = Field(
+        default=None,
+        ge=0,
+        le=1e9,
+        description="GB (2^30 bytes, as cost reports count) its datasets, models and job "
+        "outputs may hold; uploads and pushes past it are refused (413 storage_quota_exceeded)",
+    )

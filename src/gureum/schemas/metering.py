@@ -59,6 +59,9 @@ class ReplicaGauges(In):
     # batch size -> number of model calls of that size since the last shipment
     batch_sizes: dict[int, int] = Field(default_factory=dict)
     cold_start_ms: float | None = None
+    # What runs the model, where a recipe has a choice (imported HF text generation:
+    # "vllm", "transformers-cuda", "transformers-cpu").
+    engine: str | None = Field(default=None, max_length=64)
 
 
 class UsageBatch(In):
@@ -91,3 +94,21 @@ class AccessSnapshot(Out):
     # Running primary replicas: each enforces its share of a consumer's rate limit.
     replicas: int = 1
     generated_at: datetime
+    # A replica whose last snapshot is older than this refuses every call (fails closed).
+    max_staleness_s: float = 300.0
+
+
+class LeaseRequest(In):
+    """A replica asks for the next block of a consumer's monthly quota, and gives back what
+    it holds unused (``release``: at shutdown)."""
+
+    consumer_id: int
+    release: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class LeaseGranted(Out):
+    consumer_id: int
+    # Calls this replica may serve now; 0: the quota is used up (or the consumer is gone).
+    granted: int
+    monthly_quota: int | None
+    period: str

@@ -13,6 +13,7 @@ from gureum.schemas.datasets import MAX_FILES, FileEntry
 ModelFormat = Literal["gureum", "safetensors", "pytorch", "onnx", "huggingface"]
 Stage = Literal["none", "staging", "production", "archived"]
 GateOp = Literal[">=", "<=", ">", "<"]
+MetricsSource = Literal["measured", "reported"]
 MAX_GATES = 50
 
 
@@ -26,6 +27,11 @@ class MetricGate(In):
     metric: str = Field(min_length=1, max_length=128)
     op: GateOp
     threshold: float
+    measured: bool = Field(
+        default=False,
+        description="pass only on metrics the platform measured (a built-in recipe's train "
+        'job), not on metrics "reported" by whoever registered the version',
+    )
 
 
 class MustBeat(In):
@@ -33,10 +39,16 @@ class MustBeat(In):
 
     metric: str = Field(min_length=1, max_length=128)
     higher_is_better: bool = True
+    measured: bool = Field(
+        default=False, description="the candidate's metric must be platform-measured"
+    )
 
 
 class ModelUpdate(In):
-    """PATCH body; a field left out stays as it is, ``must_beat_production: null`` clears it."""
+    """PATCH body; a field left out stays as it is, ``must_beat_production: null`` clears it.
+
+    Changing ``gates`` or ``must_beat_production`` needs a workspace admin (audited): they are
+    what stands between a developer's version and production."""
 
     description: str | None = Field(default=None, max_length=10_000)
     gates: list[MetricGate] | None = Field(default=None, max_length=MAX_GATES)
@@ -52,7 +64,11 @@ class VersionCreate(In):
     dataset: str | None = Field(
         default=None, max_length=200, description='lineage: a dataset version "NAME[:V]"'
     )
-    job_id: str | None = Field(default=None, max_length=64)
+    job_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="lineage note; it does not make the files trusted or the metrics measured",
+    )
     code_hash: str | None = Field(default=None, max_length=128)
     message: str = Field(default="", max_length=10_000)
     description: str | None = Field(
@@ -96,6 +112,14 @@ class ModelVersionOut(Out):
     dataset: str | None = Field(description='lineage: "NAME:V" of the dataset version')
     job_id: str | None
     code_hash: str | None
+    platform_written: bool = Field(
+        description="the files were written by a platform train job (marked by the server, "
+        "never by the caller): only such files are ever unpickled"
+    )
+    metrics_source: MetricsSource = Field(
+        description='"measured": by the platform (a built-in recipe\'s train job); '
+        '"reported": given by whoever registered the version'
+    )
     file_count: int
     total_bytes: int
     message: str
@@ -120,6 +144,7 @@ class GateCheck(BaseModel):
     actual: float | None
     passed: bool
     reason: str
+    measured: bool = Field(default=False, description="the gate required measured metrics")
 
 
 class PromoteOut(BaseModel):

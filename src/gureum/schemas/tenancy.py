@@ -56,6 +56,11 @@ class KeyCreate(In):
     expires_at: datetime | None = None
     user: Name | None = Field(default=None, description="default: you")
     workspace: Name | None = Field(default=None, description="default: your key's workspace")
+    data_plane: bool = Field(
+        default=False,
+        description="may also call the workspace's endpoints, rate-limited and metered like a "
+        "consumer (developer role or above)",
+    )
 
     @model_validator(mode="after")
     def _one_expiry(self) -> Self:
@@ -76,6 +81,7 @@ class KeyOut(Out):
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    data_plane: bool = False
 
 
 class KeyCreated(KeyOut):

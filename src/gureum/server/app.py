@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from anyio import to_thread
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from gureum import __version__
 from gureum.compute.backend import ComputeBackend
@@ -20,6 +18,8 @@ from gureum.server.db.migrate import upgrade
 from gureum.server.db.session import Database
 from gureum.server.deps import Serving
 from gureum.server.errors import install_error_handlers
+from gureum.server.limits import BodyLimit, StreamSlots
+from gureum.server.openapi import install_openapi
 from gureum.server.services.endpoint_controller import EndpointController
 from gureum.server.services.endpoint_stats import LiveGauges
 from gureum.server.services.endpoints import load_secret
@@ -48,12 +48,13 @@ def create_app(
         connected = app.state.jobs is None and bool(settings.ray_address)
         if connected:
             backend = await to_thread.run_sync(RayBackend, settings.ray_address)
-            app.state.jobs = JobController(db, backend, app.state.store)
+            app.state.jobs = JobController(db, backend, app.state.store, home=settings.home)
         if connected:
             ray_serve = await to_thread.run_sync(
                 RayServeBackend, settings.ray_address, settings.serve_host, settings.serve_port
             )
             app.state.serving.controller = EndpointController(db, ray_serve, settings, secret)
+            app.state.serving.cluster = True
         controller: JobController | None = app.state.jobs
         endpoints: EndpointController | None = app.state.serving.controller
         for started in (controller, endpoints):
@@ -81,37 +82,17 @@ def create_app(
     app.state.store = store = ArtifactStore(settings.resolved_artifacts)
     store.sweep_tmp()  # uploads cut off by a crash of an earlier server
     app.state.auth = Authenticator(db)
-    app.state.jobs = JobController(db, compute, store) if compute is not None else None
+    app.state.streams = StreamSlots()
+    app.state.jobs = (
+        JobController(db, compute, store, home=settings.home) if compute is not None else None
+    )
     secret = load_secret(settings.home / "serving.key")
     app.state.serving = Serving(secret, LiveGauges())
     if serving is not None:
         app.state.serving.controller = EndpointController(db, serving, settings, secret)
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)
     for router in ROUTERS:
         app.include_router(router, prefix="/v1")
-    _document_bearer_auth(app)
+    install_openapi(app)
     return app
-
-
-def _document_bearer_auth(app: FastAPI) -> None:
-    """Every /v1 route but /v1/health takes `Authorization: Bearer <key>`; say so in OpenAPI."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "a gureum API key"}
-            }
-            schema["security"] = [{"bearer": []}]
-            health = schema.get("paths", {}).get("/v1/health", {}).get("get")
-            if health is not None:
-                health["security"] = []
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -25,6 +25,8 @@ from gureum.server.db.tables import ApiKey, Membership, User, Workspace
 from gureum.server.errors import Forbidden, Unauthorized
 
 KEY_PREFIX = "gk"
+# A principal acting for no user (a job whose submitter was deleted): stored as NULL.
+SYSTEM_USER_ID = 0
 CACHE_SECONDS = 5.0
 LAST_USED_EVERY = timedelta(seconds=60)
 
@@ -122,6 +124,11 @@ class Authenticator:
             )
         self._touch(principal.key_id)
         return principal
+
+    def verify(self, authorization: str | None) -> Principal:
+        """The key's principal as the database has it now, past the cache: for a long-lived
+        stream, which must end as soon as its key is revoked."""
+        return self._lookup(self._token(authorization))[0]
 
     def _lookup(self, token: str) -> tuple[Principal, datetime | None]:
         parsed = split_token(token)

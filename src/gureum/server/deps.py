@@ -92,6 +92,9 @@ class Serving:
     secret: bytes
     gauges: LiveGauges
     controller: EndpointController | None = None
+    # This server joined a Ray cluster (``settings.ray_address``): work such as a manual
+    # validation can run there. Not the process's Ray state: tests join clusters in turn.
+    cluster: bool = False
 
     @property
     def data_url(self) -> str | None:

@@ -7,6 +7,8 @@ ever travel in headers, which are not logged.
 
 from __future__ import annotations
 
+import os
+
 import uvicorn
 
 from gureum.config import Settings
@@ -16,6 +18,8 @@ GRACEFUL_SHUTDOWN_S = 10
 
 
 def main() -> None:
+    # The database, artifacts and spool it writes are gureum's alone (as under `gureum up`).
+    os.umask(0o077)
     settings = Settings()
     # Migrations are idempotent: `gureum up` has run them already, a bare container has not.
     app = create_app(settings, migrate=True)

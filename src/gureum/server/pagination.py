@@ -25,7 +25,14 @@ class PageParams(BaseModel):
 
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="items per page")]
-Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
+Cursor = Annotated[
+    str | None,
+    Query(
+        max_length=512,
+        pattern=r"^[A-Za-z0-9_-]+={0,2}$",
+        description="next_cursor of the previous page (opaque, URL-safe base64)",
+    ),
+]
 
 
 async def page_params(limit: Limit = 50, cursor: Cursor = None) -> PageParams:
@@ -37,10 +44,14 @@ def encode_cursor(value: Any) -> str:
 
 
 def decode_cursor(cursor: str) -> Any:
+    """The key a cursor was cut at: only what ``encode_cursor`` makes (an id or a name)."""
     try:
-        return json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
     except ValueError as exc:
         raise BadRequest("invalid cursor") from exc
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise BadRequest("invalid cursor")
+    return value
 
 
 def _window(
@@ -48,6 +59,8 @@ def _window(
 ) -> AnySelect:
     if params.cursor is not None:
         after = decode_cursor(params.cursor)
+        if not isinstance(after, key.type.python_type):  # e.g. a name for an id: a DB error
+            raise BadRequest("invalid cursor")
         stmt = stmt.where(key < after if descending else key > after)
     return stmt.order_by(key.desc() if descending else key.asc()).limit(params.limit + 1)
 

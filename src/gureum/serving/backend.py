@@ -7,21 +7,27 @@ Serve in HAProxy mode (see compute.local_ray for the environment the cluster sta
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from typing import Protocol, cast
 
 from ray import serve
 from ray.serve import Deployment
 from ray.serve.context import _get_global_client
+from ray.serve.schema import ServeInstanceDetails
 
 from gureum.compute.ray_backend import connect
 from gureum.schemas.endpoints import Autoscaling, ReplicaResources
-from gureum.serving.deployment import EndpointRouter, ModelServer, state_name
+from gureum.serving.deployment import ModelServer, state_name
+from gureum.serving.router import EndpointRouter
 from gureum.serving.spec import ReplicaSpec, TrafficConfig
 
 GiB = 1024**3
 DEPLOYMENT = "server"
+# Endpoint applications are named from endpoint ids (app_name), never from user-chosen names,
+# so no endpoint name can collide with the router or with another endpoint's applications.
 ROUTER_APP = "gureum-router"
+APP_PREFIX = "ep-"
 # How often replicas report load to the autoscaler and the window it averages over: short,
 # so that a burst is answered by new replicas within seconds.
 METRICS_INTERVAL_S = 1.0
@@ -45,6 +51,29 @@ class AppState:
     status: str
     message: str
     running: int
+    # What the application's user_config records as its endpoint (None: not one of ours).
+    endpoint_id: int | None = None
+    owner: str | None = None
+    # An endpoint application of a gureum before Serve applications were named by endpoint id
+    # (named like the endpoint, its user_config a TrafficConfig without endpoint_id).
+    legacy: bool = False
+    route_prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """What the router knows of an endpoint: its application, how long a request may wait for
+    a replica, and the largest body it reads for it."""
+
+    app: str
+    bound_s: float
+    max_request_bytes: int
+
+
+def app_name(endpoint_id: int, role: str = "primary") -> str:
+    return (
+        f"{APP_PREFIX}{endpoint_id}" if role == "primary" else f"{APP_PREFIX}{endpoint_id}--{role}"
+    )
 
 
 class ServingBackend(Protocol):
@@ -55,8 +84,9 @@ class ServingBackend(Protocol):
 
     def delete(self, name: str) -> None: ...
 
-    def route(self, bounds: dict[str, float]) -> None:
-        """Tell the router which endpoints exist and how long a request may wait for one."""
+    def route(self, routes: dict[str, Route]) -> None:
+        """Tell the router which endpoints exist (by name), their applications, how long a
+        request may wait for one and how large its body may be."""
 
     def states(self) -> dict[str, AppState]: ...
 
@@ -86,6 +116,13 @@ def autoscaling_config(a: Autoscaling) -> dict[str, object]:
     }
 
 
+# Ray Serve's deployment config registers a module with cloudpickle and unregisters it again
+# (``_serialize_request_router_cls``), which is not thread-safe: two definitions at once in one
+# process (a controller tick and a starting server, as tests run them) raised "is not registered
+# for pickle by value". One definition at a time per process.
+_DEFINING = threading.Lock()
+
+
 class RayServeBackend:
     def __init__(self, address: str, host: str, port: int) -> None:
         connect(address)
@@ -102,6 +139,10 @@ class RayServeBackend:
         return self._url
 
     def apply(self, app: AppSpec) -> None:
+        with _DEFINING:
+            self._apply(app)
+
+    def _apply(self, app: AppSpec) -> None:
         deployment = cast(Deployment, serve.deployment(ModelServer)).options(
             name=DEPLOYMENT,
             ray_actor_options=actor_options(app.resources),
@@ -126,25 +167,65 @@ class RayServeBackend:
     def delete(self, name: str) -> None:
         serve.delete(name, _blocking=False)
 
-    def route(self, bounds: dict[str, float]) -> None:
-        router = cast(Deployment, serve.deployment(EndpointRouter)).options(
-            name="router",
-            ray_actor_options={"num_cpus": 0},
-            num_replicas=1,
-            max_ongoing_requests=10_000,
-            user_config={"endpoints": bounds},
-            version="router-1",
-            _internal=True,
-        )
-        serve._run(router.bind(), _blocking=False, name=ROUTER_APP, route_prefix="/")
+    def route(self, routes: dict[str, Route]) -> None:
+        table = {
+            name: {"app": r.app, "bound_s": r.bound_s, "max_request_bytes": r.max_request_bytes}
+            for name, r in routes.items()
+        }
+        with _DEFINING:
+            router = cast(Deployment, serve.deployment(EndpointRouter)).options(
+                name="router",
+                ray_actor_options={"num_cpus": 0},
+                num_replicas=1,
+                max_ongoing_requests=10_000,
+                user_config={"endpoints": table},
+                version="router-1",
+                _internal=True,
+            )
+            serve._run(router.bind(), _blocking=False, name=ROUTER_APP, route_prefix="/")
 
     def states(self) -> dict[str, AppState]:
+        client = _get_global_client(raise_if_no_controller_running=False)
+        if client is None:
+            return {}
+        # serve.status() is built from these details too; they also carry each user_config.
+        details = ServeInstanceDetails(**client.get_serve_details())
         out = {}
-        for name, app in serve.status().applications.items():
+        for name, app in details.applications.items():
             dep = app.deployments.get(DEPLOYMENT)
-            states = {state_name(k): n for k, n in dep.replica_states.items()} if dep else {}
-            running = states.get("RUNNING", 0)
+            running = sum(1 for r in dep.replicas if state_name(r.state) == "RUNNING") if dep else 0
             # The deployment's message carries the replica's error; the app's only says it failed.
             message = (dep.message if dep and dep.message else "") or app.message
-            out[name] = AppState(state_name(app.status), message, running)
+            user_config = dep.deployment_config.user_config if dep else None
+            endpoint_id, owner = _recorded(user_config)
+            legacy = _legacy(user_config)
+            out[name] = AppState(
+                state_name(app.status),
+                message,
+                running,
+                endpoint_id,
+                owner,
+                legacy,
+                app.route_prefix,
+            )
         return out
+
+
+def _legacy(user_config: object) -> bool:
+    return (
+        isinstance(user_config, dict)
+        and isinstance(user_config.get("model"), dict)
+        and "version_id" in user_config["model"]
+        and "endpoint_id" not in user_config
+    )
+
+
+def _recorded(user_config: object) -> tuple[int | None, str | None]:
+    """The endpoint an application says it serves, from its user_config (TrafficConfig)."""
+    if not isinstance(user_config, dict):
+        return None, None
+    ep, owner = user_config.get("endpoint_id"), user_config.get("owner")
+    return (
+        ep if isinstance(ep, int) and not isinstance(ep, bool) else None,
+        owner if isinstance(owner, str) else None,
+    )

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
@@ -20,18 +22,29 @@ import psutil
 import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gureum.recipes.base import BadInput
-from gureum.serving import openai_compat
+from gureum.recipes.specs import serving_of
+from gureum.serving import oip, openai_compat
 from gureum.serving.access import Caller
+from gureum.serving.http_replies import failure, read_body, request_id, to_response
+from gureum.serving.openapi_dataplane import OPENAPI, served
 from gureum.serving.replica import ReplicaCore, Reply, error_reply, json_reply
 from gureum.serving.spec import ReplicaSpec, TrafficConfig
-from gureum.serving.units import PayloadError, count_units, parse_predict_body
+from gureum.serving.units import (
+    ModelFault,
+    PayloadError,
+    count_units,
+    parse_predict_body,
+)
 
+# Under "ray.serve" so that it lands in the replica's log file next to Ray Serve's own lines.
+log = logging.getLogger("ray.serve.gureum")
 ROUTES = ("predict", "chat/completions", "completions")
-TEXT_RECIPE = "text-generator"
+MODELS = openai_compat.MODELS
 # How long the router holds a request for an endpoint it has no bound for yet.
 DEFAULT_BOUND_S = 120.0
 # A worker process older than this when the replica starts was an idle one Ray reused: its
@@ -40,10 +53,15 @@ REUSED_PROCESS_S = 60.0
 # A request the router held this long waited for a replica to start; a shorter hold only
 # bridged the moment before HAProxy learned a new route.
 HELD_COLD_MS = 1000.0
-# The longest Idempotency-Key a caller may send.
-MAX_REQUEST_KEY = 200
 # A model call expected to take less than this runs on the replica's event loop, not a thread.
 INLINE_PREDICT_MS = 5.0
+# How often an open stream looks its key up again: a key revoked mid-stream stops it.
+KEY_RECHECK_S = 5.0
+
+
+def _speaks_openai(recipe: str | None) -> bool:
+    serving = serving_of(recipe)
+    return bool(serving and serving.openai)
 
 
 def state_name(state: object) -> str:
@@ -85,6 +103,9 @@ class ModelServer:
         self._handles: dict[str, DeploymentHandle[Any]] = {}
         # A moving average of the model's time per call; unknown (a thread) until measured.
         self._predict_ms = float("inf")
+        # Open server-sent-event streams per key id: capped by max_streams_per_key.
+        self._streams: Counter[str] = Counter()
+        self._loaded_at = int(time.time())
 
     @property
     def core(self) -> ReplicaCore:
@@ -96,10 +117,13 @@ class ModelServer:
         traffic = TrafficConfig.model_validate(config)
         if self._core is None:
             self._core = ReplicaCore(
-                self.spec, traffic.model, started_from_zero_at=self._from_zero_at
+                self.spec,
+                traffic.model,
+                started_from_zero_at=self._from_zero_at,
+                validation=traffic.validation,
             )
         elif traffic.model != self._core.model:
-            self._core.swap(traffic.model)
+            self._core.swap(traffic.model, traffic.validation)
             self._predict_ms = float("inf")  # another model: its time is not known yet
         self.traffic = traffic
         batched: Any = self._batched  # serve.batch's wrapper, typed as the plain method
@@ -118,7 +142,7 @@ class ModelServer:
 
     async def __call__(self, request: Request) -> Response:
         route = _route(request.url.path, self.core.spec.endpoint)
-        body = await _read_body(request, self.core.spec.max_request_bytes)
+        body = await read_body(request, self.core.spec.max_request_bytes)
         return await self._ingress(route, request.method, request.headers, body, None)
 
     async def http(
@@ -148,20 +172,24 @@ class ModelServer:
         waited_from: float | None,
     ) -> Response:
         started = time.perf_counter()
-        if route not in ROUTES:
-            message = f"no route {route!r}; use one of: {', '.join(ROUTES)}"
-            return _response(error_reply(404, "not_found", message))
+        if route == MODELS or route.startswith(f"{MODELS}/"):
+            return await self._models(route, method, headers)
+        if route == OPENAPI:
+            return await self._schema(method, headers)
+        if oip.is_info(route):  # Open Inference Protocol health and metadata: not metered
+            return to_response(await oip.info(self.core, route, method, headers))
+        if route not in ROUTES and not oip.is_infer(route):
+            message = f"no route {route[:100]!r}; use one of: {', '.join(ROUTES)}, {MODELS}"
+            return to_response(error_reply(404, "not_found", message))
         if method != "POST":
-            return _response(error_reply(405, "method_not_allowed", "use POST"))
+            return to_response(error_reply(405, "method_not_allowed", "use POST"))
         caller = await self._authorize(headers.get("authorization"))
         if isinstance(caller, Reply):
-            return _response(caller)
-        request_key = headers.get("idempotency-key")
-        if request_key is not None:
-            if not 0 < len(request_key) <= MAX_REQUEST_KEY:
-                message = f"Idempotency-Key must be 1 to {MAX_REQUEST_KEY} characters"
-                return _response(error_reply(400, "bad_request", message))
-            caller = dataclasses.replace(caller, request_key=request_key)
+            return to_response(caller)
+        request = body if isinstance(body, bytes) else None
+        caller = self.core.idempotent(caller, headers.get("idempotency-key"), request)
+        if isinstance(caller, Reply):  # a replay, or a reused or busy Idempotency-Key
+            return to_response(caller)
         cold_ms = self.core.first_request_waited()
         if waited_from is not None:  # held by the router: a cold start if it really waited
             held = (time.time() - waited_from) * 1000
@@ -169,9 +197,9 @@ class ModelServer:
                 cold_ms = max(held, cold_ms or 0.0)
         if isinstance(body, Reply):
             self._meter(caller, route, body, started)
-            return _response(body)
+            return to_response(body)
         content_type = headers.get("content-type")
-        if route != "predict" and self._wants_stream(body):
+        if route in ROUTES[1:] and self._wants_stream(body):
             return self._stream(caller, route, body, content_type, started)
         canary = self.traffic.canary_app
         if (
@@ -187,19 +215,51 @@ class ModelServer:
                 reply.headers["x-gureum-cold-start-ms"] = f"{cold_ms:.0f}"
                 self.core.cold_start_ms = cold_ms
             self._meter(caller, route, reply, started, cold_ms)
+        self.core.remember(caller, reply)
         if self.traffic.shadow_app:
             self._mirror(self.traffic.shadow_app, route, body, content_type, reply, started)
-        return _response(reply)
+        return to_response(reply)
+
+    async def _models(self, route: str, method: str, headers: Mapping[str, str]) -> Response:
+        """OpenAI's ``GET /models`` and ``GET /models/{id}``: the one model this endpoint
+        serves (its label), so that ``client.models.list()`` works. Keyed and rate-limited
+        like any call, not metered (no model runs)."""
+        if method != "GET":
+            return to_response(error_reply(405, "method_not_allowed", "use GET"))
+        caller = await self._authorize(headers.get("authorization"))
+        if isinstance(caller, Reply):
+            return to_response(caller)
+        self.core.access.give_back(caller)  # not metered: no call of a quota spent
+        model = self.core.model
+        if not _speaks_openai(model.recipe):
+            return to_response(error_reply(404, "not_found", "models is served by text generators"))
+        owner = self.core.spec.endpoint
+        if route == MODELS:
+            data = openai_compat.model_list(model.label, self._loaded_at, owner)
+            return to_response(json_reply(data))
+        wanted = route[len(MODELS) + 1 :]
+        if wanted != model.label:
+            message = f"this endpoint serves {model.label!r} only"
+            return to_response(error_reply(404, "model_not_found", message))
+        return to_response(
+            json_reply(openai_compat.model_object(model.label, self._loaded_at, owner))
+        )
+
+    async def _schema(self, method: str, headers: Mapping[str, str]) -> Response:
+        """This endpoint's OpenAPI schema, for valid keys only (it names the model): keyed
+        and rate-limited like any call, not metered."""
+        if method != "GET":
+            return to_response(error_reply(405, "method_not_allowed", "use GET"))
+        caller = await self._authorize(headers.get("authorization"))
+        if isinstance(caller, Reply):
+            return to_response(caller)
+        self.core.access.give_back(caller)
+        limit = self.traffic.max_batch_size * 64  # as _serve takes them
+        body = served(self.core.spec.endpoint, self.core.model, self.core.predictor, limit)
+        return Response(body, headers={"content-type": "application/json"})
 
     async def _authorize(self, authorization: str | None) -> Caller | Reply:
-        arrived = time.monotonic()
-        caller = self.core.authorize(authorization)
-        if isinstance(caller, Reply) and caller.status == 401:
-            wait = self.core.refresh_wait(authorization, arrived)
-            if wait is not None:  # the key may be newer than the last look at the table
-                await asyncio.sleep(wait)
-                caller = self.core.authorize(authorization)
-        return caller
+        return await self.core.admit(authorization)
 
     # -- handle calls (canary, shadow) ------------------------------------------------------
 
@@ -236,13 +296,21 @@ class ModelServer:
                     "unit": self.core.unit,
                 }
                 return json_reply(data, units, {"x-gureum-model": self.core.model.label})
+            if oip.is_infer(route):
+                limit = self.traffic.max_batch_size * 64
+                return await oip.infer(self.core, route, body, content_type, self._predict, limit)
             return await self._openai(route, body, content_type)
         except PayloadError as e:
             return error_reply(e.status, e.code, e.message)
         except BadInput as e:
             return error_reply(422, "bad_input", str(e))
-        except Exception as e:
-            return error_reply(500, "model_error", f"the model failed: {type(e).__name__}: {e}")
+        except ModelFault as e:  # a sandboxed predictor's fault: its cause stays in our log
+            log.warning("%s, request id %s: %s", e, rid := request_id(), e.detail[-4000:])
+            return failure(e.code, e.what, rid, e.status)
+        except Exception:
+            rid = request_id()
+            log.exception("model error, request id %s (%s)", rid, self.core.model.label)
+            return failure("model_error", "the model failed", rid)
         finally:
             self.core.in_flight -= 1
 
@@ -296,7 +364,7 @@ class ModelServer:
         return outputs
 
     async def _openai(self, route: str, body: bytes, content_type: str | None) -> Reply:
-        if self.core.model.recipe != TEXT_RECIPE:
+        if not _speaks_openai(self.core.model.recipe):
             return error_reply(404, "not_found", f"{route} is served by text generators only")
         req = openai_compat.parse_request(route, body, content_type)
         outputs = await self._predict([req.predict_input()])
@@ -313,10 +381,16 @@ class ModelServer:
     def _stream(
         self, caller: Caller, route: str, body: bytes, content_type: str | None, started: float
     ) -> Response:
-        if self.core.model.recipe != TEXT_RECIPE:
+        if not _speaks_openai(self.core.model.recipe):
             reply = error_reply(404, "not_found", f"{route} is served by text generators only")
             self._meter(caller, route, reply, started)
-            return _response(reply)
+            return to_response(reply)
+        limit = self.traffic.max_streams_per_key
+        if self._streams[caller.key_id] >= limit:
+            message = f"this key has {limit} streams open on this replica; close one or retry"
+            reply = error_reply(429, "too_many_streams", message, 1)
+            self._meter(caller, route, reply, started)
+            return to_response(reply)
         try:
             req = openai_compat.parse_request(route, body, content_type)
             chunks = req.stream(self.core.predictor, self.core.model.label)
@@ -327,21 +401,46 @@ class ModelServer:
                 else error_reply(422, "bad_input", str(e))
             )
             self._meter(caller, route, reply, started)
-            return _response(reply)
+            return to_response(reply)
+        slot = _Slot(self._streams, caller.key_id)
 
         async def events() -> AsyncIterator[bytes]:
             status = 200
+            checked = time.monotonic()
             try:
                 async for piece in _iterate(chunks):
+                    if time.monotonic() - checked >= KEY_RECHECK_S:
+                        checked = time.monotonic()
+                        if not self._key_valid(caller):
+                            status = 401
+                            message = "the key was revoked or cannot be checked now; stopped"
+                            yield openai_compat.sse_error("unauthorized", message)
+                            return
                     yield piece
             except Exception:
                 status = 500
-                raise
+                rid = request_id()
+                log.exception("model error while streaming, request id %s", rid)
+                message = f"the model failed; quote request id {rid} when reporting it"
+                yield openai_compat.sse_error("model_error", message)
             finally:
+                slot.release()
                 self._meter(caller, route, Reply(status, b"", units=req.units()), started)
 
         headers = {"x-gureum-model": self.core.model.label, "cache-control": "no-cache"}
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        # The background task frees the slot of a stream whose client left before it began.
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers=headers,
+            background=BackgroundTask(slot.release),
+        )
+
+    def _key_valid(self, caller: Caller) -> bool:
+        """Whether the caller's key is still in the replica's key table (a revoked key leaves
+        it at the next refresh) and the table is fresh enough to say so (fail closed)."""
+        access = self.core.access
+        return access.knows(caller.key_id) and not access.stale()
 
     async def _forward(
         self, app: str, caller: Caller, route: str, body: bytes, content_type: str | None
@@ -394,6 +493,7 @@ class ModelServer:
         if cold_ms is not None:
             latency = max(latency, cold_ms)
         cold = cold_ms is not None
+        route = oip.INFER if oip.is_infer(route) else route  # usage keeps no model name
         self.core.record(caller, route, reply.status, reply.units, latency, cold, role)
 
 
@@ -407,69 +507,21 @@ async def _iterate(chunks: Any) -> AsyncIterator[bytes]:
         yield cast(bytes, piece)
 
 
-async def _read_body(request: Request, limit: int) -> bytes | Reply:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return error_reply(413, "payload_too_large", f"the request body is over {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return error_reply(413, "payload_too_large", f"the request body is over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+class _Slot:
+    """One open stream of a key; released once, by whichever of the stream's end or the
+    response's background task comes first."""
 
+    def __init__(self, counts: Counter[str], key_id: str) -> None:
+        self._counts, self._key = counts, key_id
+        self._held = True
+        counts[key_id] += 1
 
-def _response(reply: Reply) -> Response:
-    return Response(reply.body, status_code=reply.status, headers=reply.headers)
-
-
-class EndpointRouter:
-    """Ray Serve's catch-all application ("/"). HAProxy sends it what no replica can take:
-    paths of no endpoint (our JSON 404), and requests to an endpoint that has no replica at the
-    moment (scaled to zero, rolling over, a replica replaced). Those it holds on a deployment
-    handle, which waits for a replica (and asks the autoscaler for one), up to the endpoint's
-    cold-start bound; then a 503 with Retry-After rather than a hang."""
-
-    def __init__(self) -> None:
-        self.bounds: dict[str, float] = {}
-        self._handles: dict[str, DeploymentHandle[Any]] = {}
-
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        self.bounds = {str(k): float(v) for k, v in config.get("endpoints", {}).items()}
-
-    async def __call__(self, request: Request) -> Response:
-        path = request.url.path
-        parts = path.strip("/").split("/")
-        name = parts[2] if len(parts) > 2 and parts[:2] == ["v1", "endpoints"] else None
-        # "--" names are the canary/shadow applications, reached only through their primary.
-        handle = self._handle(name) if name is not None and "--" not in name else None
-        if name is None or handle is None:
-            message = f"no endpoint named {name!r}" if name else f"nothing is served at {path}"
-            return _response(error_reply(404, "not_found", message))
-        bound = self.bounds.get(name, DEFAULT_BOUND_S)
-        waited_from = time.time()
-        body = await request.body()
-        call = handle.http.remote(path, request.method, dict(request.headers), body, waited_from)
-        try:
-            status, data, headers = await asyncio.wait_for(call, bound)
-        except TimeoutError:
-            message = f"endpoint {name!r} is starting and did not answer within {bound:g} s"
-            return _response(error_reply(503, "starting", message, 5))
-        except Exception as e:
-            return _response(error_reply(503, "unavailable", f"endpoint {name!r}: {e}", 1))
-        return Response(data, status_code=status, headers=headers)
-
-    def _handle(self, name: str) -> DeploymentHandle[Any] | None:
-        """The endpoint's application, if there is one (the bounds may lag a new endpoint)."""
-        handle = self._handles.get(name)
-        if handle is None:
-            try:
-                handle = serve.get_app_handle(name)
-            except Exception:
-                return None
-            self._handles[name] = handle
-        return handle
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._counts[self._key] -= 1
+            if self._counts[self._key] <= 0:
+                del self._counts[self._key]
 
 
 async def _drain(response: StreamingResponse) -> bytes:

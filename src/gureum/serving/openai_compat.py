@@ -1,4 +1,4 @@
-"""OpenAI-compatible ``/chat/completions`` and ``/completions`` for text generators.
+"""OpenAI-compatible ``/chat/completions``, ``/completions`` and ``/models`` for text generators.
 
 Only the shaping of requests and responses lives here (no HTTP server, no torch), so that the
 official ``openai`` client works against an endpoint unchanged: its request fields are read,
@@ -13,6 +13,9 @@ message and an open turn for the answer::
     system: You are terse.
     user: Name a fabric.
     assistant:
+
+Prompts are capped at ``MAX_PROMPT_CHARS`` (a 413) and never echoed back (``echo`` is refused),
+so a completion's answer is bounded by what the model generates, not by what the caller sent.
 
 Sampling follows OpenAI's defaults (temperature 1, a fresh random seed unless ``seed`` is
 given), not ``/predict``'s (temperature 0.8, seed 0).
@@ -32,7 +35,13 @@ from gureum.serving.units import PayloadError, count_units, read_json
 
 CHAT = "chat/completions"
 COMPLETIONS = "completions"
+MODELS = "models"
 ROUTES = (CHAT, COMPLETIONS)
+# Our text generators read a context of at most a few thousand characters: a longer prompt is
+# only cost (tokenizing, holding it), so it is refused before the model sees it.
+MAX_PROMPT_CHARS = 256 * 1024
+# How much of a caller's value an error message quotes back.
+SHOWN_CHARS = 40
 RECIPE = "text-generator"
 DEFAULT_MAX_TOKENS = 64
 DEFAULT_TEMPERATURE = 1.0
@@ -61,12 +70,30 @@ def _bad(message: str) -> PayloadError:
     return PayloadError(400, "bad_request", message)
 
 
+def _show(value: Any) -> str:
+    """A caller's value quoted in an error, cut short: an error must not echo a large input."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}..."
+
+
+def _bounded(prompt: str) -> str:
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise PayloadError(
+            413,
+            "payload_too_large",
+            f"the prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are read",
+        )
+    return prompt
+
+
 @dataclass
 class TextRequest:
     """One parsed OpenAI request; ``spec()`` is the text predictor's input for it."""
 
     chat: bool
     prompt: str
+    # A chat's messages: a model with its own chat format builds the prompt from them.
+    messages: list[dict[str, str]] | None = None
     model: str | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float = DEFAULT_TEMPERATURE
@@ -83,13 +110,16 @@ class TextRequest:
         self.created = self.created or int(time.time())
 
     def spec(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "prompt": self.prompt,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "seed": self.seed,
             "stop": list(self.stop),
         }
+        if self.messages is not None:
+            out["messages"] = self.messages
+        return out
 
     predict_input = spec
 
@@ -152,12 +182,14 @@ def parse_request(route: str, body: bytes, content_type: str | None) -> TextRequ
         return parse_chat(data)
     if route == COMPLETIONS:
         return parse_completion(data)
-    raise PayloadError(404, "not_found", f"no OpenAI route {route!r}; use one of {ROUTES}")
+    raise PayloadError(404, "not_found", f"no OpenAI route {_show(route)}; use one of {ROUTES}")
 
 
 def parse_chat(data: Any) -> TextRequest:
     body = _object(data)
-    return TextRequest(chat=True, prompt=chat_prompt(body.get("messages")), **_common(body))
+    messages = chat_messages(body.get("messages"))
+    prompt = _bounded(chat_prompt(messages))
+    return TextRequest(chat=True, prompt=prompt, messages=messages, **_common(body))
 
 
 def parse_completion(data: Any) -> TextRequest:
@@ -173,22 +205,29 @@ def parse_completion(data: Any) -> TextRequest:
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise _bad('"prompt" must be a string (or a list of one string)')
-    return TextRequest(chat=False, prompt=prompt, **_common(body))
+    return TextRequest(chat=False, prompt=_bounded(prompt), **_common(body))
 
 
-def chat_prompt(messages: Any) -> str:
-    """The conversation as one prompt: ``"role: content"`` lines, then ``"assistant:"``."""
+def chat_messages(messages: Any) -> list[dict[str, str]]:
+    """The conversation checked, each message as ``{"role", "content"}`` with text content."""
     if not isinstance(messages, list) or not messages:
         raise _bad('"messages" must be a non-empty list of {"role", "content"} objects')
-    lines = []
+    out = []
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise _bad(f'messages[{i}] must be an object with "role" and "content"')
         role = msg.get("role")
         if role not in ROLES:
-            raise _bad(f"messages[{i}].role must be one of {', '.join(ROLES)}; got {role!r}")
-        lines.append(f"{role}: {_content(msg.get('content'), i, role)}\n")
-    return "".join(lines) + "assistant:"
+            raise _bad(f"messages[{i}].role must be one of {', '.join(ROLES)}; got {_show(role)}")
+        out.append({"role": str(role), "content": _content(msg.get("content"), i, role)})
+    return out
+
+
+def chat_prompt(messages: list[dict[str, str]]) -> str:
+    """The conversation as one prompt for a model without a chat format of its own:
+    ``"role: content"`` lines, then ``"assistant:"``. A model with one (a Hugging Face
+    tokenizer's chat template) formats ``messages`` itself."""
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
 
 def _content(content: Any, i: int, role: str) -> str:
@@ -279,6 +318,16 @@ def _is_number(value: Any) -> bool:
 
 
 # -- responses --------------------------------------------------------------------------------
+
+
+def model_object(label: str, created: int, owned_by: str) -> dict[str, Any]:
+    """OpenAI's ``Model``: the id a caller may pass as ``model`` (the version's label)."""
+    return {"id": label, "object": "model", "created": created, "owned_by": owned_by}
+
+
+def model_list(label: str, created: int, owned_by: str) -> dict[str, Any]:
+    """``GET /models``: an endpoint serves one model version at a time."""
+    return {"object": "list", "data": [model_object(label, created, owned_by)]}
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

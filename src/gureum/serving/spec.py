@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from gureum.compute.spec import BlobFile
+from gureum.serving.validation import ValidationSpec
 
 Role = Literal["primary", "canary", "shadow"]
 
@@ -39,11 +40,21 @@ class ReplicaSpec(BaseModel):
 
 
 class TrafficConfig(BaseModel):
-    """Ray Serve ``user_config``: changed on live replicas without restarting them."""
+    """Ray Serve ``user_config``: changed on live replicas without restarting them.
+
+    ``endpoint_id`` and ``owner`` record whose application this is; Ray Serve reports them back,
+    and the controller adopts or deletes an application only when they match its endpoint."""
 
     model: ModelRef
+    endpoint_id: int | None = None
+    owner: str | None = None
     canary_percent: float = Field(default=0.0, ge=0, le=100)
     canary_app: str | None = None
     shadow_app: str | None = None
     max_batch_size: int = 8
     max_wait_ms: float = 5.0
+    # Open server-sent-event streams one key may hold on one replica.
+    max_streams_per_key: int = 4
+    # Set while a deploy of ``model`` is being validated: a replica that loads it runs this
+    # smoke test first, and does not start (or keeps its loaded version) when it fails.
+    validation: ValidationSpec | None = None

@@ -3,32 +3,34 @@
 Pure functions over bytes and JSON values (no Ray, no torch): the replica calls them on its hot
 path, so they stay cheap, and they are tested without a server.
 
-Units per recipe (what a plan's price per unit multiplies):
-
-- ``image-generator``: images generated (the sum of each input's ``count``);
-- ``image-classifier``: images classified (one per input);
-- ``tabular``: rows predicted (one per input);
-- ``text-generator``: tokens, prompt plus completion, as the model itself counts them: the
-  ``usage`` each output carries (a Hugging Face model's tokenizer tokens; UTF-8 bytes for the
-  byte-level GPT, whose tokens are bytes). An output without ``usage`` is counted in UTF-8 bytes
-  of prompt and text, the byte-level GPT's measure;
-- anything else (``script`` models, unknown recipes): one unit per request.
+Units per recipe come from its ``RecipeSpec`` (``recipes.specs``); a recipe without a serving
+spec is billed one unit per request.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
 from typing import Any
 
-UNITS: dict[str, str] = {
-    "image-generator": "image",
-    "image-classifier": "image",
-    "tabular": "row",
-    "text-generator": "token",
-}
+from gureum.recipes.specs import serving_of
+
 DEFAULT_UNIT = "request"
 JSON_TYPES = ("application/json",)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# What any integer beyond 64 bits or number beyond a double must contain: 19 digits in a row
+# or a three-digit exponent; looked for in the body with digits made 9 and the rest blank
+# (bytes.translate and substring search: a regular expression costs 100s of microseconds).
+_SHAPES = bytes(
+    57 if chr(b).isdigit() and b < 128 else 101 if b in b"eE" else 43 if b == 43 else 32
+    for b in range(256)
+)
+_DIGITS19 = b"9" * 19
+
+
+def _has_long_number(body: bytes) -> bool:
+    shapes = body.translate(_SHAPES)
+    return _DIGITS19 in shapes or b"e999" in shapes or b"e+999" in shapes
 
 
 class PayloadError(Exception):
@@ -39,39 +41,29 @@ class PayloadError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def unit_of(recipe: str | None) -> str:
-    return UNITS.get(recipe or "", DEFAULT_UNIT)
+class ModelFault(Exception):
+    """The model failed a request in a way the caller did not cause (a sandboxed predictor
+    raised, hung, ran out of memory, or answered outside its schema): an HTTP ``status`` and
+    ``code``, a ``what`` for the caller, and a ``detail`` only for the replica's log."""
+
+    def __init__(self, status: int, code: str, what: str, detail: str = "") -> None:
+        super().__init__(f"{code}: {what}")
+        self.status, self.code, self.what, self.detail = status, code, what, detail
+
+
+def unit_of(recipe: str | None, predictor: object = None) -> str:
+    """The unit a plan prices; a served predictor may name its own (``predictor.unit``)."""
+    own = getattr(predictor, "unit", None)
+    if isinstance(own, str) and own:
+        return own
+    serving = serving_of(recipe)
+    return serving.unit if serving else DEFAULT_UNIT
 
 
 def count_units(recipe: str | None, inputs: list[Any], outputs: list[Any]) -> float:
     """Units one request used, given the inputs it sent and the outputs it was answered with."""
-    unit = unit_of(recipe)
-    if unit == DEFAULT_UNIT:
-        return 1.0
-    if recipe == "image-generator":
-        return float(sum(_images(i, o) for i, o in zip(inputs, outputs, strict=False)))
-    if recipe == "text-generator":
-        return float(sum(_tokens(o) for o in outputs))
-    return float(len(inputs))  # one classified image or one predicted row per input
-
-
-def _images(item: Any, output: Any) -> int:
-    """Images delivered; the requested ``count`` when the output does not list them."""
-    if isinstance(output, Mapping) and isinstance(output.get("images"), list):
-        return len(output["images"])
-    count = item.get("count", 1) if isinstance(item, Mapping) else 1
-    return count if isinstance(count, int) and count > 0 else 1
-
-
-def _tokens(output: Any) -> int:
-    if not isinstance(output, Mapping):
-        return 0
-    usage = output.get("usage")
-    if isinstance(usage, Mapping):
-        counts = (usage.get("prompt_tokens"), usage.get("completion_tokens"))
-        return sum(n for n in counts if isinstance(n, int) and n > 0)
-    texts = (output.get("prompt"), output.get("text"))
-    return sum(len(t.encode("utf-8")) for t in texts if isinstance(t, str))
+    serving = serving_of(recipe)
+    return serving.count(inputs, outputs) if serving else 1.0
 
 
 def is_json(content_type: str | None) -> bool:
@@ -104,14 +96,18 @@ def read_json(body: bytes, content_type: str | None) -> Any:
     if not body.strip():
         raise PayloadError(400, "bad_request", "the request body is empty; send a JSON object")
     try:
-        return json.loads(body.decode("utf-8-sig"), parse_constant=_no_constant)
+        # The number checks cost a Python call per number: only for a body that may need them.
+        checks: dict[str, Any] = (
+            {"parse_int": _int64, "parse_float": _finite} if _has_long_number(body) else {}
+        )
+        return json.loads(body.decode("utf-8-sig"), parse_constant=_no_constant, **checks)
     except UnicodeDecodeError:
         raise PayloadError(400, "bad_request", "the request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise PayloadError(
             400, "bad_request", f"the request body is not valid JSON: {exc}"
         ) from None
-    except (ValueError, RecursionError) as exc:  # NaN/Infinity, or nesting deeper than Python's
+    except (ValueError, RecursionError) as exc:  # NaN, a number too large, deep nesting
         raise PayloadError(
             400, "bad_request", f"the request body is not valid JSON: {exc}"
         ) from None
@@ -119,6 +115,23 @@ def read_json(body: bytes, content_type: str | None) -> Any:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _int64(text: str) -> int:
+    """A JSON integer a model can take: within 64 bits (a seed goes to torch, a row's value to
+    numpy; a larger one made them raise, a 500 for what is the caller's mistake)."""
+    value = int(text) if len(text) <= 20 else INT64_MAX + 1
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"integer {text[:24]}{'...' if len(text) > 24 else ''} is over 64 bits")
+    return value
+
+
+def _finite(text: str) -> float:
+    """A JSON number that fits a double (``1e400`` would be read as infinity)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:24]} is too large for a double")
+    return value
 
 
 def parse_predict_body(

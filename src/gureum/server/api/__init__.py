@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from gureum.server.api import (
     audit,
     blobs,
+    catalog,
     consumers,
     datasets,
     endpoints,
@@ -14,8 +15,11 @@ from gureum.server.api import (
     keys,
     metrics,
     models,
+    secrets,
+    site_settings,
     usage,
     users,
+    validations,
     workspaces,
 )
 
@@ -28,6 +32,8 @@ ROUTERS: list[APIRouter] = [
     datasets.router,
     blobs.router,
     models.router,
+    validations.router,
+    catalog.router,
     jobs.router,
     endpoints.router,
     internal.router,
@@ -37,4 +43,6 @@ ROUTERS: list[APIRouter] = [
     usage.invoices_router,
     usage.costs_router,
     metrics.router,
+    site_settings.router,
+    secrets.router,
 ]

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from gureum.datasets.streams import body_reader
 from gureum.schemas.common import ErrorBody
 from gureum.schemas.datasets import SHA256_PATTERN, BatchOut, BlobOut, MissingOut, MissingRequest
-from gureum.server.deps import Developer, SettingsDep, StoreDep, Viewer
+from gureum.server.deps import DbDep, Developer, SettingsDep, StoreDep, Viewer
 from gureum.server.services import blobs as svc
 from gureum.storage.store import ArtifactStore
 
@@ -56,22 +56,27 @@ def missing(body: MissingRequest, store: StoreDep, principal: Developer) -> Miss
     openapi_extra=binary_body("application/octet-stream"),
 )
 async def put_blob(
-    sha256: Sha256, request: Request, store: StoreDep, settings: SettingsDep, principal: Developer
+    sha256: Sha256,
+    request: Request,
+    db: DbDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: Developer,
 ) -> BlobOut:
     check_length(request, settings.max_file_bytes)
     body = body_reader(request.stream())
-    return await to_thread.run_sync(svc.put_blob, store, settings, principal, sha256, body)
+    return await to_thread.run_sync(svc.put_blob, db, store, settings, principal, sha256, body)
 
 
 @router.post(
     "/batch", status_code=status.HTTP_201_CREATED, openapi_extra=binary_body("application/x-tar")
 )
 async def put_batch(
-    request: Request, store: StoreDep, settings: SettingsDep, principal: Developer
+    request: Request, db: DbDep, store: StoreDep, settings: SettingsDep, principal: Developer
 ) -> BatchOut:
-    check_length(request, settings.max_archive_bytes + settings.max_archive_bytes // 10, "batch")
+    check_length(request, svc.batch_limit(settings), "batch")
     body = body_reader(request.stream())
-    return await to_thread.run_sync(svc.put_batch, store, settings, principal, body)
+    return await to_thread.run_sync(svc.put_batch, db, store, settings, principal, body)
 
 
 @router.get(

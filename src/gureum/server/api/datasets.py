@@ -52,10 +52,15 @@ def delete_dataset(name: Name, db: DbDep, store: StoreDep, principal: Developer)
 @router.post(
     "/{name}/versions",
     status_code=status.HTTP_201_CREATED,
-    responses={400: {"model": ErrorBody}},
+    responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}},
 )
 def push_version(
-    name: Name, body: PushRequest, db: DbDep, store: StoreDep, principal: Developer
+    name: Name,
+    body: PushRequest,
+    db: DbDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: Developer,
 ) -> VersionOut:
     opts = push.PushOptions(
         message=body.message,
@@ -63,7 +68,7 @@ def push_version(
         seed=body.seed,
         description=body.description,
     )
-    return push.push_version(db, store, principal, name, body.files, opts)
+    return push.push_version(db, store, settings, principal, name, body.files, opts)
 
 
 @router.post(
@@ -85,8 +90,10 @@ async def push_archive(
     ] = None,
     validation_ratio: Annotated[float, Query(ge=0.0, lt=1.0)] = 0.2,
     seed: int = 0,
-    message: Annotated[str, Query(max_length=10_000)] = "",
-    description: Annotated[str | None, Query(max_length=10_000)] = None,
+    # In the query string, so short enough that any URL stays under the HTTP server's 64 KiB
+    # request-line limit (which answers in plain text, outside our error shape).
+    message: Annotated[str, Query(max_length=2_000)] = "",
+    description: Annotated[str | None, Query(max_length=2_000)] = None,
 ) -> VersionOut:
     check_length(request, push.archive_limits(settings).max_body_bytes, "archive")
     opts = push.PushOptions(message, validation_ratio, seed, description)

@@ -17,7 +17,7 @@ from gureum.schemas.endpoints import (
     ShadowRecordOut,
 )
 from gureum.server.db.tables_serving import ShadowRecord
-from gureum.server.deps import DbDep, Developer, ServingDep, Viewer
+from gureum.server.deps import DbDep, Developer, ServingDep, StoreDep, Viewer
 from gureum.server.pagination import PageParams, page_params
 from gureum.server.services import endpoints as svc
 from gureum.server.services.endpoint_stats import endpoint_stats
@@ -34,10 +34,17 @@ Params = Annotated[PageParams, Depends(page_params)]
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def deploy(
-    body: EndpointCreate, db: DbDep, serving: ServingDep, principal: Developer, response: Response
+    body: EndpointCreate,
+    db: DbDep,
+    serving: ServingDep,
+    store: StoreDep,
+    principal: Developer,
+    response: Response,
 ) -> EndpointOut:
     """Create the endpoint (201), or change what an existing one serves (200)."""
-    out, created = svc.deploy(db, principal, body, serving.secret, serving.data_url, serving.live)
+    out, created = svc.deploy(
+        db, principal, body, serving.secret, serving.data_url, serving.live, store=store
+    )
     if not created:
         response.status_code = status.HTTP_200_OK
     if serving.controller is not None:

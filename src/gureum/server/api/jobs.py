@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import mimetypes
-from collections.abc import AsyncIterator
-from typing import Annotated
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from gureum.config import Settings
 from gureum.schemas.common import ErrorBody, Page
 from gureum.schemas.jobs import (
     TERMINAL_STATES,
@@ -24,9 +27,11 @@ from gureum.schemas.jobs import (
     JobState,
 )
 from gureum.server.api.blobs import blob_response
-from gureum.server.auth import Principal
+from gureum.server.auth import Authenticator, Principal
 from gureum.server.db.session import Database
 from gureum.server.deps import DbDep, Developer, JobsDep, StoreDep, Viewer
+from gureum.server.errors import ApiError
+from gureum.server.limits import StreamSlots
 from gureum.server.pagination import PageParams, page_params
 from gureum.server.services import jobs as svc
 
@@ -109,13 +114,47 @@ def read_logs(job_id: JobId, db: DbDep, principal: Viewer, offset: Offset = 0) -
 async def stream_logs(
     job_id: JobId, request: Request, db: DbDep, principal: Viewer, offset: Offset = 0
 ) -> StreamingResponse:
-    """Server-sent events: ``log`` chunks, ``state`` on every change, ``end`` at the finish."""
-    first = await to_thread.run_sync(svc.get_job, db, principal, job_id)  # 404 before streaming
-    return StreamingResponse(
-        _events(request, db, principal, first, offset),
+    """Server-sent events: ``log`` chunks, ``state`` on every change, ``end`` at the finish;
+    ``error`` (then the end of the stream) when the key is revoked meanwhile. A key holds at
+    most ``max_streams_per_key`` streams at once (429 beyond)."""
+    settings: Settings = request.app.state.settings
+    slots: StreamSlots = request.app.state.streams
+    if not slots.acquire(principal.key_id, settings.max_streams_per_key):
+        raise TooManyStreams(
+            f"this key already holds {settings.max_streams_per_key} live streams (the limit); "
+            "close one first",
+            details={"max_streams_per_key": settings.max_streams_per_key},
+            headers={"Retry-After": "5"},
+        )
+    try:
+        first = await to_thread.run_sync(svc.get_job, db, principal, job_id)  # 404 first
+    except BaseException:
+        slots.release(principal.key_id)
+        raise
+    return _SlotStream(
+        lambda: slots.release(principal.key_id),
+        _events(request, db, principal, first, offset, settings.stream_key_recheck_s),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class TooManyStreams(ApiError):
+    status, code = 429, "rate_limited"
+
+
+class _SlotStream(StreamingResponse):
+    """Gives its stream slot back however the response ends (done, error, disconnect)."""
+
+    def __init__(self, release: Callable[[], None], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def _sse(event: str, data: str) -> bytes:
@@ -123,12 +162,31 @@ def _sse(event: str, data: str) -> bytes:
 
 
 async def _events(
-    request: Request, db: Database, principal: Principal, job: JobOut, offset: int
+    request: Request,
+    db: Database,
+    principal: Principal,
+    job: JobOut,
+    offset: int,
+    recheck_s: float,
 ) -> AsyncIterator[bytes]:
     last_state = job.model_dump_json()
     yield _sse("state", last_state)
     quiet = 0.0
+    auth: Authenticator = request.app.state.auth
+    authorization = request.headers.get("authorization")
+    checked = time.monotonic()
     while True:
+        if time.monotonic() - checked >= recheck_s:
+            # The key is looked up again now and then, past the cache: a stream does not
+            # outlive its key (nor a role it lost).
+            try:
+                principal = await to_thread.run_sync(auth.verify, authorization)
+            except ApiError as exc:
+                yield _sse(
+                    "error", json.dumps({"error": {"code": exc.code, "message": exc.message}})
+                )
+                return
+            checked = time.monotonic()
         text, offset, state = await to_thread.run_sync(svc.read_logs, db, principal, job.id, offset)
         if text:
             yield _sse("log", json.dumps({"offset": offset, "text": text}))

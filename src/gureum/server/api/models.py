@@ -42,7 +42,7 @@ def get_model(name: Name, db: DbDep, principal: Viewer) -> ModelOut:
     return svc.get_model(db, principal, name)
 
 
-@router.patch("/{name}")
+@router.patch("/{name}", responses={403: {"model": ErrorBody}})
 def update_model(name: Name, body: ModelUpdate, db: DbDep, principal: Developer) -> ModelOut:
     return svc.update_model(db, principal, name, body)
 

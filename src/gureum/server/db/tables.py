@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -31,6 +32,8 @@ class Workspace(Base):
     max_cpus: Mapped[float | None] = mapped_column(Float, default=None)
     max_gpus: Mapped[float | None] = mapped_column(Float, default=None)
     max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Bytes the workspace's datasets, models and job outputs may hold (None: no limit).
+    max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -75,6 +78,9 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # May call the workspace's endpoints (rate-limited and metered like a consumer); off unless
+    # asked for at creation (developer keys and above only).
+    data_plane: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class AuditEvent(Base):
@@ -208,6 +214,11 @@ class ModelVersion(Base):
     )
     job_id: Mapped[str | None] = mapped_column(String(64), default=None)
     code_hash: Mapped[str | None] = mapped_column(String(128), default=None)
+    # Set by the server only when a job registers the version (never by a caller); only the
+    # files of a built-in recipe's job may be unpickled, and only its metrics are "measured".
+    registered_by_job: Mapped[bool] = mapped_column(Boolean, default=False)
+    platform_written: Mapped[bool] = mapped_column(Boolean, default=False)
+    metrics_source: Mapped[str] = mapped_column(String(16), default="reported")
     file_count: Mapped[int] = mapped_column(Integer)
     total_bytes: Mapped[int] = mapped_column(BigInteger)
     message: Mapped[str] = mapped_column(Text, default="")

@@ -143,6 +143,20 @@ class ConsumerKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
+class QuotaLease(Base):
+    """Calls of a consumer's monthly quota handed out to replicas (in blocks) for ``period``
+    (YYYY-MM): never more than the quota, so replicas together never serve more."""
+
+    __tablename__ = "quota_leases"
+
+    consumer_id: Mapped[int] = mapped_column(
+        ForeignKey("consumers.id", ondelete="CASCADE"), primary_key=True
+    )
+    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    leased: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class UsageRecord(Base):
     """One served request; ``id`` comes from the replica: a re-shipped batch counts once."""
 

@@ -51,7 +51,7 @@ def record(
     session.add(
         AuditEvent(
             workspace_id=workspace_id,
-            actor_user_id=principal.user_id if principal else None,
+            actor_user_id=(principal.user_id or None) if principal else None,
             actor_key_id=principal.key_id if principal else None,
             action=action,
             target_type=target_type,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,11 +33,18 @@ from gureum.schemas.consumers import (
     PlanFields,
     PlanOut,
 )
-from gureum.schemas.metering import AccessKey
+from gureum.schemas.metering import AccessKey, LeaseGranted
 from gureum.server.auth import Principal, hash_secret
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
-from gureum.server.db.tables_serving import Consumer, ConsumerKey, Endpoint, Plan, UsageRecord
+from gureum.server.db.tables_serving import (
+    Consumer,
+    ConsumerKey,
+    Endpoint,
+    Plan,
+    QuotaLease,
+    UsageRecord,
+)
 from gureum.server.errors import Conflict, NotFound, Unprocessable
 from gureum.server.pagination import PageParams, paginate
 from gureum.server.services.audit import record
@@ -415,3 +423,64 @@ def access_snapshot(s: Session, endpoint: Endpoint) -> list[AccessKey]:
         )
         for r in allowed
     ]
+
+
+def _used_this_month(s: Session, consumer_id: int) -> int:
+    """Served calls (status < 400) of the consumer this calendar month, from the ledger."""
+    stmt = select(func.count()).where(
+        UsageRecord.consumer_id == consumer_id,
+        UsageRecord.time >= month_start(),
+        UsageRecord.status < 400,
+    )
+    return int(s.scalar(stmt) or 0)
+
+
+def lease(
+    s: Session, endpoint: Endpoint, consumer_id: int, release: int, block: int, replicas: int
+) -> LeaseGranted:
+    """Hand a replica the next block of a consumer's monthly quota (in the caller's write
+    transaction).
+
+    The month's row is locked (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's writers are
+    serialized by ``BEGIN IMMEDIATE``), so concurrent leases never hand out more than the quota
+    together. Blocks shrink as the quota runs out (about the remainder shared by twice the
+    replicas, at least one call), so few calls sit unused on one replica while another refuses.
+    What the ledger already counts is never leased again, whatever the counter says.
+    """
+    period = month_start().strftime("%Y-%m")
+    row = s.execute(
+        select(Consumer.disabled, Plan.monthly_quota, Plan.endpoints)
+        .join(Plan, Plan.id == Consumer.plan_id)
+        .where(Consumer.id == consumer_id, Consumer.workspace_id == endpoint.workspace_id)
+    ).one_or_none()
+    quota = row.monthly_quota if row is not None else None
+    if row is None or row.disabled or (row.endpoints and endpoint.name not in row.endpoints):
+        return LeaseGranted(consumer_id=consumer_id, granted=0, monthly_quota=quota, period=period)
+    if quota is None:  # unlimited: nothing to count
+        return LeaseGranted(
+            consumer_id=consumer_id, granted=block, monthly_quota=None, period=period
+        )
+    dialect = s.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    s.execute(
+        insert(QuotaLease)
+        .values(consumer_id=consumer_id, period=period, leased=0, updated_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["consumer_id", "period"])
+    )
+    held = s.scalar(
+        select(QuotaLease)
+        .where(QuotaLease.consumer_id == consumer_id, QuotaLease.period == period)
+        .with_for_update()
+    )
+    assert held is not None  # inserted above or by a concurrent lease
+    base = max(held.leased - release, _used_this_month(s, consumer_id))
+    remaining = quota - base
+    granted = 0
+    if remaining > 0 and not release:  # a replica giving calls back takes none
+        granted = min(block, remaining, max(1, remaining // (2 * max(1, replicas))))
+    held.leased = base + granted
+    held.updated_at = utcnow()
+    s.flush()
+    return LeaseGranted(
+        consumer_id=consumer_id, granted=granted, monthly_quota=quota, period=period
+    )

@@ -33,15 +33,10 @@ from gureum.server.auth import Principal
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import (
-    Dataset,
-    DatasetFile,
-    DatasetVersion,
     Job,
-    Model,
-    ModelFile,
-    ModelVersion,
 )
 from gureum.server.db.tables_serving import ResourceUsage, UsageRecord
+from gureum.server.services.blobs import dataset_content, model_content
 from gureum.server.services.usage import period_bounds
 
 GB = 1024**3
@@ -195,18 +190,8 @@ def _compute(
 def _storage(
     s: Session, workspace_id: int, start: datetime, end: datetime, prices: Prices
 ) -> StorageCost:
-    datasets = (
-        select(DatasetFile.sha256, DatasetFile.size)
-        .join(DatasetVersion, DatasetVersion.id == DatasetFile.version_id)
-        .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
-        .where(Dataset.workspace_id == workspace_id)
-    )
-    models = (
-        select(ModelFile.sha256, ModelFile.size)
-        .join(ModelVersion, ModelVersion.id == ModelFile.version_id)
-        .join(Model, Model.id == ModelVersion.model_id)
-        .where(Model.workspace_id == workspace_id)
-    )
+    datasets = dataset_content(workspace_id)
+    models = model_content(workspace_id)
 
     def total(stmt: Select[*tuple[Any, ...]] | CompoundSelect[*tuple[Any, ...]]) -> int:
         sub = stmt.subquery()

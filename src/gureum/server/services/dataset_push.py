@@ -14,23 +14,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from gureum.config import Settings
 from gureum.datasets import archive
+from gureum.datasets.readers import LineTooLong
 from gureum.datasets.scan import Entry, ScanResult, scan
 from gureum.schemas.datasets import FileEntry, VersionOut
 from gureum.server.auth import Principal
 from gureum.server.db.session import Database
-from gureum.server.db.tables import Dataset, DatasetFile, DatasetVersion
-from gureum.server.errors import BadRequest, Conflict, PayloadTooLarge
+from gureum.server.db.tables import Dataset, DatasetFile, DatasetVersion, Workspace
+from gureum.server.errors import BadRequest, Conflict, PayloadTooLarge, Unprocessable
 from gureum.server.services import audit
 from gureum.server.services.blobs import (
     MissingBlobs,
+    StorageQuotaExceeded,
     UnsafeArchiveError,
+    check_new_references,
     collect_garbage,
     lock_workspace,
+    storage_room,
     too_large,
 )
 from gureum.server.services.datasets import version_out
@@ -71,8 +75,16 @@ def _problems(store: ArtifactStore, workspace_id: int, entries: Sequence[Entry])
         )
 
 
+class LineTooLongError(Unprocessable):
+    code = "line_too_long"
+
+
 def _scan(
-    store: ArtifactStore, workspace_id: int, entries: Sequence[Entry], opts: PushOptions
+    store: ArtifactStore,
+    settings: Settings,
+    workspace_id: int,
+    entries: Sequence[Entry],
+    opts: PushOptions,
 ) -> ScanResult:
     _problems(store, workspace_id, entries)
     try:
@@ -81,7 +93,14 @@ def _scan(
             lambda digest: store.open_blob(workspace_id, digest),
             validation_ratio=opts.validation_ratio,
             seed=opts.seed,
+            max_line_bytes=settings.max_line_bytes,
         )
+    except LineTooLong as exc:
+        raise LineTooLongError(
+            f"{exc.path}: line {exc.line} is longer than {exc.limit} bytes; split it, or ask "
+            "an admin to raise GUREUM_MAX_LINE_BYTES",
+            details={"path": exc.path, "line": exc.line, "max_line_bytes": exc.limit},
+        ) from exc
     except FileNotFoundError:
         # A blob went away between the check and the read (a delete freed it): say which.
         _problems(store, workspace_id, entries)
@@ -106,6 +125,8 @@ def _commit(
     workspace_id = principal.workspace_id
     with db.write() as s:
         lock_workspace(s, workspace_id, exclusive=False)
+        quota = s.scalar(select(Workspace.max_storage_bytes).where(Workspace.id == workspace_id))
+        check_new_references(s, workspace_id, {f.sha256: f.size for f in result.files}, quota)
         gone = sorted(
             {f.sha256 for f in result.files if not store.has_blob(workspace_id, f.sha256)}
         )
@@ -160,6 +181,7 @@ def _commit(
 def push_version(
     db: Database,
     store: ArtifactStore,
+    settings: Settings,
     principal: Principal,
     name: str,
     files: Sequence[FileEntry],
@@ -168,7 +190,7 @@ def push_version(
     """A new version from blobs already uploaded (the manifest is validated by its schema)."""
     principal.require("developer")
     entries = [Entry(f.path, f.sha256, f.size) for f in files]
-    result = _scan(store, principal.workspace_id, entries, opts)
+    result = _scan(store, settings, principal.workspace_id, entries, opts)
     return _commit(db, store, principal, name, result, opts)
 
 
@@ -211,6 +233,8 @@ def _archive_errors(settings: Settings) -> Iterator[None]:
         yield
     except archive.UnsafeArchive as exc:
         raise UnsafeArchiveError(str(exc)) from exc
+    except archive.QuotaExceeded as exc:
+        raise StorageQuotaExceeded(str(exc)) from exc
     except archive.ArchiveTooLarge as exc:
         raise PayloadTooLarge(
             str(exc),
@@ -218,6 +242,7 @@ def _archive_errors(settings: Settings) -> Iterator[None]:
                 "max_archive_bytes": settings.max_archive_bytes,
                 "max_file_bytes": settings.max_file_bytes,
                 "max_archive_entries": settings.max_archive_entries,
+                "max_archive_ratio": settings.max_archive_ratio,
             },
         ) from exc
     except archive.BadArchive as exc:
@@ -226,11 +251,13 @@ def _archive_errors(settings: Settings) -> Iterator[None]:
         raise too_large(settings.max_file_bytes) from exc
 
 
-def archive_limits(settings: Settings) -> archive.ArchiveLimits:
+def archive_limits(settings: Settings, quota_bytes: int | None = None) -> archive.ArchiveLimits:
     return archive.ArchiveLimits(
         max_file_bytes=settings.max_file_bytes,
         max_total_bytes=settings.max_archive_bytes,
         max_entries=settings.max_archive_entries,
+        max_ratio=settings.max_archive_ratio,
+        quota_bytes=quota_bytes,
     )
 
 
@@ -247,12 +274,15 @@ def push_archive(
     """A new version from a zip / tar / tar.gz body; blocking, so run it in a worker thread.
 
     Members are staged under temporary keys and only placed once the whole archive has
-    proven safe and within limits; a failure after that frees what this push placed.
+    proven safe and within limits (size, ratio, entries, names, the storage quota); a failure
+    after that (a line too long, a conflict) frees what this push placed.
     Without ``fmt`` the format is told from the first bytes.
     """
     principal.require("developer")
     workspace_id = principal.workspace_id
-    limits = archive_limits(settings)
+    # Counted on the expanded bytes as they come, before dedup: a push never goes past it.
+    room = storage_room(db, store, workspace_id)
+    limits = archive_limits(settings, None if room is None else room[1])
     if fmt is None:
         if isinstance(body, io.BufferedReader):
             buffered = body
@@ -269,7 +299,7 @@ def push_archive(
             raise BadRequest("the archive holds no files")
         staging.place()
         entries = [Entry(m.path, m.result.info.sha256, m.result.info.size) for m in members]
-        result = _scan(store, workspace_id, entries, opts)
+        result = _scan(store, settings, workspace_id, entries, opts)
         return _commit(db, store, principal, name, result, opts)
     except BaseException:
         staging.discard()

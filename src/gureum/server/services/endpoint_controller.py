@@ -24,7 +24,7 @@ from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Model, ModelVersion
 from gureum.server.db.tables_serving import Endpoint
-from gureum.server.services import costs
+from gureum.server.services import costs, validations
 from gureum.server.services.endpoint_stats import judge_canary
 from gureum.server.services.endpoints import (
     add_event,
@@ -34,7 +34,7 @@ from gureum.server.services.endpoints import (
     promote_canary,
 )
 from gureum.server.services.jobs import model_files
-from gureum.serving.backend import AppSpec, AppState, ServingBackend
+from gureum.serving.backend import AppSpec, AppState, Route, ServingBackend, app_name
 from gureum.serving.spec import ModelRef, ReplicaSpec, Role, TrafficConfig
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,21 @@ JUDGE_EVERY_S = 5.0
 METER_EVERY_S = 15.0
 RUNNING = "RUNNING"
 FAILED = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
+# An application in these states may not list its deployment (and so its user_config) yet.
+IN_TRANSIT = frozenset({"NOT_STARTED", "DEPLOYING", "DELETING"})
+OWNER_CHARS = 16
 
 
-def app_names(endpoint: str) -> dict[Role, str]:
-    return {"primary": endpoint, "canary": f"{endpoint}--canary", "shadow": f"{endpoint}--shadow"}
+def app_names(endpoint_id: int) -> dict[Role, str]:
+    """Serve application names come from the endpoint's id: a user-chosen name could be another
+    endpoint's canary (``x--canary``) or the router."""
+    return {r: app_name(endpoint_id, r) for r in ("primary", "canary", "shadow")}
+
+
+def owner(ep: Endpoint) -> str:
+    """What an endpoint's applications record besides its id: a stored fingerprint unique to
+    this endpoint of this control plane (an id alone repeats after a database is replaced)."""
+    return ep.token_hash[:OWNER_CHARS]
 
 
 class EndpointController:
@@ -61,16 +72,52 @@ class EndpointController:
         self._judged = 0.0
         self._metered_at: dict[int, datetime] = {}
         self._last_meter = time.monotonic()
-        self._bounds: dict[str, float] | None = None
+        self._routes: dict[str, Route] | None = None
+        # endpoint name -> (id, owner), from the last tick: live() is asked by name.
+        self._known: dict[str, tuple[int, str]] = {}
+        # Applications this controller applied: its own while Ray Serve does not yet report
+        # what they record (a new application lists its deployment a moment later).
+        self._applied: set[str] = set()
 
     @property
     def data_url(self) -> str:
         return self.backend.data_url
 
     def live(self, name: str) -> ReplicaCounts:
-        apps = app_names(name)
-        counts = {r: (self.states[a].running if a in self.states else 0) for r, a in apps.items()}
+        known = self._known.get(name)
+        if known is None:
+            return ReplicaCounts()
+        own = self._own(*known)
+        counts = {r: (own[a].running if a in own else 0) for r, a in app_names(known[0]).items()}
         return ReplicaCounts(**counts)
+
+    def _own(self, ep_id: int, fingerprint: str) -> dict[str, AppState]:
+        """The applications Ray Serve runs for this endpoint: those named for it whose
+        recorded endpoint id and owner match. Any other application under one of its names is
+        not adopted, not counted and not deleted."""
+        out = {}
+        for name in app_names(ep_id).values():
+            st = self.states.get(name)
+            if st is None:
+                continue
+            if (st.endpoint_id, st.owner) == (ep_id, fingerprint) or (
+                _unrecorded(st) and name in self._applied
+            ):
+                out[name] = st
+        return out
+
+    def _others(self, ep_id: int, own: dict[str, AppState]) -> tuple[list[str], list[str]]:
+        """Applications under the endpoint's names that are not its own: those that record
+        another endpoint (or none, settled), and those that do not say yet (in transit)."""
+        foreign: list[str] = []
+        unknown: list[str] = []
+        for name in app_names(ep_id).values():
+            st = self.states.get(name)
+            if st is None or name in own:
+                continue
+            in_transit = _unrecorded(st) and st.status in IN_TRANSIT
+            (unknown if in_transit else foreign).append(name)
+        return foreign, unknown
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="endpoint-controller", daemon=True)
@@ -97,10 +144,14 @@ class EndpointController:
     def tick(self) -> None:
         self.states = self.backend.states()
         with self.db.read() as s:
-            ids = list(s.scalars(select(Endpoint.id)))
-        for ep_id in ids:
+            rows = s.execute(select(Endpoint.id, Endpoint.name, Endpoint.token_hash)).all()
+        self._known = {r.name: (r.id, r.token_hash[:OWNER_CHARS]) for r in rows}
+        self._retire_legacy(list(self._known))
+        for ep_id in [r.id for r in rows]:
             try:
                 self._reconcile(ep_id)
+            except ForeignApp as e:
+                self._note_error(ep_id, str(e))
             except Exception as e:
                 log.exception("reconciling endpoint %s failed", ep_id)
                 self._note_error(ep_id, f"{type(e).__name__}: {e}")
@@ -121,39 +172,54 @@ class EndpointController:
             if ep is None:
                 return
             generation = ep.generation
-            apps = app_names(ep.name)
+            apps = app_names(ep.id)
+            fingerprint = owner(ep)
             deleting = ep.state == "deleting"
             wanted = {apps["primary"]}
             wanted |= {apps["canary"]} if ep.canary_version_id else set()
             wanted |= {apps["shadow"]} if ep.shadow_version_id else set()
+            own = self._own(ep.id, fingerprint)
             # Also when Ray Serve lost an application (a restarted cluster): apply it again.
             pending = ep.generation != ep.applied_generation or (
-                not deleting and not wanted <= self.states.keys()
+                not deleting and not wanted <= own.keys()
             )
             specs = self._specs(s, ep) if pending and not deleting else {}
+        foreign, unknown = self._others(ep_id, own)
+        if pending and not deleting and foreign:
+            # Applying would replace an application this endpoint did not make (another
+            # control plane's, or one left by an earlier database): refuse, and say so.
+            raise ForeignApp(
+                f"Ray Serve runs {', '.join(foreign)}, which is not this endpoint's "
+                "(its recorded endpoint differs); it is left alone: delete it from Ray Serve "
+                "to deploy this endpoint"
+            )
+        if pending and not deleting and unknown:
+            return  # wait until Ray Serve says whose they are
         if pending:
             for role, app in apps.items():
                 if role in specs:
                     self.backend.apply(specs[role])
-                elif app in self.states:
+                    self._applied.add(app)
+                elif app in own:
                     self.backend.delete(app)
+                    self._applied.discard(app)
             with self.db.write() as s:
                 ep = s.get(Endpoint, ep_id)
                 if ep is not None and ep.generation == generation:
                     ep.applied_generation = generation
             return
         if deleting:
-            if not any(a in self.states for a in apps.values()):
+            if not own:
                 with self.db.write() as s:
                     ep = s.get(Endpoint, ep_id)
                     if ep is not None and ep.state == "deleting":
                         s.delete(ep)
             return
-        self._observe(ep_id, apps)
+        self._observe(ep_id, apps, own)
 
     def _specs(self, s: Session, ep: Endpoint) -> dict[Role, AppSpec]:
         config = EndpointConfig.model_validate(ep.config)
-        apps = app_names(ep.name)
+        apps = app_names(ep.id)
         token = endpoint_token(self.secret, ep)
         versions: dict[Role, int | None] = {
             "primary": ep.version_id,
@@ -172,6 +238,11 @@ class EndpointController:
                 shadow_app=apps["shadow"] if primary and ep.shadow_version_id else None,
                 max_batch_size=config.batching.max_batch_size,
                 max_wait_ms=config.batching.max_wait_ms,
+                max_streams_per_key=config.max_streams_per_key,
+                endpoint_id=ep.id,
+                owner=owner(ep),
+                # Shadows take no customer traffic: not validated.
+                validation=None if role == "shadow" else validations.spec_for(s, ep, version_id),
             )
             out[role] = AppSpec(
                 name=apps[role],
@@ -205,23 +276,47 @@ class EndpointController:
                 ep.message = message
                 add_event(s, ep, "error", message)
 
+    def _retire_legacy(self, names: list[str]) -> None:
+        """Applications an earlier gureum named after endpoint names hold their routes (Ray
+        Serve gives a route prefix to one application): remove them, so that the ``ep-<id>``
+        applications can take over. Only gureum endpoint applications (a TrafficConfig without
+        an endpoint id in their user_config) named for an existing endpoint are removed."""
+        for name in names:
+            for app, route in (
+                (name, f"/v1/endpoints/{name}"),
+                (f"{name}--canary", None),
+                (f"{name}--shadow", None),
+            ):
+                st = self.states.get(app)
+                if st is None or not st.legacy or st.status == "DELETING":
+                    continue
+                if route is not None and st.route_prefix not in (route, None):
+                    continue
+                log.warning("removing Serve application %s, named by an earlier gureum", app)
+                self.backend.delete(app)
+
     def _route(self) -> None:
         with self.db.read() as s:
-            rows = s.execute(select(Endpoint.name, Endpoint.config, Endpoint.state)).all()
-        bounds = {
-            r.name: EndpointConfig.model_validate(r.config).cold_start_timeout_s
-            for r in rows
-            if r.state != "deleting"
-        }
-        if bounds != self._bounds:
-            self.backend.route(bounds)
-            self._bounds = bounds
+            rows = s.execute(
+                select(Endpoint.id, Endpoint.name, Endpoint.config, Endpoint.state)
+            ).all()
+        routes = {}
+        for r in rows:
+            if r.state == "deleting":
+                continue
+            config = EndpointConfig.model_validate(r.config)
+            routes[r.name] = Route(
+                app_name(r.id), config.cold_start_timeout_s, config.max_request_bytes
+            )
+        if routes != self._routes:
+            self.backend.route(routes)
+            self._routes = routes
 
     # -- what runs -> endpoint state -----------------------------------------------------------
 
-    def _observe(self, ep_id: int, apps: dict[Role, str]) -> None:
-        primary = self.states.get(apps["primary"])
-        canary = self.states.get(apps["canary"])
+    def _observe(self, ep_id: int, apps: dict[Role, str], own: dict[str, AppState]) -> None:
+        primary = own.get(apps["primary"])
+        canary = own.get(apps["canary"])
         with self.db.write() as s:
             ep = s.get(Endpoint, ep_id)
             if ep is None or ep.generation != ep.applied_generation or ep.state == "deleting":
@@ -235,6 +330,8 @@ class EndpointController:
                     self._drop_failed(s, ep, canary)
                     return
             state, message = _state(primary)
+            if state == "deploying" and ep.state == "failed":
+                return  # it failed validation: Ray Serve retrying its replica does not undo that
             if state == "deploying" and ep.state in ("ready", "updating"):
                 state = "updating"
             if ep.rollout == "promote" and state == "ready":
@@ -302,6 +399,14 @@ class EndpointController:
                     costs.record_endpoint(
                         s, ep.workspace_id, ep.name, start, now, replicas, config.resources
                     )
+
+
+def _unrecorded(st: AppState) -> bool:
+    return st.endpoint_id is None and st.owner is None
+
+
+class ForeignApp(RuntimeError):
+    """A Serve application under one of an endpoint's names records another endpoint."""
 
 
 def _model_ref(s: Session, version_id: int) -> ModelRef:

@@ -108,6 +108,8 @@ class _EndpointLive:
     last_cold_start_ms: float | None = None
     # replica -> (in_flight, seen at)
     in_flight: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # role -> the engine its replicas last reported
+    engines: dict[str, str] = field(default_factory=dict)
 
 
 class LiveGauges:
@@ -136,6 +138,8 @@ class LiveGauges:
                 live.in_flight[g.replica] = (g.in_flight, now)
                 if g.cold_start_ms is not None:
                     live.last_cold_start_ms = g.cold_start_ms
+                if g.engine is not None:
+                    live.engines[g.role] = g.engine
 
     def snapshot(self) -> dict[str, _EndpointLive]:
         with self._lock:
@@ -149,6 +153,10 @@ class LiveGauges:
     def queue_depth(self, endpoint: str) -> int:
         live = self.snapshot().get(endpoint)
         return sum(n for n, _ in live.in_flight.values()) if live else 0
+
+    def engines(self, endpoint: str) -> dict[str, str]:
+        live = self.snapshot().get(endpoint)
+        return dict(live.engines) if live else {}
 
     def batch_size_avg(self, endpoint: str) -> float | None:
         live = self.snapshot().get(endpoint)
@@ -204,4 +212,5 @@ def endpoint_stats(
         replicas=replicas,
         queue_depth=gauges.queue_depth(ep.name),
         batch_size_avg=gauges.batch_size_avg(ep.name),
+        engines=gauges.engines(ep.name),
     )

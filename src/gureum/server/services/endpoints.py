@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gureum.recipes.specs import SPECS, serving_of
 from gureum.schemas.common import Page
 from gureum.schemas.endpoints import (
     CanaryOut,
@@ -35,10 +36,11 @@ from gureum.server.db.tables import Model, ModelVersion, Workspace
 from gureum.server.db.tables_serving import Endpoint, EndpointEvent
 from gureum.server.errors import Conflict, NotFound, Unauthorized, Unprocessable
 from gureum.server.pagination import PageParams, paginate
+from gureum.server.services import base_models, validations
 from gureum.server.services.audit import record
-from gureum.server.services.models import find_model, resolve_version_row
+from gureum.server.services.models import find_model, require_loadable, resolve_version_row
+from gureum.storage.store import ArtifactStore
 
-SERVABLE = frozenset({"image-generator", "image-classifier", "text-generator", "tabular"})
 TOKEN_PREFIX = "gst"  # noqa: S105 (a prefix, not a secret)
 
 # endpoint name -> replicas running per role, from the controller's last look at Ray Serve.
@@ -130,12 +132,15 @@ def _version(s: Session, workspace_id: int, ref: str) -> ModelVersion:
             )
         )
         version = resolve_version_row(s, model, "production" if has_production else "latest")
-    if version.recipe not in SERVABLE:
+    if serving_of(version.recipe) is None:
         made_by = f"recipe {version.recipe!r}" if version.recipe else "no recipe (imported)"
+        servable = sorted(n for n, spec in SPECS.items() if spec.serving)
         raise Unprocessable(
             f"{name}:{version.version} was made by {made_by}; endpoints serve models of the "
-            f"built-in recipes: {', '.join(sorted(SERVABLE))}"
+            f"recipes {', '.join(servable)}, imported ONNX or Hugging Face models, and script "
+            "models registered with a predictor"
         )
+    require_loadable(version.recipe, version.platform_written, f"{name}:{version.version}")
     return version
 
 
@@ -146,25 +151,38 @@ def deploy(
     secret: bytes,
     data_url: str | None,
     live: Live = _no_live,
+    *,
+    store: ArtifactStore,
 ) -> tuple[EndpointOut, bool]:
     """Create the endpoint, or change what an existing one serves. True when created."""
     principal.require("developer")
     with db.write() as s:
         version = _version(s, principal.workspace_id, body.model)
         label = f"{body.model.partition(':')[0]}:{version.version}"
+        base_models.check_loadable(s, store, version, version.recipe, label)  # its base: no path
         ep = s.scalar(select(Endpoint).where(Endpoint.name == body.name).with_for_update())
         if ep is not None and ep.workspace_id != principal.workspace_id:
             raise Conflict(f"the endpoint name {body.name!r} is taken; choose another")
         if ep is not None and ep.state == "deleting":
             raise Conflict(f"endpoint {body.name!r} is being deleted; deploy again when it is gone")
-        created = ep is None
+        created = fresh = ep is None
+        canary_before = ep.canary_version_id if ep is not None else None
         if ep is None:
             if body.canary_percent is not None or body.shadow:
                 raise Unprocessable("a canary or shadow needs an endpoint that already serves")
             ep = _create(s, principal, body, version, secret)
             add_event(s, ep, "deploy", f"deploying {label}", version=version.version)
+        elif ep.state == "failed" and version.id == ep.version_id and not body.shadow:
+            changed(ep, "deploying")  # its version again (new sample inputs): a fresh start
+            add_event(s, ep, "deploy", f"deploying {label} again", version=version.version)
+            fresh = True
         else:
             _update(s, ep, body, version, label)
+        if fresh or canary_before != ep.canary_version_id == version.id:
+            # Validated in the first new replica before it takes traffic (services.validations).
+            validations.open_for_deploy(
+                s, store, ep, version, body.sample_inputs, principal.user_id
+            )
         record(s, principal, "endpoint.deploy", "endpoint", ep.name, {"model": label})
         return endpoint_out(s, ep, data_url, live), created
 

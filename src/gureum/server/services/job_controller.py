@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -28,8 +29,10 @@ from gureum.schemas.jobs import ACTIVE_STATES, Resources
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Dataset, DatasetVersion, Job, Workspace
-from gureum.server.services import costs, job_results
+from gureum.server.services import base_models, costs, job_results
 from gureum.server.services.jobs import add_event, dataset_manifest, model_files, settle
+from gureum.server.services.secrets import values as secret_values
+from gureum.server.services.site_settings import allow_unsandboxed
 from gureum.storage.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class JobController:
     _wake: threading.Event = field(default_factory=threading.Event)
     _halt: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    home: Path | None = None  # GUREUM_HOME: where the key of workspace secrets lives
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -343,8 +347,13 @@ class JobController:
                     else []
                 )
             ],
+            models=base_models.job_models(s, job),
             resources=Resources.model_validate(job.resources),
             workers=job.workers,
+            unsandboxed_ok=job.recipe == "script" and allow_unsandboxed(s),
+            secrets=secret_values(s, self.home, job.workspace_id)
+            if job.recipe == "script" and self.home is not None
+            else {},
         )
 
 

@@ -10,9 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gureum.compute.spec import Item
+from gureum.recipes.predictor import NAME as PREDICTOR
 from gureum.schemas.datasets import FileEntry
+from gureum.schemas.jobs import SCRIPT_RECIPE
 from gureum.schemas.models import VersionCreate
-from gureum.server.auth import Principal
+from gureum.server.auth import SYSTEM_USER_ID, Principal
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import (
@@ -114,11 +116,12 @@ def _progress(job: Job, item: Item) -> None:
 
 
 def _principal(s: Session, job: Job) -> Principal:
-    """Who registers a job's model: the job's submitter, as a developer of its workspace."""
+    """Who registers a job's model: the job's submitter, as a developer of its workspace; the
+    system (``SYSTEM_USER_ID``, stored as no user) when that user was deleted meanwhile."""
     ws = s.get(Workspace, job.workspace_id)
     user = s.get(User, job.created_by) if job.created_by else None
     return Principal(
-        user_id=user.id if user else 0,
+        user_id=user.id if user else SYSTEM_USER_ID,
         user_name=user.name if user else "gureum",
         workspace_id=job.workspace_id,
         workspace_name=ws.name if ws else "",
@@ -137,22 +140,35 @@ def register_outputs(
             return
         if not result.get("register") or not result.get("model_files"):
             return
-        if s.scalar(select(ModelVersion.id).where(ModelVersion.job_id == job_id)) is not None:
+        # Only a version the server registered for this job counts: a caller may name any
+        # job_id at import, and that must neither block the real one nor be taken for it.
+        mine = select(ModelVersion.id).where(
+            ModelVersion.job_id == job_id, ModelVersion.registered_by_job.is_(True)
+        )
+        if s.scalar(mine) is not None:
             return
         principal = _principal(s, job)
+        base = (job.params or {}).get("base_model") if job.recipe != SCRIPT_RECIPE else None
+        # A script whose code folder holds a predictor: its worker exported the predictor
+        # (in the sandbox) and added its code; the version is served as a "predictor".
+        served_by = PREDICTOR if job.recipe == SCRIPT_RECIPE and result.get("predictor") else None
         body = VersionCreate(
             files=[FileEntry.model_validate(f) for f in result["model_files"]],
             format="gureum",
-            recipe=job.recipe,
+            recipe=served_by or job.recipe,
             params=result.get("params") or job.params,
             metrics=result.get("metrics") or {},
             dataset=job.dataset_label,
             job_id=job.id,
             code_hash=job.code_hash,
-            message=f"trained by job {job.id}",
+            message=f"trained by job {job.id}" + (f" from base model {base}" if base else ""),
         )
         name = str(job.model_label)
-    model_svc.register_version(db, store, principal, name, body)
+        # Files and metrics of a built-in recipe are the platform's own; a script's are not.
+        built_in = job.recipe != SCRIPT_RECIPE and job.code is None
+    model_svc.register_version(
+        db, store, principal, name, body, job=job_id, platform_job=job_id if built_in else None
+    )
 
 
 def apply_success(s: Session, job: Job, result: dict[str, Any]) -> None:
@@ -165,7 +181,7 @@ def apply_success(s: Session, job: Job, result: dict[str, Any]) -> None:
     row = s.execute(
         select(Model.name, ModelVersion.version)
         .join(Model, Model.id == ModelVersion.model_id)
-        .where(ModelVersion.job_id == job.id)
+        .where(ModelVersion.job_id == job.id, ModelVersion.registered_by_job.is_(True))
     ).first()
     if row is not None:
         job.output_version = f"{row.name}:{row.version}"

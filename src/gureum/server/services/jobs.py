@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 
 import gureum.recipes
 from gureum.compute.resources import NodeInfo, unplaceable
-from gureum.recipes.base import Recipe, RecipeError, parse_params
+from gureum.recipes import registry
+from gureum.recipes.base import RecipeError
 from gureum.recipes.dataset import LocalDataset
-from gureum.recipes.registry import get_recipe
-from gureum.recipes.script import ScriptRecipe
+from gureum.recipes.spec import RecipeSpec
 from gureum.schemas.common import NAME_PATTERN, Page
 from gureum.schemas.jobs import (
     SCRIPT_RECIPE,
@@ -53,10 +53,10 @@ from gureum.server.db.tables import (
 )
 from gureum.server.errors import ApiError, NotFound, Unprocessable
 from gureum.server.pagination import PageParams, paginate
-from gureum.server.services import audit
+from gureum.server.services import audit, base_models, site_settings
 from gureum.server.services.blobs import MissingBlobs
 from gureum.server.services.datasets import add_reference, remove_reference, resolve_version
-from gureum.server.services.models import find_model, resolve_version_row
+from gureum.server.services.models import find_model, require_loadable, resolve_version_row
 from gureum.storage.store import ArtifactStore
 
 REFERRER = "job"
@@ -121,22 +121,31 @@ def model_files(s: Session, version_id: int) -> list[dict[str, Any]]:
     return [r._asdict() for r in rows]
 
 
-def _recipe(name: str) -> Recipe[Any]:
+def _recipe(name: str) -> RecipeSpec:
+    """The recipe's spec: what the server checks a job against, without its implementation."""
     try:
-        return ScriptRecipe() if name == SCRIPT_RECIPE else get_recipe(name)
+        return registry.spec(name)
     except RecipeError as exc:
         raise Unprocessable(str(exc)) from None
 
 
-def _check(recipe: Recipe[Any], raw: dict[str, Any], manifest: dict[str, Any] | None) -> Any:
+def _check(recipe: RecipeSpec, raw: dict[str, Any], manifest: dict[str, Any] | None) -> Any:
     """Validated parameters; the dataset checked against them from its manifest alone."""
     try:
-        params = parse_params(recipe.name, recipe.Params, raw)
+        params = registry.check_params(recipe.name, raw)
+        # The job stores these with defaults filled in, and the worker validates that form:
+        # refuse here what it would refuse there.
+        registry.check_params(recipe.name, params.model_dump())
         if manifest is not None:
-            recipe.check_dataset(LocalDataset.from_manifest(Path("."), manifest), params)
+            _check_dataset(recipe, manifest, params)
     except RecipeError as exc:
         raise Unprocessable(str(exc)) from None
     return params
+
+
+def _check_dataset(recipe: RecipeSpec, manifest: dict[str, Any], params: Any = None) -> None:
+    if recipe.check_dataset is not None:
+        recipe.check_dataset(LocalDataset.from_manifest(Path("."), manifest), params)
 
 
 def submit(
@@ -171,6 +180,8 @@ def submit(
                 raise Unprocessable(
                     f"model {model_label} is a {mv.recipe!r} model, not {recipe_name!r}"
                 )
+            require_loadable(recipe_name, mv.platform_written, f"model {model_label}")
+            base_models.check_loadable(s, store, mv, recipe_name, f"model {model_label}")
             if body.dataset is None and body.kind == "evaluate":
                 raise Unprocessable("an evaluate job needs a dataset (dataset: NAME[:V])")
     recipe = _recipe(recipe_name)
@@ -178,19 +189,27 @@ def submit(
     if body.code is not None:
         raw.update(entrypoint=body.code.entrypoint, args=body.code.args)
     if body.kind == "train":
-        if manifest is None and recipe_name != SCRIPT_RECIPE:
+        if not recipe.trainable or recipe.params is None:
+            raise Unprocessable(f"recipe {recipe_name} only serves models; it does not train")
+        if manifest is None and not recipe.needs_code:
             raise Unprocessable(f"recipe {recipe_name} trains on a dataset (dataset: NAME[:V])")
         params = _check(recipe, raw, manifest).model_dump()
+        with db.read() as s:  # a base model: a version of this workspace's registry, pinned
+            base = base_models.resolve(s, ws, recipe_name, params)
+        if base is not None and recipe.base_model is not None:
+            params[recipe.base_model.param] = base
     else:
         params = raw  # the model's own parameters stand; these are prediction options
         if body.kind == "evaluate" and manifest is not None:
-            try:
-                recipe.check_dataset(LocalDataset.from_manifest(Path("."), manifest))
+            try:  # a serving-only recipe's check sees the job's params (a truth column)
+                _check_dataset(recipe, manifest, None if recipe.trainable else raw)
             except RecipeError as exc:
                 raise Unprocessable(str(exc)) from None
     why = unplaceable(body.resources, body.workers, nodes() or []) or _over_quota(db, ws, body)
     if why is not None:
         raise Unschedulable(f"refused: {why}", details={"resources": body.resources.model_dump()})
+    if recipe_name == SCRIPT_RECIPE and body.kind == "train":  # user code: sandbox or leave
+        site_settings.check_script_job(db, body, nodes() or [])
     hash_ = builtin_code_hash()
     code = None
     if body.code is not None:

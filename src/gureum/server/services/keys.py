@@ -1,7 +1,9 @@
 """API keys: created with their token shown once, listed without secrets, revoked at once.
 
 A key never carries more than both its user's role in its workspace and the creator's own
-role there: nobody mints a key stronger than themselves. Keys of other users need admin+;
+role there: nobody mints a key stronger than themselves. A key acts as its user, so keys of
+other users need admin+ and are refused for users above the caller and for site admins (only
+a site admin makes keys of their own: otherwise a workspace admin could become site admin);
 keys in another workspace need an admin key and the caller's user to be admin+ there (a
 site admin counts as owner where not a member). Keys a caller may not list are 404 to them.
 """
@@ -37,6 +39,7 @@ def _out(key: ApiKey, user: str, workspace: str) -> KeyOut:
             "expires_at": key.expires_at,
             "revoked_at": key.revoked_at,
             "last_used_at": key.last_used_at,
+            "data_plane": key.data_plane,
         }
     )
 
@@ -79,6 +82,9 @@ def _target_user(s: Session, principal: Principal, name: str | None, caller_role
     user = s.scalar(select(User).where(User.name == name))
     if user is None:
         raise NotFound(f"user '{name}' not found")
+    if user.is_site_admin:
+        # A key acts as its user: one for a site admin would carry site-wide powers.
+        raise Forbidden(f"only '{user.name}' can create keys for a site admin")
     return user
 
 
@@ -91,6 +97,11 @@ def create(db: Database, principal: Principal, body: KeyCreate) -> KeyCreated:
         user_role = workspaces.role_cap(s, user.id, user.is_site_admin, ws.id)
         if user_role is None:
             raise NotFound(f"user '{user.name}' is not a member of workspace '{ws.name}'")
+        if user.id != principal.user_id and role_rank(user_role) > role_rank(caller_role):
+            raise Forbidden(
+                f"'{user.name}' is {user_role} in '{ws.name}', above your role ({caller_role}): "
+                "keys for other users are made only by someone at least as high"
+            )
         role: str = body.role or min(user_role, caller_role, key=role_rank)
         if role_rank(role) > role_rank(user_role):
             raise Forbidden(
@@ -98,6 +109,8 @@ def create(db: Database, principal: Principal, body: KeyCreate) -> KeyCreated:
             )
         if role_rank(role) > role_rank(caller_role):
             raise Forbidden(f"you cannot create a key above your own role ({caller_role})")
+        if body.data_plane and not at_least(role, "developer"):
+            raise Forbidden("a data-plane key needs the developer role or above")
         minted = new_key()
         key = ApiKey(
             key_id=minted.key_id,
@@ -107,6 +120,7 @@ def create(db: Database, principal: Principal, body: KeyCreate) -> KeyCreated:
             workspace_id=ws.id,
             role=role,
             expires_at=expires_at,
+            data_plane=body.data_plane,
         )
         s.add(key)
         s.flush()
@@ -115,6 +129,7 @@ def create(db: Database, principal: Principal, body: KeyCreate) -> KeyCreated:
             "user": user.name,
             "role": role,
             "expires_at": expires_at.isoformat() if expires_at else None,
+            "data_plane": body.data_plane,
         }
         record(s, principal, "key.create", "api_key", key.key_id, details, workspace_id=ws.id)
         if ws.id != principal.workspace_id:  # the caller's log shows what this key did too

@@ -8,13 +8,15 @@ dataset version cannot be deleted while the model version exists. Promotion live
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from gureum.recipes import hf_folder
+from gureum.recipes.registry import unpickles
+from gureum.recipes.specs import SPECS, for_format, spec_of
 from gureum.schemas.common import Page
 from gureum.schemas.datasets import FileEntry
 from gureum.schemas.models import (
@@ -32,15 +34,20 @@ from gureum.server.pagination import AnySelect, PageParams, paginate, paginate_r
 from gureum.server.services import audit
 from gureum.server.services.blobs import MissingBlobs, lock_workspace
 from gureum.server.services.datasets import add_reference, resolve_version
+from gureum.server.services.model_formats import check_format, huggingface_recipe
 from gureum.server.services.versioned import get_or_create, next_version
 from gureum.storage.store import ArtifactStore
 
 LATEST = "latest"
 PRODUCTION = "production"
+MEASURED = "measured"
+REPORTED = "reported"
 REFERRER = "model_version"
-_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
-_PYTORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _MV = ModelVersion
+
+
+class UntrustedModel(Unprocessable):
+    code = "untrusted_model_files"
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -149,6 +156,8 @@ def version_out(session: Session, v: ModelVersion, model: str) -> ModelVersionOu
             "dataset": dataset,
             "job_id": v.job_id,
             "code_hash": v.code_hash,
+            "platform_written": v.platform_written,
+            "metrics_source": v.metrics_source,
             "file_count": v.file_count,
             "total_bytes": v.total_bytes,
             "message": v.message,
@@ -210,51 +219,6 @@ def _check_blobs(store: ArtifactStore, workspace_id: int, files: list[FileEntry]
         )
 
 
-def _safetensors_ok(store: ArtifactStore, workspace_id: int, sha256: str) -> bool:
-    """A safetensors file starts with a little-endian u64 header length and a JSON header."""
-    with store.open_blob(workspace_id, sha256) as fh:
-        head = fh.read(8)
-        if len(head) != 8:
-            return False
-        n = int.from_bytes(head, "little")
-        if n <= 0 or n > _SAFETENSORS_MAX_HEADER:
-            return False
-        try:
-            header = json.loads(fh.read(n))
-        except ValueError:
-            return False
-    return isinstance(header, dict)
-
-
-def check_format(store: ArtifactStore, workspace_id: int, body: VersionCreate) -> None:
-    """422 unless the files are what ``format`` says (by name, and a safetensors header)."""
-    paths = [f.path.lower() for f in body.files]
-    fmt = body.format
-    if fmt == "huggingface":
-        if "config.json" not in paths:
-            raise Unprocessable("a huggingface model directory needs a config.json at its root")
-        return
-    wanted = {
-        "safetensors": (".safetensors",),
-        "pytorch": _PYTORCH_SUFFIXES,
-        "onnx": (".onnx",),
-    }.get(fmt)
-    if wanted is None:
-        return
-    matching = [f for f in body.files if f.path.lower().endswith(wanted)]
-    if not matching:
-        raise Unprocessable(
-            f"format {fmt!r} needs a file ending in {' or '.join(wanted)}",
-            details={"paths": [f.path for f in body.files][:100]},
-        )
-    if fmt == "safetensors":
-        bad = [f.path for f in matching if not _safetensors_ok(store, workspace_id, f.sha256)]
-        if bad:
-            raise Unprocessable(
-                f"{bad[0]} is not a safetensors file (no valid header)", details={"paths": bad}
-            )
-
-
 def _next_number(s: Session, model_id: int) -> int:
     number = next_version(s, Model, model_id)
     if number is None:  # pragma: no cover - models are not deleted yet
@@ -269,14 +233,82 @@ def _dataset_lineage(s: Session, workspace_id: int, ref: str) -> DatasetVersion:
     return resolve_version(s, workspace_id, name, version or LATEST)
 
 
+def require_loadable(recipe: str | None, platform_written: bool, label: str) -> None:
+    """422 when ``recipe`` would unpickle files that no platform job wrote.
+
+    Pickle runs code on load, and built-in recipes load outside any sandbox (replicas, evaluate
+    workers): only the files of a built-in train job are trusted that far.
+    """
+    if recipe and unpickles(recipe) and not platform_written:
+        raise UntrustedModel(
+            f"{label}: recipe {recipe!r} loads its model with pickle, which runs code; it loads "
+            "only files a platform train job wrote, and these were uploaded. Train it on the "
+            "platform, or import weights in a safe format (safetensors, onnx)",
+            details={"recipe": recipe, "platform_written": False},
+        )
+
+
+def _recipe_of(body: VersionCreate) -> str | None:
+    """The recipe that serves the version: the one it names, else the one that serves its
+    format without code (an imported ``onnx`` file), when only one does (which of several
+    serves a Hugging Face folder depends on its task). A recipe made only for imported formats
+    needs files of one of them."""
+    if body.recipe is None:
+        spec = for_format(body.format)
+        alone = spec is not None and sum(body.format in s.formats for s in SPECS.values()) == 1
+        return spec.name if spec is not None and alone else None
+    spec = spec_of(body.recipe)
+    if spec is not None and spec.formats and not spec.trainable and body.format not in spec.formats:
+        raise Unprocessable(
+            f"recipe {body.recipe!r} serves files of format {', '.join(spec.formats)}, "
+            f"not {body.format!r}",
+            details={"recipe": body.recipe, "format": body.format},
+        )
+    return body.recipe
+
+
+HF_RECIPES = frozenset(hf_folder.TASKS.values())
+
+
+def _hf_task(
+    store: ArtifactStore, workspace_id: int, body: VersionCreate, named: str | None
+) -> str:
+    """A Hugging Face folder is served by the recipe of its task (``config.json``)."""
+    task = huggingface_recipe(store, workspace_id, body)
+    if named is not None and named != task:
+        raise Unprocessable(
+            f"recipe {named!r} does not serve this folder: its architecture is served by {task}",
+            details={"recipe": named, "served_by": task},
+        )
+    return task
+
+
 def register_version(
-    db: Database, store: ArtifactStore, principal: Principal, name: str, body: VersionCreate
+    db: Database,
+    store: ArtifactStore,
+    principal: Principal,
+    name: str,
+    body: VersionCreate,
+    *,
+    job: str | None = None,
+    platform_job: str | None = None,
 ) -> ModelVersionOut:
-    """A new version from blobs already uploaded, with its lineage and metrics."""
+    """A new version from blobs already uploaded, with its lineage and metrics.
+
+    Only the server passes ``job`` (it registers what a finished train job wrote) and
+    ``platform_job`` (that job ran a built-in recipe: its files may be unpickled and its
+    metrics are measured). Everything registered over the API is "reported", whatever
+    ``job_id`` the caller names.
+    """
     principal.require("developer")
     workspace_id = principal.workspace_id
+    trusted = platform_job is not None and platform_job == job == body.job_id
+    recipe = _recipe_of(body)
+    require_loadable(recipe, trusted, f"{name} (new version)")
     _check_blobs(store, workspace_id, body.files)
     check_format(store, workspace_id, body)
+    if body.format == "huggingface" and recipe in (None, *HF_RECIPES):
+        recipe = _hf_task(store, workspace_id, body, recipe)
     with db.write() as s:
         # Shared lock: blob garbage collection can't remove our blobs while we insert rows.
         lock_workspace(s, workspace_id, exclusive=False)
@@ -295,16 +327,19 @@ def register_version(
             version=_next_number(s, model.id),
             stage="none",
             format=body.format,
-            recipe=body.recipe,
+            recipe=recipe,
             params=body.params,
             metrics=body.metrics,
             dataset_version_id=dataset.id if dataset else None,
             job_id=body.job_id,
             code_hash=body.code_hash,
+            registered_by_job=job is not None and job == body.job_id,
+            platform_written=trusted,
+            metrics_source=MEASURED if trusted else REPORTED,
             file_count=len(body.files),
             total_bytes=sum(f.size for f in body.files),
             message=body.message,
-            created_by=principal.user_id,
+            created_by=principal.user_id or None,  # SYSTEM_USER_ID: no user
         )
         s.add(v)
         s.flush()
@@ -324,25 +359,47 @@ def register_version(
             "model.version.create",
             "model_version",
             f"{name}:{v.version}",
-            {"format": v.format, "files": v.file_count, "dataset": out.dataset, "job": v.job_id},
+            {
+                "format": v.format,
+                "files": v.file_count,
+                "dataset": out.dataset,
+                "job": v.job_id,
+                "platform_written": trusted,
+            },
         )
     return out
 
 
 def update_model(db: Database, principal: Principal, name: str, body: ModelUpdate) -> ModelOut:
+    """Description: developers. Gates and the must-beat rule guard production, so changing
+    them needs a workspace admin, and the change is audited with what it replaced."""
     principal.require("developer")
+    sets_must = "must_beat_production" in body.model_fields_set
+    if body.gates is not None or sets_must:
+        principal.require("admin")
     changed: dict[str, Any] = {}
     with db.write() as s:
-        model = find_model(s, principal.workspace_id, name)
+        model = find_model(s, principal.workspace_id, name, lock=True)
+        before = {"gates": model.gates, "must_beat_production": model.must_beat_production}
         if body.description is not None:
             model.description = changed["description"] = body.description
         if body.gates is not None:
             model.gates = changed["gates"] = [g.model_dump() for g in body.gates]
-        if "must_beat_production" in body.model_fields_set:
+        if sets_must:
             must = body.must_beat_production
             model.must_beat_production = must.model_dump() if must else None
             changed["must_beat_production"] = model.must_beat_production
-        audit.record(s, principal, "model.update", "model", name, changed)
+        if body.gates is not None or sets_must:
+            audit.record(
+                s,
+                principal,
+                "model.gates.update",
+                "model",
+                name,
+                {"before": before, "after": {**before, **changed}, **changed},
+            )
+        else:
+            audit.record(s, principal, "model.update", "model", name, changed)
     return get_model(db, principal, name)
 
 

@@ -25,6 +25,7 @@ from gureum.server.db.tables import Model, ModelVersion
 from gureum.server.errors import Conflict
 from gureum.server.services import audit
 from gureum.server.services.models import (
+    MEASURED,
     PRODUCTION,
     find_model,
     resolve_version_row,
@@ -53,14 +54,26 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def metric_gates(model: Model, metrics: dict[str, Any]) -> list[GateCheck]:
+def metric_gates(model: Model, version: ModelVersion) -> list[GateCheck]:
+    """Each gate against the version's metrics; a ``measured`` gate also wants them measured
+    by the platform, so a number typed in at registration cannot pass it."""
     checks: list[GateCheck] = []
+    measured = version.metrics_source == MEASURED
     for gate in model.gates:
         metric, op, threshold = gate["metric"], gate["op"], float(gate["threshold"])
-        actual = _number(metrics.get(metric))
+        needs_measured = bool(gate.get("measured", False))
+        actual = _number(version.metrics.get(metric))
         passed = actual is not None and _OPS[op](actual, threshold)
         if actual is None:
             reason = f"{metric} is not among the version's metrics (needs {op} {threshold:g})"
+        elif needs_measured and not measured:
+            passed = False
+            reason = (
+                f"{metric} = {actual:g} was reported (at import, or by a script), not "
+                f"measured by the platform; this gate needs a measured {metric} {op} "
+                f"{threshold:g} "
+                "(a built-in recipe's train job measures it on the held-out split)"
+            )
         else:
             verdict = "meets" if passed else "fails"
             reason = f"{metric} = {actual:g} {verdict} {op} {threshold:g}"
@@ -73,6 +86,7 @@ def metric_gates(model: Model, metrics: dict[str, Any]) -> list[GateCheck]:
                 actual=actual,
                 passed=passed,
                 reason=reason,
+                measured=needs_measured,
             )
         )
     return checks
@@ -86,9 +100,24 @@ def beat_production(
     if not rule or production is None or production.id == candidate.id:
         return []
     metric, higher = rule["metric"], bool(rule.get("higher_is_better", True))
+    needs_measured = bool(rule.get("measured", False))
     op = ">" if higher else "<"
     actual = _number(candidate.metrics.get(metric))
     required = _number(production.metrics.get(metric))
+    if needs_measured and candidate.metrics_source != MEASURED:
+        return [
+            GateCheck(
+                check="must_beat_production",
+                metric=metric,
+                op=op,
+                required=required,
+                actual=actual,
+                passed=False,
+                reason=f"{metric} of v{candidate.version} was {candidate.metrics_source}, not "
+                "measured by the platform; beating production needs a measured one",
+                measured=True,
+            )
+        ]
     if required is None:
         # Nothing recorded to compare with: the production version can't be beaten or lost to.
         return [
@@ -141,7 +170,7 @@ def promote(
                     .order_by(ModelVersion.version.desc())
                 )
             )
-            checks = metric_gates(model, v.metrics) + beat_production(
+            checks = metric_gates(model, v) + beat_production(
                 model, v, current[0] if current else None
             )
             failed = [c for c in checks if not c.passed]

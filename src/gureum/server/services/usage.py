@@ -2,8 +2,11 @@
 
 Replicas ship at least once, so ingestion is idempotent: a record whose id is already in the
 ledger is skipped (``INSERT ... ON CONFLICT DO NOTHING``, safe under concurrent shipments) and
-counted as a duplicate. Each record is charged once, at ingestion, from its consumer's plan
-then; errors (status >= 400) and a team member's own calls (no consumer) are free.
+counted as a duplicate. A record is one computation: a client's retry that a replica computes
+again is a record of its own (its id shares the first 20 characters with the first try's, see
+``serving.replica.usage_id``), never folded into the first. Each record is charged once, at
+ingestion, from its consumer's plan then; errors (status >= 400) and a team member's own calls
+(no consumer) are free.
 
 Reports aggregate in the server's memory over the selected records (counts and sums exact,
 latency percentiles exact over the rows read): fine up to about 10^6 records per query; a

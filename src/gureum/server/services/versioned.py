@@ -28,7 +28,7 @@ def get_or_create(s: Session, table: type[Versioned], principal: Principal, name
     try:
         with s.begin_nested():
             row = table(
-                workspace_id=principal.workspace_id, name=name, created_by=principal.user_id
+                workspace_id=principal.workspace_id, name=name, created_by=principal.user_id or None
             )
             s.add(row)
     except IntegrityError:

@@ -157,9 +157,16 @@ def delete(db: Database, principal: Principal, name: str) -> None:
         record(s, principal, "workspace.delete", "workspace", name)
 
 
+STORAGE_GB = 1024**3  # as cost reports count a GB
+
+
 def _quotas(ws: Workspace) -> WorkspaceQuotas:
+    storage = ws.max_storage_bytes
     return WorkspaceQuotas(
-        max_cpus=ws.max_cpus, max_gpus=ws.max_gpus, max_concurrent_jobs=ws.max_concurrent_jobs
+        max_cpus=ws.max_cpus,
+        max_gpus=ws.max_gpus,
+        max_concurrent_jobs=ws.max_concurrent_jobs,
+        max_storage_gb=None if storage is None else storage / STORAGE_GB,
     )
 
 
@@ -180,5 +187,7 @@ def set_quotas(
             raise Forbidden(f"only an owner of workspace '{name}' or a site admin can set quotas")
         ws.max_cpus, ws.max_gpus = body.max_cpus, body.max_gpus
         ws.max_concurrent_jobs = body.max_concurrent_jobs
+        gb = body.max_storage_gb
+        ws.max_storage_bytes = None if gb is None else round(gb * STORAGE_GB)
         record(s, principal, "workspace.quotas", "workspace", name, body.model_dump())
         return _quotas(ws)

@@ -1,0 +1,103 @@
+"""What one input and one output of each built-in recipe's served model look like: pydantic
+models that the recipes' ``ServingSpec`` names (``input_schema``/``output_schema``) and the data
+plane's OpenAPI schema is built from (``serving.openapi_dataplane``).
+
+The predictors check the same rules themselves (``BadInput``); these types describe them to a
+consumer's client and let a fuzzer hold a replica to them. Light: pydantic only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gureum.recipes.params import MAX_TOKENS
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what a JSON integer may hold on the data plane
+MAX_IMAGES = 64  # pictures one image-generator input may ask for
+MAX_STOPS = 4  # stop sequences one text generation may give
+NonEmpty = Annotated[str, Field(min_length=1)]
+Stop = NonEmpty | Annotated[list[NonEmpty], Field(max_length=MAX_STOPS)]
+
+# -- tabular ----------------------------------------------------------------------------------
+
+
+class Row(BaseModel):
+    """A tabular row: column -> value. Unknown columns are ignored, missing ones imputed; a
+    number column given text that is not a finite number is a 422."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# A number column's value: a number, a number as text, or empty or null for a missing value.
+NUMERIC = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$|^$"
+Number = float | Annotated[str, Field(pattern=NUMERIC)] | None
+Category = str | float | bool | None
+
+
+class Prediction(BaseModel):
+    prediction: float | str
+    probabilities: dict[str, float] | None = Field(None, description="classification only")
+
+
+# -- text-generator ---------------------------------------------------------------------------
+
+
+class Generation(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    prompt: str
+    max_tokens: int = Field(64, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(0.8, ge=0)
+    seed: int = Field(0, ge=INT64_MIN, le=INT64_MAX)
+    stop: Stop | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TextOutput(BaseModel):
+    prompt: str
+    text: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+
+
+TextInput = str | Generation
+
+# -- image-classifier -------------------------------------------------------------------------
+
+
+class ImageRef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    image: str = Field(description="the image file (PNG, JPEG, ...) in base64")
+
+
+ImageInput = Annotated[str, Field(description="base64 image")] | ImageRef
+
+
+class Classification(BaseModel):
+    label: str
+    confidence: float
+    scores: dict[str, float]
+
+
+# -- image-generator --------------------------------------------------------------------------
+
+
+class ImageRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    class_: str | None = Field(None, alias="class", description="required if the model knows 2+")
+    count: int = Field(1, ge=1, le=MAX_IMAGES)
+    seed: int = Field(0, ge=INT64_MIN, le=INT64_MAX)
+    temperature: float = Field(1.0, gt=0)
+
+
+class Images(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    class_: str = Field(alias="class")
+    seed: int
+    format: Literal["png"]
+    images: list[str] = Field(description="base64 PNG files")
