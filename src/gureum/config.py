@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     quota_lease_calls: int = Field(default=100, ge=1)
     # Requests/s of one workspace key created with --data-plane (all replicas together).
     data_plane_key_rate_limit: float = Field(default=10.0, gt=0)
+    # Seconds between sweeps that erase captured calls past their endpoint's retention.
+    capture_sweep_interval_s: float = Field(default=600.0, gt=0)
 
     # Compute and storage prices for cost reports (GUREUM_PRICE_*; the dict is JSON).
     price_currency: str = "USD"

@@ -730,3 +730,30 @@ def test_cli_predict_uses_the_api_key_and_reports_errors(fake: FakeCloud, tmp_pa
     assert result.exit_code == 1 and "input is not JSON" in result.output
     result = gureum("predict", "garments", "--input", f"@{tmp_path / 'missing.json'}")
     assert result.exit_code == 1 and "missing.json" in result.output
+
+
+def test_an_answers_request_id_is_what_feedback_rates() -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if request.url.path.endswith("/predict"):
+            body = {"outputs": [1], "model": "garments:1", "units": 1, "unit": "image"}
+            return httpx.Response(200, json=body, headers={"x-request-id": "18c.c7.ab.cd"})
+        if json.loads(request.content)["request_id"] == "18c.c7.ab.cd":
+            return httpx.Response(202, json={"accepted": True, "request_id": "18c.c7.ab.cd"})
+        error = {"code": "request_not_found", "message": "no request with this id"}
+        return httpx.Response(404, json={"error": error})
+
+    client, _ = data_client(handler)
+    answer = client.predict([{"x": 1}])
+    assert answer.request_id == "18c.c7.ab.cd"
+    client.feedback(answer.request_id, rating=4, label="dress")
+    assert sent[-1].url.path.endswith("/garments/feedback")
+    assert json.loads(sent[-1].content) == {
+        "request_id": "18c.c7.ab.cd",
+        "rating": 4,
+        "label": "dress",
+    }
+    with pytest.raises(NotFoundError):
+        client.feedback("someone-elses", rating=1)

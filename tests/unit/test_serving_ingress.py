@@ -25,6 +25,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gureum.serving import deployment
 from gureum.serving.access import Caller
+from gureum.serving.capture import new_request_id, who_of
 from gureum.serving.deployment import ModelServer
 from gureum.serving.openai_compat import MAX_PROMPT_CHARS
 from gureum.serving.replica import Reply, error_reply
@@ -90,6 +91,11 @@ class FakeCore:
         self.cold_start_ms: float | None = None
         self.batch_sizes: Counter[int] = Counter()
         self.records: list[tuple[str, int]] = []
+        # No capture configured: unsigned request ids, nothing kept.
+        self.capture = SimpleNamespace(
+            request_id=lambda caller: new_request_id(None, "shop", who_of(caller)),
+            keep=lambda *call: False,
+        )
 
     async def admit(self, authorization: str | None) -> Caller | Reply:
         if authorization == f"Bearer {KEY}" and "k1" in self.keys:

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gureum.schemas.capture import CaptureBatch, CaptureSettings
 from gureum.schemas.metering import (
     OUTPUT_CHARS,
     AccessKey,
@@ -59,6 +60,8 @@ class FakeControl(ControlPlane):
         self.lease_calls = 0
         self.leased: dict[int, int] = {}
         self.batches: list[UsageBatch] = []
+        self.captured: list[CaptureBatch] = []
+        self.capture: CaptureSettings | None = None
         self.closed = False
         self._lock = threading.Lock()
 
@@ -72,6 +75,7 @@ class FakeControl(ControlPlane):
             replicas=self.replicas,
             generated_at=datetime.now(UTC),
             max_staleness_s=self.staleness,
+            capture=self.capture,
         )
 
     def lease(self, consumer_id: int, release: int = 0) -> LeaseGranted:
@@ -91,6 +95,11 @@ class FakeControl(ControlPlane):
         if self.down:
             raise httpx.ConnectError("control plane down")
         self.batches.append(batch)
+
+    def ship_captured(self, batch: CaptureBatch) -> None:
+        if self.down:
+            raise httpx.ConnectError("control plane down")
+        self.captured.append(batch)
 
     def close(self) -> None:
         self.closed = True
@@ -152,8 +161,15 @@ def spec(tmp_path: Path, **over: Any) -> ReplicaSpec:
 class QuietSpool(UsageSpool):
     """Ships only when the test says so (flush, close): no background shipment races it."""
 
-    def __init__(self, folder: Path, endpoint: str, ship: Ship, interval_s: float = 1.0) -> None:
-        super().__init__(folder, endpoint, ship, interval_s=3600.0)
+    def __init__(
+        self,
+        folder: Path,
+        endpoint: str,
+        ship: Ship,
+        interval_s: float = 1.0,
+        max_bytes: int | None = None,
+    ) -> None:
+        super().__init__(folder, endpoint, ship, interval_s=3600.0, max_bytes=max_bytes)
 
 
 class Make:

@@ -16,7 +16,7 @@ import pytest
 
 from gureum.schemas.metering import MAX_BATCH
 from gureum.serving import spool as spool_module
-from gureum.serving.spool import SpoolFile, UsageSpool
+from gureum.serving.spool import SpoolFile, UsageSpool, of_kind
 
 
 class Shipper:
@@ -27,13 +27,11 @@ class Shipper:
         self.down = False
         self.calls = 0
 
-    def __call__(
-        self, endpoint: str, records: list[dict[str, Any]], shadow: list[dict[str, Any]]
-    ) -> None:
+    def __call__(self, endpoint: str, items: list[dict[str, Any]]) -> None:
         self.calls += 1
         if self.down:
             raise ConnectionError("control plane unreachable")
-        self.batches.append((endpoint, records, shadow))
+        self.batches.append((endpoint, of_kind(items, "usage"), of_kind(items, "shadow")))
 
     @property
     def ids(self) -> list[str]:
@@ -85,7 +83,7 @@ def test_appended_records_are_shipped_once_without_their_kind(
     spool.append("usage", usage(2))
     spool.flush()
     assert ship.batches == [("shop", [usage(1), usage(2)], [{"id": "shadow-1", "status": 200}])]
-    assert spool.shipped == 2
+    assert spool.shipped == 3
     spool.flush()  # nothing new: nothing shipped, not even an empty batch
     assert ship.calls == 1
 
@@ -229,3 +227,38 @@ def test_rotation_starts_a_new_file_once_the_old_is_shipped(
     spool.flush()
     assert ship.ids == [f"rec-{i:06d}" for i in range(6)]
     assert current[0].stat().st_size > 0
+
+
+def test_a_bounded_spool_drops_and_counts_past_its_bound_until_shipping_frees_it(
+    tmp_path: Path, ship: Shipper
+) -> None:
+    one = len(json.dumps({"kind": "usage", **usage(1)}, separators=(",", ":"))) + 1
+    s = UsageSpool(tmp_path, "shop", ship, interval_s=3600, max_bytes=3 * one)
+    try:
+        ship.down = True
+        assert [s.append("usage", usage(i)) for i in range(5)] == [True, True, True, False, False]
+        assert s.dropped == 2 and s.pending_bytes == 3 * one
+        with pytest.raises(ConnectionError):
+            s.flush()
+        ship.down = False
+        s.flush()  # storage is back: what was kept ships, and there is room again
+        assert ship.ids == [f"rec-{i:06d}" for i in range(3)]
+        assert s.pending_bytes == 0 and s.append("usage", usage(9))
+    finally:
+        s.close()
+
+
+def test_a_line_longer_than_the_first_read_is_shipped_whole(
+    tmp_path: Path, ship: Shipper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "FIRST_READ", 64)
+    s = UsageSpool(tmp_path, "shop", ship, interval_s=3600)
+    try:
+        big = {"id": "rec-big", "blob": "x" * 1000}
+        s.append("usage", big)
+        s.append("usage", usage(2))
+        s.flush()
+        assert ship.ids == ["rec-big", "rec-000002"]
+        assert ship.batches[0][1][0]["blob"] == "x" * 1000
+    finally:
+        s.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -87,6 +88,8 @@ def _limits(plan: dict[str, Any]) -> dict[str, Any]:
 
 def _consumer_row(data: dict[str, Any]) -> dict[str, Any]:
     state = "disabled" if data["disabled"] else f"{data['active_keys']} key(s)"
+    if not data.get("capture", True):
+        state += ", not captured"
     return {
         **_limits(data["plan"]),
         "name": data["name"],
@@ -214,9 +217,16 @@ def update(
     disabled: Annotated[
         bool | None, typer.Option("--disable/--enable", help="stop or allow its keys")
     ] = None,
+    capture: Annotated[
+        bool | None,
+        typer.Option(
+            "--capture/--no-capture", help="allow capture of its calls, or never capture them"
+        ),
+    ] = None,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Switch a consumer's plan, or change its limits and prices (it gets a plan of its own)."""
+    """Switch a consumer's plan, or change its limits and prices (it gets a plan of its own);
+    --no-capture: none of its calls is ever captured."""
     fields = _plan_fields(
         output,
         rate_limit,
@@ -231,6 +241,8 @@ def update(
         fields["plan"] = plan
     if disabled is not None:
         fields["disabled"] = disabled
+    if capture is not None:
+        fields["capture"] = capture
     with api_errors(output), _client() as c:
         _show(_dump(c.consumers.update(name, **fields)), output, CONSUMER_COLUMNS, _consumer_row)
 
@@ -240,6 +252,38 @@ def delete(name: str, output: OutputOpt = Format.table) -> None:
     """Disable a consumer and revoke its keys; its usage history and invoices stay."""
     with api_errors(output), _client() as c:
         _show(_dump(c.consumers.delete(name)), output, CONSUMER_COLUMNS, _consumer_row)
+
+
+@consumers.command("forget")
+def forget(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Erase a consumer's captured calls and feedback on every endpoint, with the stored bytes
+    nothing else uses. The consumer and its keys stay; --no-capture on `update` stops
+    capturing its calls from now on."""
+    if not yes:
+        if output is Format.json or not sys.stdin.isatty():
+            fail(f"refusing to erase {name}'s data without --yes", output, "confirmation_required")
+        if not typer.confirm(f"Erase every captured call and feedback of {name}?"):
+            fail("nothing erased", output, "cancelled")
+    with api_errors(output), _client() as c:
+        done = _dump(c.consumers.forget(name))
+    emit(done, output, _render_forgotten)
+
+
+def _render_forgotten(d: dict[str, Any]) -> None:
+    console.print(
+        f"erased {d['records']} captured call(s) and {d['feedback']} feedback of "
+        f"{d['consumer']}; removed {d['blobs_removed']} stored object(s)",
+        highlight=False,
+    )
+    console.print(
+        f"{d['consumer']} stays a consumer and its keys keep working; "
+        f"`gureum consumers update {d['consumer']} --no-capture` stops capturing its calls.",
+        highlight=False,
+    )
 
 
 @keys.command("create")

@@ -1,4 +1,5 @@
-"""`gureum datasets ...`: push, list, show, pull and delete dataset versions (over the SDK)."""
+"""`gureum datasets ...`: push, curate, list, show, pull and delete dataset versions (over the
+SDK)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -107,6 +109,49 @@ def push_cmd(
     emit(ver.model_dump(mode="json"), output, lambda _: _render_pushed(ver))
 
 
+@app.command("curate")
+def curate_cmd(
+    name: Annotated[str, typer.Argument(help="dataset to add the curated version to")],
+    from_endpoint: Annotated[
+        str, typer.Option("--from-endpoint", help="the endpoint whose captured calls to use")
+    ],
+    since: Annotated[
+        datetime | None, typer.Option(help="calls from this time (UTC unless it says)")
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(help="calls before this time")] = None,
+    min_rating: Annotated[
+        int | None, typer.Option(min=1, max=5, help="only calls rated at least this")
+    ] = None,
+    labelled_only: Annotated[
+        bool, typer.Option("--labelled-only", help="only calls a consumer labelled")
+    ] = False,
+    base: Annotated[
+        str | None,
+        typer.Option(help="NAME:V to merge with (default: what the served model trained on)"),
+    ] = None,
+    max_generated_share: Annotated[
+        float | None,
+        typer.Option(help="image generators: most share of generated pictures (default 0.25)"),
+    ] = None,
+    message: Annotated[str, typer.Option("--message", "-m", help="what changed")] = "",
+    output: OutputOpt = Format.table,
+) -> None:
+    """Make the next version of NAME from an endpoint's captured calls and their feedback."""
+    with api_errors(output), Client() as client:
+        ver = client.datasets.curate(
+            name,
+            from_endpoint=from_endpoint,
+            since=since,
+            until=until,
+            min_rating=min_rating,
+            labelled_only=labelled_only,
+            base=base,
+            max_generated_share=max_generated_share,
+            message=message,
+        )
+    emit(ver.model_dump(mode="json"), output, lambda _: _render_curated(ver))
+
+
 @app.command("list")
 def list_cmd(output: OutputOpt = Format.table) -> None:
     """List the workspace's datasets."""
@@ -191,6 +236,19 @@ def _render_pushed(ver: VersionOut) -> None:
         f"pushed [bold]{ver.dataset}:{ver.version}[/bold]: {ver.file_count} files, "
         f"{human_bytes(ver.total_bytes)}, kind {ver.kind}, "
         f"train/validation {split.get('train', '-')}/{split.get('validation', '-')}",
+        highlight=False,
+    )
+    console.print(f"see it with: gureum datasets show {ver.dataset}:{ver.version}", highlight=False)
+
+
+def _render_curated(ver: VersionOut) -> None:
+    src = ver.source or {}
+    console.print(
+        f"curated [bold]{ver.dataset}:{ver.version}[/bold] from endpoint {src.get('endpoint')} "
+        f"on {src.get('base')}: {src.get('samples_added')} samples from "
+        f"{src.get('records_used')} of {src.get('records')} captured calls "
+        f"({src.get('duplicates_dropped')} duplicates dropped, {src.get('left_out')} left out); "
+        "curated files are training data only",
         highlight=False,
     )
     console.print(f"see it with: gureum datasets show {ver.dataset}:{ver.version}", highlight=False)

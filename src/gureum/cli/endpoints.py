@@ -19,6 +19,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from gureum.cli import capture
 from gureum.cli.jobs import INTERRUPTED
 from gureum.cli.output import (
     Format,
@@ -304,6 +305,16 @@ def deploy(
     wait: WaitOpt = False,
     timeout: TimeoutOpt = None,
     sample_inputs: SampleInputsOpt = None,
+    capture_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--capture",
+            min=0,
+            max=1,
+            metavar="RATE",
+            help="capture this share of the calls for retraining (see `endpoints capture`)",
+        ),
+    ] = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Serve a model version as endpoint E, or roll E over to it (or canary, or shadow it).
@@ -323,6 +334,7 @@ def deploy(
             timeout_s=timeout,
             on_update=on_update,
             sample_inputs=samples,
+            capture=capture_rate,
         )
     if wait:
         _done(ep, "is live", output)
@@ -528,6 +540,7 @@ def predict(
 
 
 def register(root: typer.Typer) -> None:
+    capture.register(app)
     root.command("deploy")(deploy)
     root.command("predict")(predict)
     root.add_typer(app, name="endpoints")

@@ -6,6 +6,7 @@ import builtins
 from typing import Any
 
 from gureum.client.base import Transport, pages, segment
+from gureum.schemas.capture import ForgetOut
 from gureum.schemas.consumers import (
     ConsumerCreated,
     ConsumerKeyCreated,
@@ -109,13 +110,16 @@ class ConsumersAPI(_API):
         rate_limit: float | None = _UNSET,
         monthly_quota: int | None = _UNSET,
         endpoints: builtins.list[str] = _UNSET,
+        capture: bool = _UNSET,
     ) -> ConsumerOut:
         """Switch plan, or change limits and prices (the consumer then gets a plan of its own),
-        the email, or ``disabled``. Pass ``rate_limit=None`` for unlimited."""
+        the email, ``disabled``, or ``capture`` (False: none of its calls is ever captured).
+        Pass ``rate_limit=None`` for unlimited."""
         body = _given(
             plan=plan,
             email=email,
             disabled=disabled,
+            capture=capture,
             price_per_request=price_per_request,
             price_per_unit=price_per_unit,
             currency=currency,
@@ -130,6 +134,13 @@ class ConsumersAPI(_API):
         """Disable the consumer and revoke its keys; its usage history stays."""
         data = self._t.json("DELETE", f"/v1/consumers/{segment(name)}")
         return ConsumerOut.model_validate(data)
+
+    def forget(self, name: str) -> ForgetOut:
+        """Erase the consumer's captured calls and feedback on every endpoint (and the stored
+        bytes nothing else uses). The consumer and its keys stay; ``update(name,
+        capture=False)`` stops capturing its calls from now on."""
+        data = self._t.json("POST", f"/v1/consumers/{segment(name)}/forget")
+        return ForgetOut.model_validate(data)
 
     def create_key(self, name: str) -> ConsumerKeyCreated:
         """Another key for the consumer; ``token`` is shown this once."""

@@ -8,6 +8,7 @@ import os
 import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,37 @@ class DatasetsAPI:
     def files(self, name: str, version: VersionRef = "latest") -> builtins.list[FileOut]:
         items = pages(self._t, f"/v1/datasets/{segment(name)}/versions/{segment(version)}/files")
         return [FileOut.model_validate(f) for f in items]
+
+    # -- curating ----------------------------------------------------------------------------
+
+    def curate(
+        self,
+        name: str,
+        *,
+        from_endpoint: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        min_rating: int | None = None,
+        labelled_only: bool = False,
+        base: str | None = None,
+        max_generated_share: float | None = None,
+        message: str = "",
+    ) -> VersionOut:
+        """The next version of ``name`` from an endpoint's captured calls and feedback, merged
+        with ``base`` ("NAME:V"; by default what the served model was trained on)."""
+        body: dict[str, Any] = {
+            "from_endpoint": from_endpoint,
+            "since": since.isoformat() if since else None,
+            "until": until.isoformat() if until else None,
+            "min_rating": min_rating,
+            "labelled_only": labelled_only,
+            "base": base,
+            "max_generated_share": max_generated_share,
+            "message": message,
+        }
+        body = {k: v for k, v in body.items() if v is not None}
+        path = f"/v1/datasets/{segment(name)}/curate"
+        return VersionOut.model_validate(self._t.json("POST", path, json=body))
 
     # -- pushing -----------------------------------------------------------------------------
 

@@ -19,6 +19,13 @@ from gureum.client.base import Transport, pages, segment
 from gureum.client.errors import BadRequestError, GureumError, NotFoundError
 from gureum.client.jobs import WaitTimeout
 from gureum.client.serving import PREDICT_TIMEOUT, EndpointClient, PredictResult
+from gureum.schemas.capture import (
+    CaptureConfig,
+    CapturedRecordOut,
+    CaptureOut,
+    CaptureUpdate,
+    FeedbackSummary,
+)
 from gureum.schemas.endpoints import (
     EndpointConfig,
     EndpointCreate,
@@ -30,6 +37,8 @@ from gureum.schemas.endpoints import (
 )
 
 ConfigArg = EndpointConfig | Mapping[str, Any] | None
+# A whole CaptureConfig, or a sampling rate / some settings to change (the others stay).
+CaptureArg = CaptureConfig | Mapping[str, Any] | float | None
 Role = Literal["primary", "canary", "shadow"]
 POLL_S = 0.5
 
@@ -114,6 +123,7 @@ class EndpointsAPI:
         timeout_s: float | None = None,
         on_update: Callable[[EndpointOut], None] | None = None,
         sample_inputs: Sequence[Any] | None = None,
+        capture: CaptureArg = None,
     ) -> EndpointOut:
         """Serve ``model`` ("NAME", "NAME:V", "NAME:production") as endpoint ``name``.
 
@@ -128,6 +138,10 @@ class EndpointsAPI:
         The version's first new replica smoke-tests it before it takes traffic, on
         ``sample_inputs`` or else on inputs from its dataset's validation split; when that
         fails the deploy is dropped and the message lists the failed checks.
+
+        ``capture`` keeps a share of the calls for retraining: a rate (0 to 1) or some
+        settings change the endpoint's capture settings (the others stay), a
+        :class:`~gureum.schemas.capture.CaptureConfig` replaces them.
         """
         full = _config(config)
         if changes:
@@ -140,6 +154,7 @@ class EndpointsAPI:
                 canary_percent=canary_percent,
                 shadow=shadow,
                 sample_inputs=list(sample_inputs) if sample_inputs is not None else None,
+                capture=self._capture_for(name, capture),
             )
         except ValidationError as exc:
             raise _invalid(exc, "deployment") from exc
@@ -163,6 +178,19 @@ class EndpointsAPI:
                 final,
             )
         return final
+
+    def _capture_for(self, name: str, capture: CaptureArg) -> CaptureConfig | None:
+        if capture is None or isinstance(capture, CaptureConfig):
+            return capture
+        changes = dict(capture) if isinstance(capture, Mapping) else {"rate": capture}
+        try:
+            current = self.capture(name).config.model_dump()
+        except NotFoundError:
+            current = {}
+        try:
+            return CaptureConfig.model_validate(current | changes)
+        except ValidationError as exc:
+            raise _invalid(exc, "capture settings") from exc
 
     def _config_of(self, name: str) -> EndpointConfig | None:
         try:
@@ -216,7 +244,41 @@ class EndpointsAPI:
         data = self._t.json("POST", f"/v1/endpoints/{segment(name)}/promote")
         return EndpointOut.model_validate(data)
 
+    def set_capture(self, name: str, **changes: Any) -> CaptureOut:
+        """Change some capture settings (``rate``, ``inputs``, ``outputs``, ``redact``,
+        ``retention_days``); the others stay. Replicas follow within seconds."""
+        try:
+            body = CaptureUpdate(**changes)
+        except ValidationError as exc:
+            raise _invalid(exc, "capture settings") from exc
+        data = self._t.json(
+            "PATCH",
+            f"/v1/endpoints/{segment(name)}/capture",
+            json=body.model_dump(mode="json", exclude_unset=True),
+        )
+        return CaptureOut.model_validate(data)
+
     # -- reading -----------------------------------------------------------------------------
+
+    def capture(self, name: str) -> CaptureOut:
+        """The capture settings and how many calls were captured, dropped and are pending."""
+        data = self._t.json("GET", f"/v1/endpoints/{segment(name)}/capture")
+        return CaptureOut.model_validate(data)
+
+    def feedback(self, name: str) -> FeedbackSummary:
+        """Consumers' ratings and corrections, summarised (latest feedback per call)."""
+        data = self._t.json("GET", f"/v1/endpoints/{segment(name)}/feedback")
+        return FeedbackSummary.model_validate(data)
+
+    def captured(
+        self, name: str, *, limit: int = 50, consumer: str | None = None
+    ) -> builtins.list[CapturedRecordOut]:
+        """The latest captured calls, newest first, with inputs, outputs and feedback."""
+        params: dict[str, Any] = {"limit": limit}
+        if consumer is not None:
+            params["consumer"] = consumer
+        data = self._t.json("GET", f"/v1/endpoints/{segment(name)}/captured", params=params)
+        return [CapturedRecordOut.model_validate(r) for r in data]
 
     def list(self) -> builtins.list[EndpointOut]:
         return [EndpointOut.model_validate(e) for e in pages(self._t, "/v1/endpoints")]

@@ -81,6 +81,8 @@ class PredictResult:
     latency_ms: float
     # Answered from the replica's replay cache (a retry of a call it had computed): not billed.
     replayed: bool = False
+    # The answer's X-Request-Id: rate or correct it with ``EndpointClient.feedback``.
+    request_id: str | None = None
 
 
 class _PredictBody(BaseModel):
@@ -249,7 +251,24 @@ class EndpointClient:
             cold_start_ms=_header_ms(resp.headers.get("X-Gureum-Cold-Start-Ms")) if cold else None,
             latency_ms=latency_ms,
             replayed=resp.headers.get("Idempotent-Replayed") == "true",
+            request_id=resp.headers.get("X-Request-Id"),
         )
+
+    def feedback(
+        self,
+        request_id: str,
+        *,
+        rating: int | None = None,
+        label: str | int | None = None,
+        target: float | str | None = None,
+        note: str | None = None,
+    ) -> None:
+        """Rate (1-5) or correct one of this key's answers, by its request id. Raises
+        ``NotFound`` for an id this endpoint did not give this key."""
+        body = {"request_id": request_id, "rating": rating, "label": label, "target": target}
+        if note is not None:
+            body["note"] = note
+        self._post("/feedback", {k: v for k, v in body.items() if v is not None})
 
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         waited = 0.0

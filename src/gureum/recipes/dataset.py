@@ -50,6 +50,9 @@ class SplitRule:
     seed: int = 0
     unit: SplitUnit = "file"
     path: str | None = None
+    # Files whose every row is training data whatever the rule above says (captured traffic
+    # curated into a version: the held-out side stays the base's, free of it).
+    train_only: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_ratio < 1.0:
@@ -66,7 +69,10 @@ class SplitRule:
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"split record needs validation_ratio and seed: {exc}") from None
         path = record.get("path")
-        return cls(ratio, seed, record.get("unit", "file"), None if path is None else str(path))
+        train_only = frozenset(str(p) for p in record.get("train_only") or ())
+        return cls(
+            ratio, seed, record.get("unit", "file"), None if path is None else str(path), train_only
+        )
 
     def to_record(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -76,6 +82,8 @@ class SplitRule:
         }
         if self.path is not None:
             out["path"] = self.path
+        if self.train_only:
+            out["train_only"] = sorted(self.train_only)
         return out
 
     def splits_rows_of(self, path: str) -> bool:

@@ -72,6 +72,9 @@ def load_text(ds: LocalDataset, recipe: str) -> TextSplits:
     if not train or not val:
         train, val, by_line = [], [], True
         for f in text_files(ds):
+            if f.path in ds.split.train_only:  # curated traffic never joins the held-out side
+                train += _texts(rows[f.path])
+                continue
             kept, held = ds.split.split_rows(rows[f.path])
             train += _texts(kept)
             val += _texts(held)

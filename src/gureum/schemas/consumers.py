@@ -131,12 +131,17 @@ class ConsumerUpdate(InlinePlan):
     plan: Name | None = None
     email: str | None = Field(default=None, max_length=256)
     disabled: bool | None = None
+    capture: bool | None = Field(
+        default=None, description="false: none of its calls is ever captured (opt-out)"
+    )
 
 
 class ConsumerOut(Out):
     name: str
     email: str | None
     disabled: bool
+    # False: the consumer opted out of capture; none of its calls is kept.
+    capture: bool
     plan: PlanOut
     active_keys: int
     created_at: datetime

@@ -120,6 +120,9 @@ class VersionOut(Out):
     message: str
     pushed_by: str | None
     created_at: datetime
+    # Where a version made by the platform came from (a curation: endpoint, period, filters,
+    # record count, base); None for a push.
+    source: dict[str, Any] | None = None
 
     # "schema" would shadow a BaseModel attribute; the wire name stays "schema" both ways.
     model_config = ConfigDict(
@@ -151,3 +154,28 @@ class BlobOut(BaseModel):
 
 class BatchOut(BaseModel):
     stored: list[BlobOut]
+
+
+class CurateRequest(BaseModel):
+    """Make the next version of a dataset from an endpoint's captured calls and their feedback,
+    merged with ``base`` ("NAME:V"; by default the dataset version the served model was
+    trained on)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    from_endpoint: str = Field(min_length=1, max_length=63)
+    since: datetime | None = None
+    until: datetime | None = None
+    min_rating: int | None = Field(default=None, ge=1, le=5)
+    labelled_only: bool = False
+    base: str | None = Field(default=None, min_length=1, max_length=200)
+    # A generator retrained on its own rated outputs: at most this share of its training
+    # pictures may be generated ones (the base's are all kept).
+    max_generated_share: float = Field(default=0.25, gt=0, lt=1)
+    message: str = Field(default="", max_length=2000)
+
+    @model_validator(mode="after")
+    def _period(self) -> Self:
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ValueError("since must be before until")
+        return self

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from gureum.schemas.capture import CaptureConfig
 from gureum.schemas.common import Out
 
 EndpointState = Literal["deploying", "ready", "updating", "failed", "deleting"]
@@ -120,6 +121,11 @@ class EndpointCreate(In):
     config: EndpointConfig | None = None
     canary_percent: float | None = Field(default=None, gt=0, lt=100)
     shadow: bool = False
+    capture: CaptureConfig | None = Field(
+        default=None,
+        description="keep a share of the calls for retraining; on an existing endpoint it "
+        "replaces the capture settings (replicas follow within seconds, no redeploy)",
+    )
     sample_inputs: list[Any] | None = Field(
         default=None,
         min_length=1,

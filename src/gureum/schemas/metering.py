@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gureum.schemas.capture import CaptureSettings, FeedbackIn
 from gureum.schemas.common import Out
 
 MAX_BATCH = 5000
@@ -62,11 +63,16 @@ class ReplicaGauges(In):
     # What runs the model, where a recipe has a choice (imported HF text generation:
     # "vllm", "transformers-cuda", "transformers-cpu").
     engine: str | None = Field(default=None, max_length=64)
+    # Captured calls dropped since the last shipment (the capture spool was full), and how
+    # many wait in the spool for the artifact store.
+    capture_dropped: int = Field(default=0, ge=0)
+    capture_pending: int = Field(default=0, ge=0)
 
 
 class UsageBatch(In):
     records: list[UsageIn] = Field(default_factory=list, max_length=MAX_BATCH)
     shadow: list[ShadowIn] = Field(default_factory=list, max_length=MAX_BATCH)
+    feedback: list[FeedbackIn] = Field(default_factory=list, max_length=MAX_BATCH)
     gauges: list[ReplicaGauges] = Field(default_factory=list, max_length=64)
 
 
@@ -86,6 +92,8 @@ class AccessKey(Out):
     rate_limit: float | None = None
     monthly_quota: int | None = None
     used_this_month: int = 0
+    # False for a consumer who opted out of capture: none of its calls is ever kept.
+    capture: bool = True
 
 
 class AccessSnapshot(Out):
@@ -96,6 +104,7 @@ class AccessSnapshot(Out):
     generated_at: datetime
     # A replica whose last snapshot is older than this refuses every call (fails closed).
     max_staleness_s: float = 300.0
+    capture: CaptureSettings | None = None
 
 
 class LeaseRequest(In):

@@ -7,7 +7,8 @@ of any size. This ASGI middleware answers 413 in the API's error shape: at once 
 limit (a chunked body has no length). The limit depends on the route: the streamed uploads
 (a blob, a blob batch, a dataset archive) take their own, large limits and count again
 themselves; bodies that list files (a push manifest, a job with code, a model version,
-replicas' usage) take ``max_manifest_bytes``; everything else ``max_request_bytes``.
+replicas' usage and captured-call index) take ``max_manifest_bytes``; everything else
+``max_request_bytes``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ _MANIFESTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("POST", re.compile(rf"^/v1/models/{_SEGMENT}/versions$")),
     ("POST", re.compile(r"^/v1/jobs$")),
     ("POST", re.compile(rf"^/v1/internal/endpoints/{_SEGMENT}/usage$")),
+    ("POST", re.compile(rf"^/v1/internal/endpoints/{_SEGMENT}/captured$")),
 )
 
 

@@ -46,6 +46,8 @@ class Caller:
     request_hash: str | None = None
     # The call took one call of a leased quota block (given back if it fails, see ``served``).
     leased: bool = False
+    # False for a consumer who opted out of capture: none of its calls is kept.
+    capture: bool = True
 
 
 @dataclass
@@ -173,9 +175,15 @@ class AccessTable:
                 )
             return Denied(401, "unauthorized", message)
         if key.consumer_id is None:  # a team member's data-plane key: its own rate limit
-            return self._rate(key) or Caller(None, key.consumer_name, key.key_id)
+            return self._rate(key) or Caller(
+                None, key.consumer_name, key.key_id, capture=key.capture
+            )
         caller = Caller(
-            key.consumer_id, key.consumer_name, key.key_id, leased=key.monthly_quota is not None
+            key.consumer_id,
+            key.consumer_name,
+            key.key_id,
+            leased=key.monthly_quota is not None,
+            capture=key.capture,
         )
         if caller.leased:  # the quota first: a refused call spends no token of the rate
             quota = self._quota(key)

@@ -44,6 +44,9 @@ from gureum.serving.units import (
 # Under "ray.serve" so that it lands in the replica's log file next to Ray Serve's own lines.
 log = logging.getLogger("ray.serve.gureum")
 ROUTES = ("predict", "chat/completions", "completions")
+FEEDBACK = "feedback"
+# Which version a canary's answer came from, from the canary to the primary only.
+VERSION_HEADER = "x-gureum-version-id"
 MODELS = openai_compat.MODELS
 # How long the router holds a request for an endpoint it has no bound for yet.
 DEFAULT_BOUND_S = 120.0
@@ -171,6 +174,22 @@ class ModelServer:
         body: bytes | Reply,
         waited_from: float | None,
     ) -> Response:
+        """Every answer carries a request id, signed for its caller once the key is known
+        (consumers rate answers by it, see ReplicaCore.feedback)."""
+        call = _Call(self.core.capture.request_id(None))
+        response = await self._answer(call, route, method, headers, body, waited_from)
+        response.headers.setdefault("x-request-id", call.rid)
+        return response
+
+    async def _answer(
+        self,
+        call: _Call,
+        route: str,
+        method: str,
+        headers: Mapping[str, str],
+        body: bytes | Reply,
+        waited_from: float | None,
+    ) -> Response:
         started = time.perf_counter()
         if route == MODELS or route.startswith(f"{MODELS}/"):
             return await self._models(route, method, headers)
@@ -178,14 +197,21 @@ class ModelServer:
             return await self._schema(method, headers)
         if oip.is_info(route):  # Open Inference Protocol health and metadata: not metered
             return to_response(await oip.info(self.core, route, method, headers))
-        if route not in ROUTES and not oip.is_infer(route):
-            message = f"no route {route[:100]!r}; use one of: {', '.join(ROUTES)}, {MODELS}"
+        if route not in ROUTES and route != FEEDBACK and not oip.is_infer(route):
+            message = (
+                f"no route {route[:100]!r}; use one of: {', '.join(ROUTES)}, {FEEDBACK}, {MODELS}"
+            )
             return to_response(error_reply(404, "not_found", message))
         if method != "POST":
             return to_response(error_reply(405, "method_not_allowed", "use POST"))
         caller = await self._authorize(headers.get("authorization"))
         if isinstance(caller, Reply):
             return to_response(caller)
+        call.rid = self.core.capture.request_id(caller)
+        if route == FEEDBACK:
+            return to_response(
+                body if isinstance(body, Reply) else self.core.feedback(caller, body)
+            )
         request = body if isinstance(body, bytes) else None
         caller = self.core.idempotent(caller, headers.get("idempotency-key"), request)
         if isinstance(caller, Reply):  # a replay, or a reused or busy Idempotency-Key
@@ -200,21 +226,28 @@ class ModelServer:
             return to_response(body)
         content_type = headers.get("content-type")
         if route in ROUTES[1:] and self._wants_stream(body):
-            return self._stream(caller, route, body, content_type, started)
+            return self._stream(caller, route, body, content_type, started, call.rid)
         canary = self.traffic.canary_app
+        model = self.core.model
         if (
             canary
             and self.traffic.canary_percent > 0
             and random.random() * 100 < self.traffic.canary_percent
         ):
-            reply = await self._forward(canary, caller, route, body, content_type)
+            reply = await self._forward(canary, caller, route, body, content_type, call.rid)
+            version_id = int(reply.headers.pop(VERSION_HEADER, -1))
         else:
-            reply = await self._serve(route, body, content_type)
+            reply = await self._serve(route, body, content_type, call.rid)
+            version_id = model.version_id
             if cold_ms is not None:
                 reply.headers["x-gureum-cold-start"] = "1"
                 reply.headers["x-gureum-cold-start-ms"] = f"{cold_ms:.0f}"
                 self.core.cold_start_ms = cold_ms
             self._meter(caller, route, reply, started, cold_ms)
+        label = reply.headers.get("x-gureum-model", model.label)
+        self.core.capture.keep(
+            call.rid, caller, route, body, reply.status, reply.body, version_id, label
+        )
         self.core.remember(caller, reply)
         if self.traffic.shadow_app:
             self._mirror(self.traffic.shadow_app, route, body, content_type, reply, started)
@@ -264,13 +297,23 @@ class ModelServer:
     # -- handle calls (canary, shadow) ------------------------------------------------------
 
     async def internal(
-        self, caller: dict[str, Any], route: str, body: bytes, content_type: str | None
+        self,
+        caller: dict[str, Any],
+        route: str,
+        body: bytes,
+        content_type: str | None,
+        rid: str | None = None,
     ) -> tuple[int, bytes, dict[str, str]]:
-        """A request the primary sent to this canary: answered and metered here."""
+        """A request the primary sent to this canary: answered and metered here (the primary
+        captures it, told which version answered)."""
         started = time.perf_counter()
-        reply = await self._serve(route, body, content_type)
+        reply = await self._serve(route, body, content_type, rid)
         self._meter(Caller(**caller), route, reply, started)
-        return reply.status, reply.body, reply.headers
+        return (
+            reply.status,
+            reply.body,
+            {**reply.headers, VERSION_HEADER: str(self.core.model.version_id)},
+        )
 
     async def shadow(
         self, route: str, body: bytes, content_type: str | None, primary: dict[str, Any]
@@ -282,7 +325,9 @@ class ModelServer:
 
     # -- the work ---------------------------------------------------------------------------
 
-    async def _serve(self, route: str, body: bytes, content_type: str | None) -> Reply:
+    async def _serve(
+        self, route: str, body: bytes, content_type: str | None, rid: str | None = None
+    ) -> Reply:
         self.core.in_flight += 1
         try:
             if route == "predict":
@@ -305,10 +350,11 @@ class ModelServer:
         except BadInput as e:
             return error_reply(422, "bad_input", str(e))
         except ModelFault as e:  # a sandboxed predictor's fault: its cause stays in our log
-            log.warning("%s, request id %s: %s", e, rid := request_id(), e.detail[-4000:])
+            rid = rid or request_id()
+            log.warning("%s, request id %s: %s", e, rid, e.detail[-4000:])
             return failure(e.code, e.what, rid, e.status)
         except Exception:
-            rid = request_id()
+            rid = rid or request_id()
             log.exception("model error, request id %s (%s)", rid, self.core.model.label)
             return failure("model_error", "the model failed", rid)
         finally:
@@ -379,7 +425,13 @@ class ModelServer:
         return isinstance(data, dict) and data.get("stream") is True
 
     def _stream(
-        self, caller: Caller, route: str, body: bytes, content_type: str | None, started: float
+        self,
+        caller: Caller,
+        route: str,
+        body: bytes,
+        content_type: str | None,
+        started: float,
+        rid: str,
     ) -> Response:
         if not _speaks_openai(self.core.model.recipe):
             reply = error_reply(404, "not_found", f"{route} is served by text generators only")
@@ -419,13 +471,16 @@ class ModelServer:
                     yield piece
             except Exception:
                 status = 500
-                rid = request_id()
                 log.exception("model error while streaming, request id %s", rid)
                 message = f"the model failed; quote request id {rid} when reporting it"
                 yield openai_compat.sse_error("model_error", message)
             finally:
                 slot.release()
                 self._meter(caller, route, Reply(status, b"", units=req.units()), started)
+                model = self.core.model
+                self.core.capture.keep(
+                    rid, caller, route, body, status, None, model.version_id, model.label
+                )
 
         headers = {"x-gureum-model": self.core.model.label, "cache-control": "no-cache"}
         # The background task frees the slot of a stream whose client left before it began.
@@ -443,12 +498,18 @@ class ModelServer:
         return access.knows(caller.key_id) and not access.stale()
 
     async def _forward(
-        self, app: str, caller: Caller, route: str, body: bytes, content_type: str | None
+        self,
+        app: str,
+        caller: Caller,
+        route: str,
+        body: bytes,
+        content_type: str | None,
+        rid: str,
     ) -> Reply:
         who = dataclasses.asdict(caller)
         try:
             status, data, headers = await self._handle(app).internal.remote(
-                who, route, body, content_type
+                who, route, body, content_type, rid
             )
         except Exception:
             reply = error_reply(503, "unavailable", "the canary version failed; retry", 1)
@@ -505,6 +566,13 @@ async def _iterate(chunks: Any) -> AsyncIterator[bytes]:
         if piece is sentinel:
             return
         yield cast(bytes, piece)
+
+
+@dataclasses.dataclass
+class _Call:
+    """One data-plane call's request id (signed for its caller once the key is checked)."""
+
+    rid: str
 
 
 class _Slot:

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from gureum.compute.work import fetch
 from gureum.recipes.base import Predictor
 from gureum.recipes.specs import serving_of, spec_of
+from gureum.schemas.capture import CaptureBatch, FeedbackBody
 from gureum.schemas.metering import (
     OUTPUT_CHARS,
     AccessSnapshot,
@@ -33,6 +35,7 @@ from gureum.schemas.metering import (
     UsageBatch,
 )
 from gureum.serving.access import AccessTable, Caller, Denied, NeedLease, split_bearer
+from gureum.serving.capture import Capturer
 from gureum.serving.idempotency import (
     MAX_REQUEST_KEY,
     ReplayCache,
@@ -41,7 +44,7 @@ from gureum.serving.idempotency import (
     call_id,
 )
 from gureum.serving.spec import ModelRef, ReplicaSpec
-from gureum.serving.spool import UsageSpool
+from gureum.serving.spool import UsageSpool, of_kind
 from gureum.serving.units import error_body, unit_of
 from gureum.serving.validation import (
     ValidationFailed,
@@ -124,6 +127,12 @@ class ControlPlane:
     def ship(self, batch: UsageBatch) -> None:
         r = self._http.post(
             "/usage", content=batch.model_dump_json(), headers={"content-type": JSON}
+        )
+        r.raise_for_status()
+
+    def ship_captured(self, batch: CaptureBatch) -> None:
+        r = self._http.post(
+            "/captured", content=batch.model_dump_json(), headers={"content-type": JSON}
         )
         r.raise_for_status()
 
@@ -226,6 +235,13 @@ class ReplicaCore:
         self._leasing: dict[int, asyncio.Future[bool]] = {}
         self._closed = False
         self.spool = UsageSpool(Path(spec.spool_dir), spec.endpoint, self._ship)
+        self.capture = Capturer(
+            Path(spec.spool_dir),
+            spec.endpoint,
+            spec.workspace_id,
+            spec.artifacts,
+            self.control.ship_captured,
+        )
         self.in_flight = 0
         self.batch_sizes: Counter[int] = Counter()
         self._last_refresh = 0.0
@@ -241,6 +257,7 @@ class ReplicaCore:
         self._first_served = False
         self.refresh()
         self.spool.start()
+        self.capture.start()
         self._refresher = threading.Thread(target=self._refresh_loop, name="access", daemon=True)
         self._refresher.start()
 
@@ -259,7 +276,9 @@ class ReplicaCore:
         with self._refresh_lock:
             started = self._last_refresh = time.monotonic()
             try:
-                self.access.load(self.control.access(), at=started)
+                snapshot = self.control.access()
+                self.access.load(snapshot, at=started)
+                self.capture.configure(snapshot.capture)
                 return True
             except (httpx.HTTPError, ValueError):
                 log.warning("could not fetch the endpoint's keys", exc_info=True)
@@ -389,6 +408,40 @@ class ReplicaCore:
             stored = Stored(reply.status, reply.body, reply.headers)
             self.replay.finish(caller.key_id, caller.request_key, caller.request_hash, stored)
 
+    # -- feedback -------------------------------------------------------------------------
+
+    def feedback(self, caller: Caller, body: bytes) -> Reply:
+        """A consumer's rating or correction of one of its own answers, by request id. An id
+        this endpoint did not sign, or signed for another caller, is a 404 (the same answer
+        whether it exists or not); a valid id whose call was not captured is accepted, so
+        that nobody learns which calls were sampled. Never billed: the call goes back."""
+        self.access.give_back(caller)
+        try:
+            given = FeedbackBody.model_validate_json(body)
+        except ValidationError as e:
+            problems = [
+                {"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
+                for err in e.errors(include_url=False, include_input=False)
+            ]
+            data = error_body("bad_feedback", "the feedback is malformed", problems)
+            return Reply(422, data, {"content-type": JSON})
+        if not self.capture.owns(given.request_id, caller):
+            message = "no request with this id was answered for your key on this endpoint"
+            return error_reply(404, "request_not_found", message)
+        record = {
+            "id": uuid.uuid4().hex,
+            "time": datetime.now(UTC).isoformat(),
+            "consumer_id": caller.consumer_id,
+            "consumer_name": caller.name,
+            **given.model_dump(),
+        }
+        self.spool.append("feedback", record)
+        return Reply(
+            202,
+            json.dumps({"accepted": True, "request_id": given.request_id}).encode(),
+            {"content-type": JSON},
+        )
+
     # -- metering -------------------------------------------------------------------------
 
     def first_request_waited(self) -> float | None:
@@ -455,7 +508,7 @@ class ReplicaCore:
             },
         )
 
-    def gauges(self) -> ReplicaGauges:
+    def gauges(self, capture_dropped: int = 0) -> ReplicaGauges:
         sizes, self.batch_sizes = dict(self.batch_sizes), Counter()
         engine = getattr(self.predictor, "engine", None)
         return ReplicaGauges(
@@ -465,15 +518,22 @@ class ReplicaCore:
             batch_sizes=sizes,
             cold_start_ms=self.cold_start_ms,
             engine=engine if isinstance(engine, str) else None,
+            capture_dropped=capture_dropped,
+            capture_pending=self.capture.pending,
         )
 
-    def _ship(
-        self, endpoint: str, records: list[dict[str, Any]], shadow: list[dict[str, Any]]
-    ) -> None:
+    def _ship(self, endpoint: str, items: list[dict[str, Any]]) -> None:
+        dropped = self.capture.dropped_untold()
         batch = UsageBatch.model_validate(
-            {"records": records, "shadow": shadow, "gauges": [self.gauges().model_dump()]}
+            {
+                "records": of_kind(items, "usage"),
+                "shadow": of_kind(items, "shadow"),
+                "feedback": of_kind(items, "feedback"),
+                "gauges": [self.gauges(dropped).model_dump()],
+            }
         )
         self.control.ship(batch)
+        self.capture.told(dropped)
 
     def close(self) -> None:
         if self._closed:  # Ray Serve's shutdown and the garbage collector may both call it
@@ -484,5 +544,9 @@ class ReplicaCore:
             self.spool.close()
         except Exception:
             log.warning("usage left in the spool at shutdown", exc_info=True)
+        try:
+            self.capture.close()
+        except Exception:
+            log.warning("captured calls left in the spool at shutdown", exc_info=True)
         self._release_leases()
         self.control.close()

@@ -1,10 +1,11 @@
-"""Usage that survives a replica crash: appended to a local file before the response leaves,
-shipped to the control plane in batches by a background thread.
+"""Records that survive a replica crash (usage, feedback, captured calls): appended to a local
+file before the response leaves, shipped in batches by a background thread.
 
 A spool file is named after the process that writes it; a replica that finds the file of a dead
 process in the same folder ships what is left of it (a replica killed mid-batch loses nothing).
 Records carry their own ids and the control plane ignores ids it already has, so shipping twice
-is harmless.
+is harmless. A spool may be bounded: past its bound it drops new records and counts them (capture
+must never slow or fail a request, even while its storage is down for long).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from gureum.schemas.metering import MAX_BATCH
 log = logging.getLogger("ray.serve.gureum")
 ROTATE_BYTES = 4 * 1024 * 1024
 
-# ship(endpoint, records, shadow) -> None; raises when the control plane did not take them.
-Ship = Callable[[str, list[dict[str, Any]], list[dict[str, Any]]], None]
+# ship(endpoint, items) -> None, each item with its "kind"; raises when they were not taken.
+Ship = Callable[[str, list[dict[str, Any]]], None]
+FIRST_READ = 8 * 1024 * 1024
 
 
 def _alive(pid: int) -> bool:
@@ -59,10 +61,15 @@ class SpoolFile:
     def pending(self, limit: int = MAX_BATCH) -> tuple[list[dict[str, Any]], int]:
         """Up to ``limit`` complete lines after the shipped offset, and the offset after them."""
         start = self.shipped
+        size = FIRST_READ
         try:
             with open(self.path, "rb") as f:
-                f.seek(start)
-                data = f.read(8 * 1024 * 1024)
+                while True:  # at least one whole line, however long (a captured image)
+                    f.seek(start)
+                    data = f.read(size)
+                    if b"\n" in data or len(data) < size:
+                        break
+                    size *= 2
         except FileNotFoundError:
             return [], start
         items: list[dict[str, Any]] = []
@@ -77,7 +84,7 @@ class SpoolFile:
                 try:
                     items.append(json.loads(line))
                 except json.JSONDecodeError:
-                    log.warning("skipping a corrupt usage line in %s", self.path)
+                    log.warning("skipping a corrupt spooled line in %s", self.path)
         return items, start + pos
 
     def remove(self) -> None:
@@ -86,7 +93,14 @@ class SpoolFile:
 
 
 class UsageSpool:
-    def __init__(self, folder: Path, endpoint: str, ship: Ship, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        endpoint: str,
+        ship: Ship,
+        interval_s: float = 1.0,
+        max_bytes: int | None = None,
+    ) -> None:
         self.folder = folder
         self.endpoint = endpoint
         folder.mkdir(parents=True, exist_ok=True)
@@ -101,6 +115,10 @@ class UsageSpool:
         self._thread = threading.Thread(target=self._run, name="usage-shipper", daemon=True)
         self.shipped = 0
         self.failures = 0
+        self._max_bytes = max_bytes
+        self._unshipped = 0  # bytes this process appended and has not shipped
+        self.dropped = 0
+        self.appended = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -109,11 +127,22 @@ class UsageSpool:
         self._seq += 1
         return SpoolFile(self.folder / f"{self.endpoint}.{os.getpid()}.{self._seq}.jsonl")
 
-    def append(self, kind: str, record: dict[str, Any]) -> None:
-        """One write() of a whole line: durable against the process dying once it returns."""
+    def append(self, kind: str, record: dict[str, Any]) -> bool:
+        """One write() of a whole line: durable against the process dying once it returns.
+        False (and counted in ``dropped``) when a bounded spool is full."""
         line = json.dumps({"kind": kind, **record}, separators=(",", ":")).encode() + b"\n"
         with self._lock:
+            if self._max_bytes is not None and self._unshipped + len(line) > self._max_bytes:
+                self.dropped += 1
+                return False
             self._fh.write(line)
+            self._unshipped += len(line)
+            self.appended += 1
+        return True
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._unshipped
 
     def flush(self) -> None:
         """Ship now (tests, shutdown); returns when the spool is empty or shipping failed."""
@@ -137,7 +166,7 @@ class UsageSpool:
                 self._ship_all()
             except Exception:
                 self.failures += 1
-                log.warning("usage shipping failed; records stay spooled", exc_info=True)
+                log.warning("shipping %s failed; records stay spooled", self.folder, exc_info=True)
 
     def _ship_all(self) -> None:
         for spool in self._orphans():
@@ -149,14 +178,16 @@ class UsageSpool:
     def _ship_file(self, spool: SpoolFile) -> bool:
         """Ship every complete line; True once the file has nothing left."""
         while True:
+            start = spool.shipped
             items, end = spool.pending()
             if not items:
                 return end >= _size(spool.path)
-            records = [_strip(i) for i in items if i.get("kind") == "usage"]
-            shadow = [_strip(i) for i in items if i.get("kind") == "shadow"]
-            self._ship(self.endpoint, records, shadow)
+            self._ship(self.endpoint, items)
             spool.mark(end)
-            self.shipped += len(records)
+            self.shipped += len(items)
+            if spool is self._file:
+                with self._lock:
+                    self._unshipped = max(0, self._unshipped - (end - start))
 
     def _maybe_rotate(self) -> None:
         if _size(self._file.path) < ROTATE_BYTES or self._file.shipped < _size(self._file.path):
@@ -187,5 +218,6 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _strip(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in item.items() if k != "kind"}
+def of_kind(items: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The items of one kind, without their kind."""
+    return [{k: v for k, v in i.items() if k != "kind"} for i in items if i.get("kind") == kind]

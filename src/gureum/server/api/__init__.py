@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from gureum.server.api import (
     audit,
     blobs,
+    capture,
     catalog,
     consumers,
     datasets,
@@ -36,6 +37,7 @@ ROUTERS: list[APIRouter] = [
     catalog.router,
     jobs.router,
     endpoints.router,
+    capture.router,
     internal.router,
     consumers.plans_router,
     consumers.router,

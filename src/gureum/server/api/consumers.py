@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, status
 
+from gureum.schemas.capture import ForgetOut
 from gureum.schemas.common import ErrorBody, Page
 from gureum.schemas.consumers import (
     ConsumerCreate,
@@ -17,8 +18,9 @@ from gureum.schemas.consumers import (
     PlanCreate,
     PlanOut,
 )
-from gureum.server.deps import Admin, DbDep, Viewer
+from gureum.server.deps import Admin, DbDep, StoreDep, Viewer
 from gureum.server.pagination import PageParams, page_params
+from gureum.server.services import capture_erasure
 from gureum.server.services import consumers as svc
 
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -78,6 +80,13 @@ def update_consumer(
 def delete_consumer(name: ConsumerName, db: DbDep, principal: Admin) -> ConsumerOut:
     """Disable the consumer and revoke its keys; its usage history and invoices stay."""
     return svc.delete(db, principal, name)
+
+
+@router.post("/{name}/forget")
+def forget_consumer(name: ConsumerName, db: DbDep, store: StoreDep, principal: Admin) -> ForgetOut:
+    """Erase the consumer's captured calls and feedback on every endpoint, with the stored
+    bytes nothing else uses; the consumer and its keys stay."""
+    return capture_erasure.forget(db, store, principal, name)
 
 
 @router.post("/{name}/keys", status_code=status.HTTP_201_CREATED)

@@ -1,4 +1,5 @@
-"""Datasets: push versions (from uploaded blobs or an archive), read, list, delete."""
+"""Datasets: push versions (from uploaded blobs or an archive), curate them from captured
+traffic, read, list, delete."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from fastapi import APIRouter, Depends, Path, Query, Request, status
 
 from gureum.datasets.streams import body_reader
 from gureum.schemas.common import NAME_PATTERN, ErrorBody, Page
-from gureum.schemas.datasets import DatasetOut, FileOut, PushRequest, VersionOut
+from gureum.schemas.datasets import CurateRequest, DatasetOut, FileOut, PushRequest, VersionOut
 from gureum.server.api.blobs import binary_body, check_length
 from gureum.server.deps import DbDep, Developer, SettingsDep, StoreDep, Viewer
 from gureum.server.pagination import Cursor, Limit, PageParams, page_params
+from gureum.server.services import curate as curation
 from gureum.server.services import dataset_push as push
 from gureum.server.services import datasets as svc
 
@@ -69,6 +71,20 @@ def push_version(
         description=body.description,
     )
     return push.push_version(db, store, settings, principal, name, body.files, opts)
+
+
+@router.post("/{name}/curate", status_code=status.HTTP_201_CREATED)
+def curate(
+    name: Name,
+    body: CurateRequest,
+    db: DbDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: Developer,
+) -> VersionOut:
+    """The next version of ``name`` from an endpoint's captured calls and their feedback,
+    merged with a base version (see docs/flywheel.md for each recipe's rules)."""
+    return curation.curate(db, store, settings, principal, name, body)
 
 
 @router.post(

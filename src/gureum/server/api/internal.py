@@ -1,5 +1,5 @@
-"""What replicas call: the keys allowed on their endpoint, blocks of consumers' monthly quotas,
-and usage batches to store.
+"""What replicas call: the keys allowed on their endpoint (and its capture settings), blocks of
+consumers' monthly quotas, usage batches (with feedback) and captured calls to store.
 
 Authenticated with the endpoint's own token (derived from the server's secret), never with a
 user or consumer key; not part of the public API.
@@ -13,6 +13,7 @@ from fastapi import APIRouter, Path, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gureum.schemas.capture import CaptureBatch
 from gureum.schemas.metering import (
     AccessKey,
     AccessSnapshot,
@@ -25,8 +26,9 @@ from gureum.server.auth import at_least, role_rank
 from gureum.server.db.base import utcnow
 from gureum.server.db.tables import ApiKey, Membership, User
 from gureum.server.db.tables_serving import Endpoint
-from gureum.server.deps import DbDep, ServingDep, SettingsDep
-from gureum.server.services import consumers, usage, validations
+from gureum.server.deps import DbDep, ServingDep, SettingsDep, StoreDep
+from gureum.server.services import capture, consumers, usage, validations
+from gureum.server.services.blobs import collect_garbage
 from gureum.server.services.endpoints import by_token
 from gureum.serving.validation import ValidationReport
 
@@ -47,6 +49,7 @@ def access(
             replicas=max(1, serving.live(name).primary),
             generated_at=utcnow(),
             max_staleness_s=settings.max_key_staleness_s,
+            capture=capture.capture_settings(ep, serving.secret),
         )
 
 
@@ -75,9 +78,33 @@ def ship(
 ) -> UsageAccepted:
     with db.write() as s:
         ep = by_token(s, name, request.headers.get("authorization"))
-        accepted = usage.ingest(s, ep, body)
-    if not accepted.duplicates:  # a re-shipped batch was counted the first time
+        metered = usage.ingest(s, ep, body)
+        rated = capture.ingest_feedback(s, ep, body.feedback)
+        accepted = UsageAccepted(
+            accepted=metered.accepted + rated.accepted,
+            duplicates=metered.duplicates + rated.duplicates,
+        )
+        if not accepted.duplicates:  # a re-shipped batch was counted the first time
+            capture.record_gauges(s, ep, body.gauges)
+    if not accepted.duplicates:
         serving.gauges.observe(name, body)
+    return accepted
+
+
+@router.post("/{name}/captured")
+def captured(
+    name: Name, body: CaptureBatch, request: Request, db: DbDep, store: StoreDep
+) -> UsageAccepted:
+    """Index rows of captured calls whose batch object the replica has written to the store.
+    Calls of a consumer who opted out meanwhile are not indexed: the bytes the replica wrote
+    for them are removed again unless something else uses them."""
+    with db.write() as s:
+        ep = by_token(s, name, request.headers.get("authorization"))
+        accepted = capture.ingest_captured(s, ep, body, store)
+        workspace_id = ep.workspace_id
+    if accepted.accepted + accepted.duplicates < len(body.records):
+        written = {r.object for r in body.records} | {b for r in body.records for b in r.blobs}
+        collect_garbage(db, store, workspace_id, written)
     return accepted
 
 

@@ -135,6 +135,8 @@ class DatasetVersion(Base):
     split: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     preview: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     message: Mapped[str] = mapped_column(Text, default="")
+    # Lineage of a version the platform made (a curation); None for a push.
+    source: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None, nullable=True)
     pushed_by: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), default=None
     )
@@ -347,6 +349,8 @@ class JobOutput(Base):
     size: Mapped[int] = mapped_column(BigInteger)
 
 
-# The serving side's tables live in their own module; importing it here registers them with
-# Base.metadata wherever the tables are imported (migrations, tests, the server).
+# The serving side's tables (and captured calls and feedback, tables_capture) live in their
+# own modules; importing them here registers them with Base.metadata wherever the tables are
+# imported (migrations, tests, the server).
+from gureum.server.db import tables_capture as tables_capture  # noqa: E402
 from gureum.server.db import tables_serving as tables_serving  # noqa: E402

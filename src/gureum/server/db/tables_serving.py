@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -59,6 +60,11 @@ class Endpoint(Base):
     )
     # EndpointConfig (schemas.endpoints): resources, autoscaling, batching, canary limits.
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # CaptureConfig (schemas.capture); None: never configured (nothing captured). Replicas
+    # read it from their access snapshot: a change needs no redeploy.
+    capture: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
+    # Captured calls replicas dropped because their spool was full, since the endpoint began.
+    capture_dropped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # deploying | ready | updating | failed | deleting
     state: Mapped[str] = mapped_column(String(16), default="deploying")
     message: Mapped[str] = mapped_column(Text, default="")
@@ -125,6 +131,8 @@ class Consumer(Base):
     plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id", ondelete="RESTRICT"), index=True)
     email: Mapped[str | None] = mapped_column(String(256), default=None)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Opted out of capture: none of its calls is ever kept (replicas see it per key).
+    no_capture: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

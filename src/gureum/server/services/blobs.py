@@ -8,7 +8,9 @@ Garbage collection and version creation are kept apart by a lock on the workspac
 a push holds it shared while it checks its blobs and inserts its rows, collection holds it
 exclusively while it decides which blobs nothing uses and removes them. So a blob is never
 removed from under a version that is being created (on SQLite every write transaction is
-already exclusive).
+already exclusive). Captured calls (their batch objects and the blobs their lines refer to)
+are users of blobs like dataset files: a blob shared by a dataset and a captured call stays
+until both are gone, and their ingestion takes the same shared lock.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from gureum.server.db.tables import (
     ModelVersion,
     Workspace,
 )
+from gureum.server.db.tables_capture import CapturedBlob, CapturedRequest
 from gureum.server.errors import BadRequest, NotFound, PayloadTooLarge
 from gureum.storage.store import CHUNK, ArtifactStore, BlobHashMismatch, BlobTooLarge, is_sha256
 
@@ -169,7 +172,9 @@ def check_new_references(
     """413 when referencing these blobs (sha256 -> size) would pass the storage quota."""
     if quota is None:
         return
-    new = {d: n for d, n in sizes.items() if d not in referenced(session, workspace_id, sizes)}
+    # Captured calls are not counted in storage_used, so their blobs count as new here.
+    known = referenced(session, workspace_id, sizes, captured=False)
+    new = {d: n for d, n in sizes.items() if d not in known}
     adding = sum(new.values())
     if not adding:
         return
@@ -296,8 +301,11 @@ def blob_size_or_404(store: ArtifactStore, principal: Principal, sha256: str) ->
     return size
 
 
-def referenced(session: Session, workspace_id: int, digests: Iterable[str]) -> set[str]:
-    """Which of ``digests`` a dataset file, model file or job output of the workspace uses."""
+def referenced(
+    session: Session, workspace_id: int, digests: Iterable[str], *, captured: bool = True
+) -> set[str]:
+    """Which of ``digests`` a dataset file, model file or job output of the workspace uses,
+    or (with ``captured``) a captured call: its batch object or a blob its line refers to."""
     todo = list(digests)
     used: set[str] = set()
     for i in range(0, len(todo), _IN_CHUNK):
@@ -319,20 +327,44 @@ def referenced(session: Session, workspace_id: int, digests: Iterable[str]) -> s
             .join(Job, Job.id == JobOutput.job_id)
             .where(Job.workspace_id == workspace_id, JobOutput.sha256.in_(chunk))
         )
-        used.update(session.scalars(union(datasets, models, outputs)))
+        users: list[Select[str]] = [datasets, models, outputs]
+        if captured:
+            objects = select(CapturedRequest.object).where(
+                CapturedRequest.workspace_id == workspace_id, CapturedRequest.object.in_(chunk)
+            )
+            blobs = (
+                select(CapturedBlob.sha256)
+                .join(CapturedRequest, CapturedRequest.request_id == CapturedBlob.request_id)
+                .where(CapturedRequest.workspace_id == workspace_id, CapturedBlob.sha256.in_(chunk))
+            )
+            users += [objects, blobs]
+        used.update(session.scalars(union(*users)))
     return used
+
+
+def remove_unreferenced(
+    session: Session, store: ArtifactStore, workspace_id: int, candidates: Iterable[str]
+) -> list[str]:
+    """Remove the candidate blobs that nothing of the workspace uses, in the caller's
+    transaction (it holds the workspace exclusively from here on); return them. A caller
+    that deletes the rows using them in the same transaction keeps both in step: if removing
+    bytes fails, the rows come back and the removal can be retried."""
+    todo = set(candidates)
+    if not todo:
+        return []
+    lock_workspace(session, workspace_id, exclusive=True)
+    gone = sorted(todo - referenced(session, workspace_id, todo))
+    for digest in gone:
+        store.delete_blob(workspace_id, digest)
+    return gone
 
 
 def collect_garbage(
     db: Database, store: ArtifactStore, workspace_id: int, candidates: Iterable[str]
 ) -> list[str]:
-    """Remove the candidate blobs that no file row of the workspace uses; return them."""
+    """Remove the candidate blobs that nothing of the workspace uses; return them."""
     todo = set(candidates)
     if not todo:
         return []
     with db.write() as s:
-        lock_workspace(s, workspace_id, exclusive=True)
-        gone = sorted(todo - referenced(s, workspace_id, todo))
-        for digest in gone:
-            store.delete_blob(workspace_id, digest)
-    return gone
+        return remove_unreferenced(s, store, workspace_id, todo)

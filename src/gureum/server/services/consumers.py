@@ -88,6 +88,7 @@ def _out(s: Session, consumer: Consumer, plan: Plan | None = None) -> ConsumerOu
         name=consumer.name,
         email=consumer.email,
         disabled=consumer.disabled,
+        capture=not consumer.no_capture,
         plan=plan_out(plan),
         active_keys=_active_keys(s, [consumer.id]).get(consumer.id, 0),
         created_at=consumer.created_at,
@@ -223,6 +224,7 @@ def list_consumers(db: Database, principal: Principal, params: PageParams) -> Pa
                 name=c.name,
                 email=c.email,
                 disabled=c.disabled,
+                capture=not c.no_capture,
                 plan=plan_out(plans[c.plan_id]),
                 active_keys=keys.get(c.id, 0),
                 created_at=c.created_at,
@@ -295,6 +297,10 @@ def update(db: Database, principal: Principal, name: str, body: ConsumerUpdate) 
         if body.disabled is not None:
             consumer.disabled = body.disabled
             details["disabled"] = body.disabled
+        if body.capture is not None:
+            # Replicas see it in their next access snapshot (seconds), nothing is redeployed.
+            consumer.no_capture = not body.capture
+            details["capture"] = body.capture
         s.flush()
         record(s, principal, "consumer.update", "consumer", name, details)
         return _out(s, consumer)
@@ -383,6 +389,7 @@ def access_snapshot(s: Session, endpoint: Endpoint) -> list[AccessKey]:
             ConsumerKey.secret_hash,
             Consumer.id,
             Consumer.name,
+            Consumer.no_capture,
             Plan.rate_limit,
             Plan.monthly_quota,
             Plan.endpoints,
@@ -420,6 +427,7 @@ def access_snapshot(s: Session, endpoint: Endpoint) -> list[AccessKey]:
             rate_limit=r.rate_limit,
             monthly_quota=r.monthly_quota,
             used_this_month=used.get(r.id, 0),
+            capture=not r.no_capture,
         )
         for r in allowed
     ]

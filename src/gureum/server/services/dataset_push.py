@@ -50,6 +50,8 @@ class PushOptions:
     validation_ratio: float = 0.2
     seed: int = 0
     description: str | None = None
+    # Where a version the platform makes came from (see services.curate); None for a push.
+    source: dict[str, Any] | None = None
 
 
 def _problems(store: ArtifactStore, workspace_id: int, entries: Sequence[Entry]) -> None:
@@ -79,7 +81,7 @@ class LineTooLongError(Unprocessable):
     code = "line_too_long"
 
 
-def _scan(
+def scan_entries(
     store: ArtifactStore,
     settings: Settings,
     workspace_id: int,
@@ -114,7 +116,7 @@ def _next_number(s: Session, dataset_id: int) -> int:
     return int(number)
 
 
-def _commit(
+def commit_version(
     db: Database,
     store: ArtifactStore,
     principal: Principal,
@@ -149,6 +151,7 @@ def _commit(
             preview=result.preview,
             message=opts.message,
             pushed_by=principal.user_id,
+            source=opts.source,
         )
         s.add(v)
         s.flush()
@@ -190,8 +193,8 @@ def push_version(
     """A new version from blobs already uploaded (the manifest is validated by its schema)."""
     principal.require("developer")
     entries = [Entry(f.path, f.sha256, f.size) for f in files]
-    result = _scan(store, settings, principal.workspace_id, entries, opts)
-    return _commit(db, store, principal, name, result, opts)
+    result = scan_entries(store, settings, principal.workspace_id, entries, opts)
+    return commit_version(db, store, principal, name, result, opts)
 
 
 class _Staging:
@@ -299,8 +302,8 @@ def push_archive(
             raise BadRequest("the archive holds no files")
         staging.place()
         entries = [Entry(m.path, m.result.info.sha256, m.result.info.size) for m in members]
-        result = _scan(store, settings, workspace_id, entries, opts)
-        return _commit(db, store, principal, name, result, opts)
+        result = scan_entries(store, settings, workspace_id, entries, opts)
+        return commit_version(db, store, principal, name, result, opts)
     except BaseException:
         staging.discard()
         if staging.placed:

@@ -133,6 +133,7 @@ def version_out(v: DatasetVersion, dataset: str, pushed_by: str | None) -> Versi
             "message": v.message,
             "pushed_by": pushed_by,
             "created_at": v.created_at,
+            "source": v.source,
         }
     )
 

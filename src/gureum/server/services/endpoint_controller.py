@@ -3,8 +3,9 @@
 A reconciliation loop: each tick reads Ray Serve's application states, applies endpoints whose
 desired state changed, promotes a rolled-out version once it has loaded (or drops it with the
 reason when it fails to), rolls back canaries that breach their limits, and records the
-replica-seconds every endpoint used. Restarting it at any time is safe: Ray Serve keeps the
-replicas, and a re-applied application with an unchanged version is left running.
+replica-seconds every endpoint used; now and then (``capture_sweep_interval_s``) it erases
+captured calls past their endpoint's retention. Restarting it at any time is safe: Ray Serve
+keeps the replicas, and a re-applied application with an unchanged version is left running.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Model, ModelVersion
 from gureum.server.db.tables_serving import Endpoint
-from gureum.server.services import costs, validations
+from gureum.server.services import capture_erasure, costs, validations
 from gureum.server.services.endpoint_stats import judge_canary
 from gureum.server.services.endpoints import (
     add_event,
@@ -36,6 +37,7 @@ from gureum.server.services.endpoints import (
 from gureum.server.services.jobs import model_files
 from gureum.serving.backend import AppSpec, AppState, Route, ServingBackend, app_name
 from gureum.serving.spec import ModelRef, ReplicaSpec, Role, TrafficConfig
+from gureum.storage.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0
@@ -72,6 +74,8 @@ class EndpointController:
         self._judged = 0.0
         self._metered_at: dict[int, datetime] = {}
         self._last_meter = time.monotonic()
+        self.store = ArtifactStore(settings.resolved_artifacts)
+        self._swept: float | None = None  # the first tick sweeps: restarts never postpone it
         self._routes: dict[str, Route] | None = None
         # endpoint name -> (id, owner), from the last tick: live() is asked by name.
         self._known: dict[str, tuple[int, str]] = {}
@@ -163,6 +167,9 @@ class EndpointController:
         if now - self._last_meter >= METER_EVERY_S:
             self._last_meter = now
             self._meter()
+        if self._swept is None or now - self._swept >= self.settings.capture_sweep_interval_s:
+            self._swept = now
+            self._sweep_captured()
 
     # -- desired state -> Ray Serve ----------------------------------------------------------
 
@@ -210,6 +217,7 @@ class EndpointController:
             return
         if deleting:
             if not own:
+                capture_erasure.erase_endpoint(self.db, self.store, ep_id)
                 with self.db.write() as s:
                     ep = s.get(Endpoint, ep_id)
                     if ep is not None and ep.state == "deleting":
@@ -383,6 +391,13 @@ class EndpointController:
                     add_event(s, ep, "rollback", f"canary rolled back automatically: {verdict}")
                     ep.message = f"canary rolled back automatically: {verdict}"
                     changed(ep)
+
+    def _sweep_captured(self) -> None:
+        """Captured calls past retention; a failure is logged and tried at the next sweep."""
+        try:
+            capture_erasure.sweep_retention(self.db, self.store)
+        except Exception:
+            log.exception("the capture retention sweep failed")
 
     def _meter(self) -> None:
         now = utcnow()

@@ -110,6 +110,8 @@ class _EndpointLive:
     in_flight: dict[str, tuple[int, float]] = field(default_factory=dict)
     # role -> the engine its replicas last reported
     engines: dict[str, str] = field(default_factory=dict)
+    # replica -> (captured records waiting in its spool, seen at)
+    capture_pending: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 class LiveGauges:
@@ -140,19 +142,24 @@ class LiveGauges:
                     live.last_cold_start_ms = g.cold_start_ms
                 if g.engine is not None:
                     live.engines[g.role] = g.engine
+                live.capture_pending[g.replica] = (g.capture_pending, now)
 
     def snapshot(self) -> dict[str, _EndpointLive]:
         with self._lock:
             now = time.monotonic()
             for live in self._by_endpoint.values():
-                stale = [k for k, (_, at) in live.in_flight.items() if now - at > GAUGE_TTL_S]
-                for k in stale:
-                    del live.in_flight[k]
+                for gauge in (live.in_flight, live.capture_pending):
+                    for k in [k for k, (_, at) in gauge.items() if now - at > GAUGE_TTL_S]:
+                        del gauge[k]
             return dict(self._by_endpoint)
 
     def queue_depth(self, endpoint: str) -> int:
         live = self.snapshot().get(endpoint)
         return sum(n for n, _ in live.in_flight.values()) if live else 0
+
+    def capture_pending(self, endpoint: str) -> int:
+        live = self.snapshot().get(endpoint)
+        return sum(n for n, _ in live.capture_pending.values()) if live else 0
 
     def engines(self, endpoint: str) -> dict[str, str]:
         live = self.snapshot().get(endpoint)

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gureum.recipes.specs import SPECS, serving_of
+from gureum.schemas.capture import CaptureConfig
 from gureum.schemas.common import Page
 from gureum.schemas.endpoints import (
     CanaryOut,
@@ -71,6 +72,34 @@ def changed(ep: Endpoint, state: str = "updating") -> None:
     ep.updated_at = utcnow()
     if ep.state != "deleting":
         ep.state = state
+
+
+def config_of(ep: Endpoint) -> CaptureConfig:
+    """The endpoint's capture settings (never configured: the defaults, capturing nothing)."""
+    return CaptureConfig.model_validate(ep.capture) if ep.capture else CaptureConfig()
+
+
+def describe_capture(config: CaptureConfig) -> str:
+    parts = [p for p, on in (("inputs", config.inputs), ("outputs", config.outputs)) if on]
+    if config.rate == 0 or not parts:
+        return "capture off"
+    text = f"capturing {config.rate:.4g} of the calls ({' and '.join(parts)})"
+    if config.redact:
+        text += f", redacting {', '.join(config.redact)}"
+    if config.retention_days is not None:
+        text += f", kept {config.retention_days} days"
+    return text
+
+
+def apply_capture(s: Session, ep: Endpoint, config: CaptureConfig) -> bool:
+    """Store ``config`` on ``ep``, with an event when it changes. Replicas follow it from their
+    access snapshot within seconds, so ``generation`` stays: nothing is redeployed."""
+    new = config.model_dump(mode="json")
+    if ep.capture == new or (ep.capture is None and config == CaptureConfig()):
+        return False
+    ep.capture = new
+    add_event(s, ep, "capture", describe_capture(config), **new)
+    return True
 
 
 def _label(s: Session, version_id: int | None) -> VersionRef | None:
@@ -178,12 +207,17 @@ def deploy(
             fresh = True
         else:
             _update(s, ep, body, version, label)
+        if body.capture is not None:
+            apply_capture(s, ep, body.capture)
         if fresh or canary_before != ep.canary_version_id == version.id:
             # Validated in the first new replica before it takes traffic (services.validations).
             validations.open_for_deploy(
                 s, store, ep, version, body.sample_inputs, principal.user_id
             )
-        record(s, principal, "endpoint.deploy", "endpoint", ep.name, {"model": label})
+        details: dict[str, Any] = {"model": label}
+        if body.capture is not None:
+            details["capture"] = body.capture.model_dump(mode="json")
+        record(s, principal, "endpoint.deploy", "endpoint", ep.name, details)
         return endpoint_out(s, ep, data_url, live), created
 
 

@@ -38,17 +38,28 @@ class EndpointRef:
     name: str
     version: str  # the primary's model label, NAME:V
     state: str
+    # Captured records replicas dropped (spool full), kept in the database: never resets.
+    capture_dropped: int = 0
 
 
 def workspace_endpoints(s: Session, workspace_id: int) -> list[EndpointRef]:
     rows = s.execute(
-        select(Endpoint.name, Endpoint.state, Model.name, ModelVersion.version)
+        select(
+            Endpoint.name,
+            Endpoint.state,
+            Model.name,
+            ModelVersion.version,
+            Endpoint.capture_dropped,
+        )
         .join(ModelVersion, ModelVersion.id == Endpoint.version_id)
         .join(Model, Model.id == ModelVersion.model_id)
         .where(Endpoint.workspace_id == workspace_id)
         .order_by(Endpoint.name)
     ).all()
-    return [EndpointRef(name, f"{model}:{version}", state) for name, state, model, version in rows]
+    return [
+        EndpointRef(name, f"{model}:{version}", state, dropped)
+        for name, state, model, version, dropped in rows
+    ]
 
 
 def _histogram(
@@ -126,9 +137,22 @@ class ServingCollector:
             "Requests in flight on one replica, as of its last usage shipment.",
             labels=["endpoint", "replica"],
         )
+        dropped = CounterMetricFamily(
+            "gureum_capture_dropped",
+            "Captured records replicas dropped because their capture spool was full.",
+            labels=["endpoint"],
+        )
+        pending = GaugeMetricFamily(
+            "gureum_capture_pending",
+            "Captured records waiting in the replicas' spools for the artifact store.",
+            labels=["endpoint"],
+        )
         for ep in self.endpoints:
             name = ep.name
             info.add_metric([name, ep.version, ep.state], 1.0)
+            dropped.add_metric([name], float(ep.capture_dropped))
+            spools = dict(live[name].capture_pending) if name in live else {}
+            pending.add_metric([name], float(sum(n for n, _ in spools.values())))
             up.add_metric([name], 1.0 if ep.state in ("ready", "updating") else 0.0)
             counts = self.replicas(name)
             for role in ROLES:
@@ -162,7 +186,7 @@ class ServingCollector:
             for replica, (n, _) in sorted(flights.items()):
                 in_flight.add_metric([name, replica], float(n))
         yield from (info, up, requests, latency, batches, cold, last_cold)
-        yield from (replicas, queue, in_flight)
+        yield from (replicas, queue, in_flight, dropped, pending)
 
 
 def exposition(collector: ServingCollector, accept: str | None) -> tuple[bytes, str]:

@@ -1,0 +1,53 @@
+"""An endpoint's capture settings, its consumers' feedback and the calls it captured."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from gureum.schemas.capture import CapturedRecordOut, CaptureOut, CaptureUpdate, FeedbackSummary
+from gureum.schemas.common import ErrorBody
+from gureum.server.deps import DbDep, Developer, ServingDep, StoreDep, Viewer
+from gureum.server.services import capture as svc
+
+router = APIRouter(
+    prefix="/endpoints",
+    tags=["endpoints"],
+    responses={403: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+Name = Annotated[str, Path(max_length=63, description="the endpoint's name")]
+
+
+@router.get("/{name}/capture")
+def get_capture(name: Name, db: DbDep, serving: ServingDep, principal: Viewer) -> CaptureOut:
+    """The capture settings, how many calls were captured, dropped and wait in spools."""
+    return svc.get_capture(db, principal, name, serving.gauges)
+
+
+@router.patch("/{name}/capture")
+def set_capture(
+    name: Name, body: CaptureUpdate, db: DbDep, serving: ServingDep, principal: Developer
+) -> CaptureOut:
+    """Change some capture settings (the others stay); replicas follow within seconds."""
+    return svc.set_capture(db, principal, name, body, serving.gauges)
+
+
+@router.get("/{name}/feedback")
+def feedback(name: Name, db: DbDep, principal: Viewer) -> FeedbackSummary:
+    """Consumers' ratings and corrections of the endpoint's answers, summarised."""
+    return svc.feedback_summary(db, principal, name)
+
+
+@router.get("/{name}/captured")
+def captured(
+    name: Name,
+    db: DbDep,
+    store: StoreDep,
+    principal: Developer,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    consumer: Annotated[str | None, Query(max_length=128)] = None,
+) -> list[CapturedRecordOut]:
+    """The latest captured calls with their inputs, outputs and feedback (customer data:
+    developers and above)."""
+    return svc.list_captured(db, store, principal, name, limit=limit, consumer=consumer)

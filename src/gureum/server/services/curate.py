@@ -1,0 +1,240 @@
+"""`datasets curate`: the next dataset version from an endpoint's captured calls and feedback.
+
+The calls (filtered by period, rating and labels) are turned into files in the shape the
+endpoint's recipe trains on (see curate_rules), merged with a base version, and committed as a
+new version whose ``source`` names the endpoint, period, filters and counts. The base's files
+keep their split, and every curated file is training data (``train_only`` in the split
+record): the held-out side stays the base's, fixed and free of captured data. Only records
+that exist when it runs are read, so a consumer forgotten or records past retention never
+reach a version made later. Nothing is committed when anything fails; blobs written for a
+failed curation are removed again when nothing else uses them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gureum.config import Settings
+from gureum.datasets.scan import Entry
+from gureum.schemas.datasets import CurateRequest, VersionOut
+from gureum.server.auth import Principal
+from gureum.server.db.session import Database
+from gureum.server.db.tables import (
+    Dataset,
+    DatasetFile,
+    DatasetVersion,
+    Model,
+    ModelFile,
+    ModelVersion,
+)
+from gureum.server.db.tables_capture import CapturedRequest
+from gureum.server.errors import NotFound, Unprocessable
+from gureum.server.services import curate_rules as rules
+from gureum.server.services.blobs import collect_garbage
+from gureum.server.services.capture import merged_feedback, read_lines
+from gureum.server.services.dataset_push import PushOptions, commit_version, scan_entries
+from gureum.server.services.datasets import resolve_version
+from gureum.server.services.endpoints import find_endpoint
+from gureum.storage.store import ArtifactStore
+
+RECIPES = ("tabular", "image-classifier", "text-generator", "image-generator")
+# A generator learns only from outputs its consumers rated at least this well by default.
+GENERATOR_MIN_RATING = 4
+READ_CHUNK = 5000
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    if t is None:
+        return None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _base(s: Session, workspace_id: int, ref: str | None, served: ModelVersion) -> DatasetVersion:
+    if ref is not None:
+        name, _, number = ref.partition(":")
+        return resolve_version(s, workspace_id, name, number or "latest")
+    if served.dataset_version_id is None:
+        raise Unprocessable(
+            "the served model names no dataset it was trained on; give a base (--base NAME:V)"
+        )
+    base = s.get(DatasetVersion, served.dataset_version_id)
+    if base is None:
+        raise NotFound("the dataset version the served model was trained on is gone")
+    return base
+
+
+def _target(s: Session, store: ArtifactStore, workspace_id: int, served: ModelVersion) -> str:
+    """A tabular model's target column: from its training parameters, else from the
+    ``config.json`` the recipe saved with it."""
+    if served.params.get("target"):
+        return str(served.params["target"])
+    sha = s.scalar(
+        select(ModelFile.sha256).where(
+            ModelFile.version_id == served.id, ModelFile.path == "config.json"
+        )
+    )
+    if sha is None:
+        return ""
+    try:
+        with store.open_blob(workspace_id, sha) as fh:
+            config = json.loads(fh.read(1 << 20))
+    except (OSError, ValueError):
+        return ""
+    return str(config.get("target") or "") if isinstance(config, dict) else ""
+
+
+def _records(
+    s: Session, store: ArtifactStore, ep: Any, body: CurateRequest
+) -> Iterator[rules.Captured]:
+    """The endpoint's captured calls in the period with their feedback, filtered."""
+    stmt = select(CapturedRequest).where(
+        CapturedRequest.endpoint_id == ep.id, CapturedRequest.has_inputs.is_(True)
+    )
+    since, until = _utc(body.since), _utc(body.until)
+    if since is not None:
+        stmt = stmt.where(CapturedRequest.time >= since)
+    if until is not None:
+        stmt = stmt.where(CapturedRequest.time < until)
+    rows = list(s.scalars(stmt.order_by(CapturedRequest.time, CapturedRequest.request_id)))
+    feedback = merged_feedback(s, ep)
+    read = _reader(store, ep.workspace_id)
+    for i in range(0, len(rows), READ_CHUNK):
+        chunk = rows[i : i + READ_CHUNK]
+        lines = read_lines(store, ep.workspace_id, chunk)
+        for row in chunk:
+            line = lines.get((row.object, row.line))
+            if line is None:
+                continue
+            f = feedback.get(row.request_id)
+            rec = rules.Captured(
+                request_id=row.request_id,
+                route=row.route,
+                input=rules.resolve(line.get("input"), read),
+                output=rules.resolve(line.get("output"), read),
+                rating=f.rating if f else None,
+                label=f.label if f else None,
+                target=f.target if f else None,
+            )
+            if body.min_rating is not None and (rec.rating or 0) < body.min_rating:
+                continue
+            if body.labelled_only and rec.correction is None:
+                continue
+            yield rec
+
+
+def _reader(store: ArtifactStore, workspace_id: int) -> rules.ReadBlob:
+    def read(sha256: str) -> bytes:
+        with store.open_blob(workspace_id, sha256) as fh:
+            return fh.read()
+
+    return read
+
+
+def curate(
+    db: Database,
+    store: ArtifactStore,
+    settings: Settings,
+    principal: Principal,
+    name: str,
+    body: CurateRequest,
+) -> VersionOut:
+    principal.require("developer")
+    ws = principal.workspace_id
+    with db.read() as s:
+        ep = find_endpoint(s, ws, body.from_endpoint)
+        served = s.get(ModelVersion, ep.version_id)
+        assert served is not None  # an endpoint's version cannot be deleted (RESTRICT)
+        recipe = served.recipe or ""
+        if recipe not in RECIPES:
+            raise Unprocessable(
+                f"curation makes training data for {', '.join(RECIPES)}; the endpoint serves "
+                f"a {recipe or 'model without a recipe'}"
+            )
+        if recipe == "image-generator" and body.min_rating is None:
+            body = body.model_copy(update={"min_rating": GENERATOR_MIN_RATING})
+        base = _base(s, ws, body.base, served)
+        base_name = s.scalar(select(Dataset.name).where(Dataset.id == base.dataset_id))
+        base_files = [
+            rules.BaseFile(f.path, f.sha256, f.kind, f.label, f.split)
+            for f in s.scalars(select(DatasetFile).where(DatasetFile.version_id == base.id))
+        ]
+        sizes = {
+            f.path: f.size
+            for f in s.scalars(select(DatasetFile).where(DatasetFile.version_id == base.id))
+        }
+        records = list(_records(s, store, ep, body))
+        target = _target(s, store, ws, served)
+        model = s.scalar(select(Model.name).where(Model.id == served.model_id))
+        model_label = f"{model}:{served.version}"
+        label = f"{base_name}:{base.version}"
+        base_split = dict(base.split)
+    read = _reader(store, ws)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    path = f"captured/{ep.name}-{stamp}"
+    try:
+        if recipe == "tabular":
+            curated = rules.tabular(records, base_files, read, target, f"{path}.csv")
+        elif recipe == "image-classifier":
+            curated = rules.image_classifier(records, base_files)
+        elif recipe == "text-generator":
+            curated = rules.text_generator(records, base_files, read, f"{path}.jsonl")
+        else:
+            curated = rules.image_generator(records, base_files, body.max_generated_share)
+    except rules.CurateError as e:
+        raise Unprocessable(f"{label}: {e}") from None
+    if not curated.files:
+        raise Unprocessable(
+            f"no captured call of {ep.name!r} matches (records read {len(records)}, duplicates "
+            f"{curated.duplicates}, left out {curated.skipped}); nothing was made",
+            details={"records": len(records), "duplicates": curated.duplicates},
+        )
+    written = [
+        (p, store.write_blob(ws, [data], max_bytes=settings.max_file_bytes))
+        for p, data in curated.files.items()
+    ]
+    new_paths = {p for p, _ in written}
+    entries = [Entry(f.path, f.sha256, sizes[f.path]) for f in base_files]
+    entries += [Entry(p, info.sha256, info.size) for p, info in written]
+    source = {
+        "kind": "curated",
+        "endpoint": ep.name,
+        "model": model_label,
+        "recipe": recipe,
+        "since": body.since.isoformat() if body.since else None,
+        "until": body.until.isoformat() if body.until else None,
+        "filters": {"min_rating": body.min_rating, "labelled_only": body.labelled_only},
+        "base": label,
+        "records": len(records),
+        "records_used": curated.used,
+        "samples_added": curated.samples,
+        "duplicates_dropped": curated.duplicates,
+        "left_out": curated.skipped,
+        "files_added": sorted(new_paths),
+    }
+    opts = PushOptions(
+        message=body.message or f"curated from endpoint {ep.name} on {label}",
+        validation_ratio=float(base_split.get("validation_ratio", 0.2)),
+        seed=int(base_split.get("seed", 0)),
+        source=source,
+    )
+    try:
+        result = scan_entries(store, settings, ws, entries, opts)
+        splits = {f.path: f.split for f in base_files}
+        for f in result.files:
+            f.split = splits.get(f.path, "train")  # the base's sides; curated files train
+        validation = sum(f.split == "validation" for f in result.files)
+        split = {k: v for k, v in base_split.items() if k not in ("train", "validation")}
+        if split.get("unit") != "row":
+            split.update(train=len(result.files) - validation, validation=validation)
+        split["train_only"] = sorted(new_paths)
+        result.split = split
+        return commit_version(db, store, principal, name, result, opts)
+    except BaseException:
+        collect_garbage(db, store, ws, [info.sha256 for _, info in written])
+        raise
