@@ -46,10 +46,11 @@ class Index:
         self.batches: list[CaptureBatch] = []
         self.down = False
 
-    def __call__(self, batch: CaptureBatch) -> None:
+    def __call__(self, rows: list[dict[str, Any]]) -> None:
         if self.down:
             raise ConnectionError("control plane unreachable")
-        self.batches.append(batch)
+        # What the control plane would take: the rows must be valid CaptureBatch records.
+        self.batches.append(CaptureBatch.model_validate_json(json.dumps({"records": rows})))
 
     @property
     def rows(self) -> list[Any]:

@@ -96,10 +96,10 @@ class FakeControl(ControlPlane):
             raise httpx.ConnectError("control plane down")
         self.batches.append(batch)
 
-    def ship_captured(self, batch: CaptureBatch) -> None:
+    def ship_captured(self, rows: list[dict[str, Any]]) -> None:
         if self.down:
             raise httpx.ConnectError("control plane down")
-        self.captured.append(batch)
+        self.captured.append(CaptureBatch.model_validate_json(json.dumps({"records": rows})))
 
     def close(self) -> None:
         self.closed = True

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gureum.schemas.capture import CaptureBatch, CapturedIn, CaptureSettings
+from gureum.schemas.capture import CaptureSettings
 from gureum.serving.access import Caller
 from gureum.serving.spool import UsageSpool, of_kind
 from gureum.storage.store import ArtifactStore
@@ -47,11 +47,23 @@ BATCH_MAX_BYTES = 1 << 30
 INDEX_CHUNK = 1000
 INDEX_CHUNK_BYTES = 8 * 1024 * 1024
 INDEX_ROW_BYTES = 400
+# The spool's thread yields the GIL after this many calls it prepared.
+YIELD_EVERY = 32
+HEADER_FIELDS = (
+    "request_id",
+    "time",
+    "consumer_id",
+    "consumer_name",
+    "model_version_id",
+    "route",
+    "status",
+)
 MAC_HEX = 24
 NONCE_HEX = 12
 ANONYMOUS = "a"
 
-ShipIndex = Callable[[CaptureBatch], None]
+# ship_index(rows): CaptureBatch's records, as plain dicts; raises when not taken.
+ShipIndex = Callable[[list[dict[str, Any]]], None]
 
 
 def who_of(caller: Caller | None) -> str:
@@ -130,6 +142,23 @@ def _at(value: Any, path: list[str]) -> Any:
         return value
     rest = REDACTED if len(path) == 1 else _at(value[path[0]], path[1:])
     return {**value, path[0]: rest}
+
+
+@dataclass(frozen=True)
+class _Finished:
+    line: bytes
+    header: dict[str, Any]
+    has_inputs: bool
+    has_outputs: bool
+    blobs: list[str]
+
+
+def _plain_json(text: str) -> bool:
+    """JSON text that can go into a stored line as it is: an object or array on one line,
+    short enough to hold no blob-sized string, with no "$" key to escape."""
+    return (
+        len(text) <= BLOB_MIN and text[:1] in ("{", "[") and "\n" not in text and '"$' not in text
+    )
 
 
 def _parse(raw: str) -> Any:
@@ -238,43 +267,40 @@ class Capturer:
     def _ship(self, endpoint: str, items: list[dict[str, Any]]) -> None:
         """One batch object per consumer (erasing a consumer removes whole objects), written
         before the index rows that point into it are shipped."""
-        by_consumer: dict[int | None, list[tuple[dict[str, Any], list[str]]]] = {}
-        for item in of_kind(items, "capture"):
+        by_consumer: dict[int | None, list[_Finished]] = {}
+        for n, item in enumerate(of_kind(items, "capture")):
             by_consumer.setdefault(item.get("consumer_id"), []).append(self._finish(item))
-        index: list[CapturedIn] = []
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                time.sleep(0)  # let the request path have the GIL between slices
+        index: list[dict[str, Any]] = []
         for finished in by_consumer.values():
-            lines = [json.dumps(r, separators=(",", ":")).encode() + b"\n" for r, _ in finished]
             info = self.store.write_blob(
-                self._workspace_id, [b"".join(lines)], max_bytes=BATCH_MAX_BYTES
+                self._workspace_id, [b"".join(f.line for f in finished)], max_bytes=BATCH_MAX_BYTES
             )
             index += [
-                CapturedIn(
-                    request_id=r["request_id"],
-                    time=r["time"],
-                    consumer_id=r["consumer_id"],
-                    consumer_name=r["consumer_name"],
-                    model_version_id=r["model_version_id"],
-                    route=r["route"],
-                    status=r["status"],
-                    object=info.sha256,
-                    line=i,
-                    size=len(lines[i]),
-                    has_inputs="input" in r,
-                    has_outputs="output" in r,
-                    blobs=blobs,
-                )
-                for i, (r, blobs) in enumerate(finished)
+                {
+                    **f.header,
+                    "object": info.sha256,
+                    "line": i,
+                    "size": len(f.line),
+                    "has_inputs": f.has_inputs,
+                    "has_outputs": f.has_outputs,
+                    "blobs": f.blobs,
+                }
+                for i, f in enumerate(finished)
             ]
-        chunk: list[CapturedIn] = []
+        # Plain rows (CapturedIn's fields), checked by the control plane: validating them here
+        # too cost more than preparing them. Shipped in bodies it takes (see server.limits).
+        chunk: list[dict[str, Any]] = []
         size = 0
-        for row in index:  # in bodies the control plane takes (see server.limits)
+        for row in index:
             chunk.append(row)
-            size += INDEX_ROW_BYTES + 66 * len(row.blobs)
+            size += INDEX_ROW_BYTES + 66 * len(row["blobs"])
             if len(chunk) >= INDEX_CHUNK or size >= INDEX_CHUNK_BYTES:
-                self._ship_index(CaptureBatch(records=chunk))
+                self._ship_index(chunk)
                 chunk, size = [], 0
         if chunk:
-            self._ship_index(CaptureBatch(records=chunk))
+            self._ship_index(chunk)
 
     @property
     def store(self) -> ArtifactStore:
@@ -282,28 +308,32 @@ class Capturer:
             self._store = ArtifactStore(self._artifacts)
         return self._store
 
-    def _finish(self, item: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    def _finish(self, item: dict[str, Any]) -> _Finished:
         """A spooled line as stored (parsed, redacted, large strings as blobs) and the blobs
-        it refers to."""
+        it refers to. A body or answer with nothing to redact, no string long enough to be a
+        blob and no "$" key is stored as the JSON text it was (it parsed before the call was
+        answered), without parsing it again."""
         fields = item.get("redact") or []
-        record = {
-            k: item[k]
-            for k in (
-                "request_id",
-                "time",
-                "consumer_id",
-                "consumer_name",
-                "model_version_id",
-                "model_label",
-                "route",
-                "status",
-            )
-        }
+        header = {k: item[k] for k in HEADER_FIELDS}
+        parts = [json.dumps({**header, "model_label": item["model_label"]}, separators=(",", ":"))]
+        parts[0] = parts[0][:-1]
         blobs: list[str] = []
         for raw, name in (("input_raw", "input"), ("output_raw", "output")):
-            if raw in item:
-                record[name] = self._blobs(redact(_parse(item[raw]), fields), blobs)
-        return record, blobs
+            if raw not in item:
+                continue
+            text: str = item[raw]
+            if fields or not _plain_json(text):
+                value = self._blobs(redact(_parse(text), fields), blobs)
+                text = json.dumps(value, separators=(",", ":"))
+            parts.append(f',"{name}":{text}')
+        parts.append("}\n")
+        return _Finished(
+            "".join(parts).encode(),
+            header,
+            "input_raw" in item,
+            "output_raw" in item,
+            blobs,
+        )
 
     def _blobs(self, value: Any, written: list[str]) -> Any:
         if isinstance(value, str) and len(value) > BLOB_MIN:

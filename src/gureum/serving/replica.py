@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from gureum.compute.work import fetch
 from gureum.recipes.base import Predictor
 from gureum.recipes.specs import serving_of, spec_of
-from gureum.schemas.capture import CaptureBatch, FeedbackBody
+from gureum.schemas.capture import FeedbackBody
 from gureum.schemas.metering import (
     OUTPUT_CHARS,
     AccessSnapshot,
@@ -130,10 +130,10 @@ class ControlPlane:
         )
         r.raise_for_status()
 
-    def ship_captured(self, batch: CaptureBatch) -> None:
-        r = self._http.post(
-            "/captured", content=batch.model_dump_json(), headers={"content-type": JSON}
-        )
+    def ship_captured(self, rows: list[dict[str, Any]]) -> None:
+        """Index rows of captured calls (CaptureBatch's records; the server validates them)."""
+        body = json.dumps({"records": rows}, separators=(",", ":"))
+        r = self._http.post("/captured", content=body, headers={"content-type": JSON})
         r.raise_for_status()
 
     def report_validation(self, report: ValidationReport) -> None:
