@@ -1,9 +1,11 @@
-"""`gureum endpoints capture | feedback | captured`: what an endpoint keeps of its calls for
-retraining, and what its consumers said about the answers."""
+"""`gureum endpoints capture | feedback | captured | drift`: what an endpoint keeps of its calls
+for retraining, what its consumers said about the answers, and how far its live inputs have
+moved from the training data."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
 
 import typer
@@ -11,6 +13,7 @@ import typer
 from gureum.cli.output import Format, OutputOpt, api_errors, console, emit, kv_table, table
 from gureum.client import Client
 from gureum.schemas.capture import CapturedRecordOut, CaptureOut, FeedbackSummary
+from gureum.schemas.drift import DriftOut
 
 NameArg = Annotated[str, typer.Argument(metavar="E", help="the endpoint's name")]
 # Inputs and outputs are shown cut to this many characters in tables.
@@ -166,7 +169,88 @@ def captured_cmd(
     )
 
 
+_WINDOW = re.compile(r"^(\d+)([smhd]?)$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_window(text: str) -> int:
+    """``1h``, ``30m``, ``2d``, ``90s`` or plain seconds (``86400``) -> seconds."""
+    match = _WINDOW.match(text.strip().lower())
+    if match is None or int(match[1]) == 0:
+        raise typer.BadParameter(f"{text!r}: give a duration such as 30m, 1h, 7d or 86400")
+    return int(match[1]) * _UNIT_S[match[2]]
+
+
+def _number(value: float | None, digits: int = 3) -> str | None:
+    return None if value is None else f"{value:.{digits}f}"
+
+
+def _percent(value: float | None) -> str | None:
+    return None if value is None else f"{value:.1%}"
+
+
+def _render_drift(d: DriftOut) -> None:
+    ref = d.reference
+    facts = {
+        "endpoint": f"{d.endpoint} ({d.model}, {d.recipe})",
+        "training data": f"{ref.dataset}: {ref.samples} of {ref.total} training samples",
+        "window": f"{d.since:%Y-%m-%d %H:%M} to {d.until:%Y-%m-%d %H:%M} UTC",
+        "live": f"{d.samples} samples in {d.captured_calls} captured calls",
+        "score": f"{d.score:.3f} (largest PSI)" if d.score is not None else "-",
+        "verdict": d.verdict or "none",
+        "summary": d.message,
+    }
+    console.print(kv_table(facts))
+    q = d.quality
+    checks = {
+        "schema violations": q.schema_violations,
+        "unknown columns": ", ".join(f"{k} ({n})" for k, n in q.unknown_columns.items()),
+        "wrong types": ", ".join(f"{k} ({n})" for k, n in q.invalid_values.items()),
+        "undecodable pictures": _percent(q.undecodable_share),
+        "empty prompts": _percent(q.empty_share),
+    }
+    shown = {k: v for k, v in checks.items() if v not in (None, "", 0)}
+    if shown:
+        console.print(kv_table(shown))
+    if not d.features:
+        return
+    rows = [
+        {
+            "feature": f.name,
+            "psi": f"{f.psi:.3f}",
+            "verdict": f.verdict,
+            "ks p": _number(f.ks_pvalue),
+            "train mean": _number(f.reference_mean),
+            "live mean": _number(f.live_mean),
+            "missing": _percent(f.missing_share),
+            "out of range": _percent(f.out_of_range_share),
+            "unseen": _percent(f.unseen_share),
+        }
+        for f in sorted(d.features, key=lambda f: -f.psi)
+    ]
+    console.print(table(rows))
+    console.print("PSI: below 0.1 stable, 0.1 to 0.25 moderate, from 0.25 drift")
+
+
+def drift_cmd(
+    name: NameArg,
+    window: Annotated[
+        str,
+        typer.Option(
+            "--window", help="how far back to read captured calls: 30m, 1h, 7d or seconds"
+        ),
+    ] = "24h",
+    output: OutputOpt = Format.table,
+) -> None:
+    """How far E's live inputs (its captured calls) have moved from its training data."""
+    seconds = parse_window(window)
+    with api_errors(output), Client() as client:
+        out = client.endpoints.drift(name, window_s=seconds)
+    emit(out.model_dump(mode="json"), output, lambda _: _render_drift(out))
+
+
 def register(endpoints: typer.Typer) -> None:
     endpoints.command("capture")(capture_cmd)
     endpoints.command("feedback")(feedback_cmd)
     endpoints.command("captured")(captured_cmd)
+    endpoints.command("drift")(drift_cmd)

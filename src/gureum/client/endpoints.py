@@ -26,6 +26,7 @@ from gureum.schemas.capture import (
     CaptureUpdate,
     FeedbackSummary,
 )
+from gureum.schemas.drift import DriftOut
 from gureum.schemas.endpoints import (
     EndpointConfig,
     EndpointCreate,
@@ -279,6 +280,14 @@ class EndpointsAPI:
             params["consumer"] = consumer
         data = self._t.json("GET", f"/v1/endpoints/{segment(name)}/captured", params=params)
         return [CapturedRecordOut.model_validate(r) for r in data]
+
+    def drift(self, name: str, *, window_s: int = 86_400) -> DriftOut:
+        """Live inputs of the last ``window_s`` seconds (captured calls: capture must be on)
+        against the served model's training data: PSI per feature, quality checks, verdict."""
+        data = self._t.json(
+            "GET", f"/v1/endpoints/{segment(name)}/drift", params={"window_s": window_s}
+        )
+        return DriftOut.model_validate(data)
 
     def list(self) -> builtins.list[EndpointOut]:
         return [EndpointOut.model_validate(e) for e in pages(self._t, "/v1/endpoints")]

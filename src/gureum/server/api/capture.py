@@ -1,4 +1,5 @@
-"""An endpoint's capture settings, its consumers' feedback and the calls it captured."""
+"""An endpoint's capture settings, its consumers' feedback, the calls it captured and how far
+those calls' inputs have drifted from the training data."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from fastapi import APIRouter, Path, Query
 
 from gureum.schemas.capture import CapturedRecordOut, CaptureOut, CaptureUpdate, FeedbackSummary
 from gureum.schemas.common import ErrorBody
+from gureum.schemas.drift import DriftOut
 from gureum.server.deps import DbDep, Developer, ServingDep, StoreDep, Viewer
 from gureum.server.services import capture as svc
+from gureum.server.services import drift
 
 router = APIRouter(
     prefix="/endpoints",
@@ -51,3 +54,16 @@ def captured(
     """The latest captured calls with their inputs, outputs and feedback (customer data:
     developers and above)."""
     return svc.list_captured(db, store, principal, name, limit=limit, consumer=consumer)
+
+
+@router.get("/{name}/drift")
+def drift_of(
+    name: Name,
+    db: DbDep,
+    store: StoreDep,
+    principal: Viewer,
+    window_s: Annotated[int, Query(ge=60, le=90 * 86_400)] = drift.DEFAULT_WINDOW_S,
+) -> DriftOut:
+    """Live inputs (the calls captured in the last ``window_s`` seconds) against the served
+    model's training data: PSI per feature, data-quality checks, a verdict (numbers only)."""
+    return drift.endpoint_drift(db, store, principal, name, window_s)

@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
@@ -385,24 +385,32 @@ def list_captured(
     return out
 
 
-def read_lines(
-    store: ArtifactStore, workspace_id: int, rows: Sequence[CapturedRequest]
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """(object, line) -> the parsed line, each batch object read once; a missing object or a
-    bad line is left out (the record shows as unreadable)."""
+class Located(Protocol):
+    """Where a captured call's line is: a row of captured_requests, or just those columns."""
+
+    @property
+    def object(self) -> str: ...
+
+    @property
+    def line(self) -> int: ...
+
+
+def read_raw_lines(
+    store: ArtifactStore, workspace_id: int, rows: Iterable[Located]
+) -> dict[tuple[str, int], bytes]:
+    """(object, line) -> the stored line's bytes, each batch object read once; a missing
+    object is left out."""
     wanted: dict[str, set[int]] = {}
     for r in rows:
         wanted.setdefault(r.object, set()).add(r.line)
-    found: dict[tuple[str, int], dict[str, Any]] = {}
+    found: dict[tuple[str, int], bytes] = {}
     for obj, numbers in wanted.items():
         last = max(numbers)
         try:
             with store.open_blob(workspace_id, obj) as fh:
                 for number, raw in enumerate(fh):
                     if number in numbers:
-                        value = _parse(raw)
-                        if value is not None:
-                            found[(obj, number)] = value
+                        found[(obj, number)] = raw
                     if number >= last:
                         break
         except OSError:
@@ -410,7 +418,20 @@ def read_lines(
     return found
 
 
-def _parse(raw: bytes) -> dict[str, Any] | None:
+def read_lines(
+    store: ArtifactStore, workspace_id: int, rows: Iterable[Located]
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """(object, line) -> the parsed line; a missing object or a bad line is left out (the
+    record shows as unreadable)."""
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for where, raw in read_raw_lines(store, workspace_id, rows).items():
+        value = parse_line(raw)
+        if value is not None:
+            found[where] = value
+    return found
+
+
+def parse_line(raw: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(raw)
     except ValueError:

@@ -37,7 +37,7 @@ from gureum.server.db.tables_capture import CapturedRequest
 from gureum.server.errors import NotFound, Unprocessable
 from gureum.server.services import curate_rules as rules
 from gureum.server.services.blobs import collect_garbage
-from gureum.server.services.capture import merged_feedback, read_lines
+from gureum.server.services.capture import merged_feedback, parse_line, read_raw_lines
 from gureum.server.services.dataset_push import PushOptions, commit_version, scan_entries
 from gureum.server.services.datasets import resolve_version
 from gureum.server.services.endpoints import find_endpoint
@@ -69,7 +69,7 @@ def _base(s: Session, workspace_id: int, ref: str | None, served: ModelVersion) 
     return base
 
 
-def _target(s: Session, store: ArtifactStore, workspace_id: int, served: ModelVersion) -> str:
+def target_column(s: Session, store: ArtifactStore, workspace_id: int, served: ModelVersion) -> str:
     """A tabular model's target column: from its training parameters, else from the
     ``config.json`` the recipe saved with it."""
     if served.params.get("target"):
@@ -93,30 +93,35 @@ def _records(
     s: Session, store: ArtifactStore, ep: Any, body: CurateRequest
 ) -> Iterator[rules.Captured]:
     """The endpoint's captured calls in the period with their feedback, filtered."""
-    stmt = select(CapturedRequest).where(
-        CapturedRequest.endpoint_id == ep.id, CapturedRequest.has_inputs.is_(True)
-    )
+    stmt = select(
+        CapturedRequest.request_id,
+        CapturedRequest.route,
+        CapturedRequest.object,
+        CapturedRequest.line,
+    ).where(CapturedRequest.endpoint_id == ep.id, CapturedRequest.has_inputs.is_(True))
     since, until = _utc(body.since), _utc(body.until)
     if since is not None:
         stmt = stmt.where(CapturedRequest.time >= since)
     if until is not None:
         stmt = stmt.where(CapturedRequest.time < until)
-    rows = list(s.scalars(stmt.order_by(CapturedRequest.time, CapturedRequest.request_id)))
+    rows = s.execute(stmt.order_by(CapturedRequest.time, CapturedRequest.request_id)).all()
     feedback = merged_feedback(s, ep)
     read = _reader(store, ep.workspace_id)
     for i in range(0, len(rows), READ_CHUNK):
         chunk = rows[i : i + READ_CHUNK]
-        lines = read_lines(store, ep.workspace_id, chunk)
+        lines = read_raw_lines(store, ep.workspace_id, chunk)
         for row in chunk:
-            line = lines.get((row.object, row.line))
-            if line is None:
+            raw = lines.get((row.object, row.line))
+            line = parse_line(raw) if raw is not None else None
+            if raw is None or line is None:
                 continue
+            refs = b'"$' in raw  # blob references or escaped keys: resolve them
             f = feedback.get(row.request_id)
             rec = rules.Captured(
                 request_id=row.request_id,
                 route=row.route,
-                input=rules.resolve(line.get("input"), read),
-                output=rules.resolve(line.get("output"), read),
+                input=rules.resolve(line.get("input"), read) if refs else line.get("input"),
+                output=rules.resolve(line.get("output"), read) if refs else line.get("output"),
                 rating=f.rating if f else None,
                 label=f.label if f else None,
                 target=f.target if f else None,
@@ -169,7 +174,7 @@ def curate(
             for f in s.scalars(select(DatasetFile).where(DatasetFile.version_id == base.id))
         }
         records = list(_records(s, store, ep, body))
-        target = _target(s, store, ws, served)
+        target = target_column(s, store, ws, served)
         model = s.scalar(select(Model.name).where(Model.id == served.model_id))
         model_label = f"{model}:{served.version}"
         label = f"{base_name}:{base.version}"

@@ -34,7 +34,7 @@ REDACTED = "[redacted]"
 ReadBlob = Callable[[str], bytes]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Captured:
     """One captured call with the feedback on it (the latest value of each field)."""
 
@@ -126,7 +126,9 @@ def _sha(data: bytes) -> str:
 
 
 def _cell(value: Any) -> str:
-    if value is None or value == REDACTED or isinstance(value, dict | list):
+    if type(value) is str:  # the common case first: a row's text value
+        return "" if value == REDACTED else value
+    if value is None or isinstance(value, dict | list):
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -149,6 +151,7 @@ def tabular(
     if target not in header:
         raise CurateError(f"the base table has no {target!r} column (the model's target)")
     seen = {tuple(r) for f in tables for r in _table(read(f.sha256))[1]}
+    at = header.index(target)
     out = Curated()
     rows: list[list[str]] = []
     for rec in records:
@@ -161,7 +164,8 @@ def tabular(
             if not isinstance(row, dict) or label is None:
                 out.skipped += 1
                 continue
-            values = [_cell(label) if c == target else _cell(row.get(c)) for c in header]
+            values = [_cell(row.get(c)) for c in header]
+            values[at] = _cell(label)
             if tuple(values) in seen:
                 out.duplicates += 1
                 continue
