@@ -12,6 +12,7 @@ failed curation are removed again when nothing else uses them.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -133,6 +134,19 @@ def _records(
             yield rec
 
 
+class _Counted:
+    """The calls a rule reads, counted as they pass."""
+
+    def __init__(self, records: Iterator[rules.Captured]) -> None:
+        self._records = records
+        self.n = 0
+
+    def __iter__(self) -> Iterator[rules.Captured]:
+        for rec in self._records:
+            self.n += 1
+            yield rec
+
+
 def _reader(store: ArtifactStore, workspace_id: int) -> rules.ReadBlob:
     def read(sha256: str) -> bytes:
         with store.open_blob(workspace_id, sha256) as fh:
@@ -173,31 +187,38 @@ def curate(
             f.path: f.size
             for f in s.scalars(select(DatasetFile).where(DatasetFile.version_id == base.id))
         }
-        records = list(_records(s, store, ep, body))
         target = target_column(s, store, ws, served)
         model = s.scalar(select(Model.name).where(Model.id == served.model_id))
         model_label = f"{model}:{served.version}"
         label = f"{base_name}:{base.version}"
         base_split = dict(base.split)
-    read = _reader(store, ws)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    path = f"captured/{ep.name}-{stamp}"
-    try:
-        if recipe == "tabular":
-            curated = rules.tabular(records, base_files, read, target, f"{path}.csv")
-        elif recipe == "image-classifier":
-            curated = rules.image_classifier(records, base_files)
-        elif recipe == "text-generator":
-            curated = rules.text_generator(records, base_files, read, f"{path}.jsonl")
-        else:
-            curated = rules.image_generator(records, base_files, body.max_generated_share)
-    except rules.CurateError as e:
-        raise Unprocessable(f"{label}: {e}") from None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        path = f"captured/{ep.name}-{stamp}"
+        # Streamed through the rule (100,000 calls need not be held at once, and holding
+        # their parsed values made the collector scan them again and again).
+        records = _Counted(_records(s, store, ep, body))
+        read = _reader(store, ws)
+        collecting = gc.isenabled()
+        gc.disable()  # a bulk build of acyclic values: the cycle collector only slows it down
+        try:
+            if recipe == "tabular":
+                curated = rules.tabular(records, base_files, read, target, f"{path}.csv")
+            elif recipe == "image-classifier":
+                curated = rules.image_classifier(records, base_files)
+            elif recipe == "text-generator":
+                curated = rules.text_generator(records, base_files, read, f"{path}.jsonl")
+            else:
+                curated = rules.image_generator(records, base_files, body.max_generated_share)
+        except rules.CurateError as e:
+            raise Unprocessable(f"{label}: {e}") from None
+        finally:
+            if collecting:
+                gc.enable()
     if not curated.files:
         raise Unprocessable(
-            f"no captured call of {ep.name!r} matches (records read {len(records)}, duplicates "
+            f"no captured call of {ep.name!r} matches (records read {records.n}, duplicates "
             f"{curated.duplicates}, left out {curated.skipped}); nothing was made",
-            details={"records": len(records), "duplicates": curated.duplicates},
+            details={"records": records.n, "duplicates": curated.duplicates},
         )
     written = [
         (p, store.write_blob(ws, [data], max_bytes=settings.max_file_bytes))
@@ -215,7 +236,7 @@ def curate(
         "until": body.until.isoformat() if body.until else None,
         "filters": {"min_rating": body.min_rating, "labelled_only": body.labelled_only},
         "base": label,
-        "records": len(records),
+        "records": records.n,
         "records_used": curated.used,
         "samples_added": curated.samples,
         "duplicates_dropped": curated.duplicates,
