@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from gureum.config import Settings
+from gureum.server.controllers import endpoints as endpoint_controller
 from gureum.server.db.tables_serving import ResourceUsage, UsageRecord
-from gureum.server.services import endpoint_controller
 from gureum.serving.backend import AppState
 from tests.integration.test_endpoints_api import Env, make_env, register, usage_record
 

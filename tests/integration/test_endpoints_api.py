@@ -20,13 +20,13 @@ from sqlalchemy import select
 from gureum.config import Settings
 from gureum.schemas.metering import UsageIn
 from gureum.server.app import create_app
+from gureum.server.controllers.endpoints import EndpointController
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables_serving import Endpoint
 from gureum.server.services import endpoints as endpoints_service
 from gureum.server.services import models as models_service
 from gureum.server.services.bootstrap import bootstrap
-from gureum.server.services.endpoint_controller import EndpointController
 from gureum.server.services.endpoints import endpoint_token
 from gureum.serving.backend import AppSpec, AppState, Route
 from tests.conftest import Cloud

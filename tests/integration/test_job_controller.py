@@ -18,8 +18,8 @@ from gureum.compute.resources import NodeInfo
 from gureum.compute.spec import Item, JobSpec, Report
 from gureum.config import Settings
 from gureum.server.app import create_app
+from gureum.server.controllers.jobs import JobController
 from gureum.server.services.bootstrap import bootstrap
-from gureum.server.services.job_controller import JobController
 
 
 @dataclass
@@ -368,7 +368,7 @@ def test_progress_reports_an_eta(env: Env) -> None:
 def test_a_launched_job_ray_has_not_placed_says_what_it_waits_for(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("gureum.server.services.job_controller.PLACE_WAIT_S", 0.0)
+    monkeypatch.setattr("gureum.server.controllers.jobs.PLACE_WAIT_S", 0.0)
     job = env.submit(resources={"cpus": 1, "accelerator_type": "A100"})
     env.controller.tick()
     env.controller.tick()

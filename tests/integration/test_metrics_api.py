@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from gureum.config import Settings
 from gureum.schemas.metering import ReplicaGauges, UsageBatch, UsageIn
 from gureum.server.app import create_app
+from gureum.server.controllers.endpoints import EndpointController
 from gureum.server.db.tables_serving import Endpoint
 from gureum.server.services.bootstrap import bootstrap
-from gureum.server.services.endpoint_controller import EndpointController
 from gureum.server.services.endpoints import endpoint_token, token_hash
 from gureum.serving.backend import AppSpec, AppState
 from tests.conftest import Cloud

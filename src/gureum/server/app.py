@@ -20,10 +20,10 @@ from gureum.server.deps import Serving
 from gureum.server.errors import install_error_handlers
 from gureum.server.limits import BodyLimit, StreamSlots
 from gureum.server.openapi import install_openapi
-from gureum.server.services.endpoint_controller import EndpointController
+from gureum.server.controllers.endpoints import EndpointController
 from gureum.server.services.endpoint_stats import LiveGauges
 from gureum.server.services.endpoints import load_secret
-from gureum.server.services.job_controller import JobController
+from gureum.server.controllers.jobs import JobController
 from gureum.serving.backend import RayServeBackend, ServingBackend
 from gureum.storage.store import ArtifactStore
 

@@ -18,9 +18,9 @@ from gureum.config import Settings
 from gureum.schemas.endpoints import ReplicaCounts
 from gureum.server.auth import Authenticator, Principal
 from gureum.server.db.session import Database
-from gureum.server.services.endpoint_controller import EndpointController
+from gureum.server.controllers.endpoints import EndpointController
 from gureum.server.services.endpoint_stats import LiveGauges
-from gureum.server.services.job_controller import JobController
+from gureum.server.controllers.jobs import JobController
 from gureum.storage.store import ArtifactStore
 
 

@@ -84,7 +84,8 @@ def resolve(value: Any, read: ReadBlob) -> Any:
     return value
 
 
-def _inputs(value: Any) -> list[Any]:
+def call_inputs(value: Any) -> list[Any]:
+    """What one /predict call asked about: ``{"inputs": [...]}`` or ``{"input": x}``."""
     if isinstance(value, dict):
         if isinstance(value.get("inputs"), list):
             return list(value["inputs"])
@@ -155,7 +156,7 @@ def tabular(
     out = Curated()
     rows: list[list[str]] = []
     for rec in records:
-        inputs, outputs = _inputs(rec.input), _outputs(rec.output)
+        inputs, outputs = call_inputs(rec.input), _outputs(rec.output)
         gave = False
         for i, row in enumerate(inputs):
             label = rec.correction if len(inputs) == 1 else None
@@ -197,7 +198,7 @@ def image_classifier(records: Iterable[Captured], base: list[BaseFile]) -> Curat
     seen = {f.sha256 for f in base}
     out = Curated()
     for rec in records:
-        inputs, outputs = _inputs(rec.input), _outputs(rec.output)
+        inputs, outputs = call_inputs(rec.input), _outputs(rec.output)
         gave = False
         for i, item in enumerate(inputs):
             label = rec.correction if len(inputs) == 1 else None
@@ -235,7 +236,7 @@ def image_generator(
     out = Curated()
     ranked = sorted(records, key=lambda r: -(r.rating or 0))
     for rec in ranked:
-        inputs, outputs = _inputs(rec.input), _outputs(rec.output)
+        inputs, outputs = call_inputs(rec.input), _outputs(rec.output)
         gave = False
         for i, produced in enumerate(outputs):
             asked = inputs[i] if i < len(inputs) and isinstance(inputs[i], dict) else {}
@@ -280,7 +281,7 @@ def _prompt_and_completion(rec: Captured) -> list[tuple[str, str]]:
         return [(prompt + "\nassistant: ", str(content or ""))]
     pairs = []
     outputs = _outputs(answer)
-    for i, item in enumerate(_inputs(body)):
+    for i, item in enumerate(call_inputs(body)):
         asked: Any = item.get("prompt") if isinstance(item, dict) else item
         produced: Any = outputs[i] if i < len(outputs) else None
         if isinstance(produced, dict):

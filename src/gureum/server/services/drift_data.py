@@ -228,21 +228,11 @@ def captured_inputs(
     return calls
 
 
-def items(value: Any) -> list[Any]:
-    """What one /predict call asked about: ``{"inputs": [...]}`` or ``{"input": x}``."""
-    if isinstance(value, dict):
-        if isinstance(value.get("inputs"), list):
-            return list(value["inputs"])
-        if "input" in value:
-            return [value["input"]]
-    return []
-
-
 def live_rows(calls: Iterable[Call]) -> list[Any]:
     """Rows of the calls; redacted values count as missing."""
     out: list[Any] = []
     for call in calls:
-        for row in items(call.input):
+        for row in rules.call_inputs(call.input):
             if isinstance(row, dict):
                 row = {k: None if v == rules.REDACTED else v for k, v in row.items()}
             out.append(row)
@@ -254,7 +244,7 @@ def live_pictures(calls: Iterable[Call]) -> list[bytes | None]:
     input holds no base64 at all."""
     out: list[bytes | None] = []
     for call in calls:
-        for item in items(call.input):
+        for item in rules.call_inputs(call.input):
             data = item.get("image") if isinstance(item, dict) else item
             try:
                 out.append(base64.b64decode(data, validate=True) if isinstance(data, str) else None)
@@ -289,7 +279,7 @@ def live_prompts(calls: Iterable[Call]) -> list[str | None]:
             texts = [c for c in contents if c is not None]
             out.append("\n".join(texts) if texts else None)
         else:
-            for item in items(body):
+            for item in rules.call_inputs(body):
                 prompt = item.get("prompt") if isinstance(item, dict) else item
                 out.append(prompt if isinstance(prompt, str) else None)
     return out

@@ -1,5 +1,5 @@
 """Jobs: submission (everything that can be refused is refused here, before queueing), reads,
-and cancellation. Running them is the controller's business (``job_controller``).
+and cancellation. Running them is the controller's business (``server.controllers.jobs``).
 """
 
 from __future__ import annotations

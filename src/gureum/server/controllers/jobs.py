@@ -12,7 +12,6 @@ supervisors kept every report) and settles the ones that ended meanwhile, so no 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from gureum.compute.backend import ComputeBackend
 from gureum.compute.resources import NodeInfo, demand, describe, scaled, shortfall
 from gureum.compute.spec import BlobFile, Item, JobSpec
 from gureum.schemas.jobs import ACTIVE_STATES, Resources
+from gureum.server.controllers.loop import ControlLoop, each
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Dataset, DatasetVersion, Job, Workspace
@@ -60,26 +60,23 @@ class JobController:
     _nodes_at: float = 0.0
     _stopping: dict[tuple[str, int], float] = field(default_factory=dict)
     _launched: dict[tuple[str, int], float] = field(default_factory=dict)
-    _wake: threading.Event = field(default_factory=threading.Event)
-    _halt: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
     home: Path | None = None  # GUREUM_HOME: where the key of workspace secrets lives
+    loop: ControlLoop = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loop = ControlLoop("gureum-jobs", self.tick, self.tick_s)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
         self.reconcile()
-        self._thread = threading.Thread(target=self._loop, name="gureum-jobs", daemon=True)
-        self._thread.start()
+        self.loop.start()
 
     def stop(self) -> None:
-        self._halt.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self.loop.stop()
 
     def wake(self) -> None:
-        self._wake.set()
+        self.loop.wake()
 
     def nodes(self) -> list[NodeInfo] | None:
         """The cluster's nodes as last seen (submission refuses what none could hold)."""
@@ -89,15 +86,6 @@ class JobController:
             except Exception:
                 log.warning("cannot list the cluster's nodes", exc_info=True)
         return self._nodes
-
-    def _loop(self) -> None:
-        while not self._halt.is_set():
-            try:
-                self.tick()
-            except Exception:
-                log.exception("job controller tick failed")
-            self._wake.wait(self.tick_s)
-            self._wake.clear()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -134,30 +122,44 @@ class JobController:
             return
         reports = self.backend.poll([(jid, att, seq) for jid, att, seq, *_ in active])
         now = time.monotonic()
-        for jid, att, _, stop_state, started, timeout_s in active:
-            report = reports.get((jid, att))
-            if report is None:
-                continue
-            end = next((i for i in report.items if i["type"] == "end"), None)
-            if report.items:
-                self._store(jid, att, report.items)
-            elif (jid, att) in placing:
-                self._note_placement(placing[(jid, att)], now)
-            if end is not None:
-                self._finish(jid, att, end)
-            elif not report.alive:
-                self._finish(jid, att, {"type": "end", "outcome": "lost", "error": None})
-            elif stop_state is None and timeout_s and started is not None:
-                if (utcnow() - started).total_seconds() > timeout_s:
-                    self._request_stop(jid, "failed", f"timed out after {timeout_s:g}s")
-            elif stop_state is not None:
-                sent = self._stopping.get((jid, att))
-                if sent is None:
-                    self.backend.stop(jid, att)
-                    self._stopping[(jid, att)] = now
-                elif now - sent > STOP_GRACE_S:
-                    end_item = {"type": "end", "outcome": "cancelled", "error": None}
-                    self._finish(jid, att, end_item)
+
+        def follow(job: tuple[Any, ...]) -> None:
+            self._follow(job, reports.get((job[0], job[1])), placing, now)
+
+        each(active, follow, "following job")
+
+    def _follow(
+        self,
+        job: tuple[Any, ...],
+        report: Any,
+        placing: dict[tuple[str, int], Job],
+        now: float,
+    ) -> None:
+        """One active job's report: its items stored, its end, a lost worker, a timeout or
+        a stop carried out (a failure here is this job's alone)."""
+        jid, att, _, stop_state, started, timeout_s = job
+        if report is None:
+            return
+        end = next((i for i in report.items if i["type"] == "end"), None)
+        if report.items:
+            self._store(jid, att, report.items)
+        elif (jid, att) in placing:
+            self._note_placement(placing[(jid, att)], now)
+        if end is not None:
+            self._finish(jid, att, end)
+        elif not report.alive:
+            self._finish(jid, att, {"type": "end", "outcome": "lost", "error": None})
+        elif stop_state is None and timeout_s and started is not None:
+            if (utcnow() - started).total_seconds() > timeout_s:
+                self._request_stop(jid, "failed", f"timed out after {timeout_s:g}s")
+        elif stop_state is not None:
+            sent = self._stopping.get((jid, att))
+            if sent is None:
+                self.backend.stop(jid, att)
+                self._stopping[(jid, att)] = now
+            elif now - sent > STOP_GRACE_S:
+                end_item = {"type": "end", "outcome": "cancelled", "error": None}
+                self._finish(jid, att, end_item)
 
     def _note_placement(self, job: Job, now: float) -> None:
         """A launched job Ray has not started yet waits for a node that can hold a worker

@@ -11,7 +11,6 @@ keeps the replicas, and a re-applied application with an unchanged version is le
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import datetime
 
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session
 from gureum.compute.spec import BlobFile
 from gureum.config import Settings
 from gureum.schemas.endpoints import EndpointConfig, ReplicaCounts
+from gureum.server.controllers.loop import ControlLoop, each
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Model, ModelVersion
@@ -68,9 +68,7 @@ class EndpointController:
     ) -> None:
         self.db, self.backend, self.settings, self.secret = db, backend, settings, secret
         self.states: dict[str, AppState] = {}
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.loop = ControlLoop("endpoint-controller", self.tick, TICK_S)
         self._judged = 0.0
         self._metered_at: dict[int, datetime] = {}
         self._last_meter = time.monotonic()
@@ -124,26 +122,13 @@ class EndpointController:
         return foreign, unknown
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="endpoint-controller", daemon=True)
-        self._thread.start()
+        self.loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self.loop.stop()
 
     def wake(self) -> None:
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:
-                log.exception("endpoint controller tick failed")
-            self._wake.wait(TICK_S)
-            self._wake.clear()
+        self.loop.wake()
 
     def tick(self) -> None:
         self.states = self.backend.states()
@@ -151,14 +136,7 @@ class EndpointController:
             rows = s.execute(select(Endpoint.id, Endpoint.name, Endpoint.token_hash)).all()
         self._known = {r.name: (r.id, r.token_hash[:OWNER_CHARS]) for r in rows}
         self._retire_legacy(list(self._known))
-        for ep_id in [r.id for r in rows]:
-            try:
-                self._reconcile(ep_id)
-            except ForeignApp as e:
-                self._note_error(ep_id, str(e))
-            except Exception as e:
-                log.exception("reconciling endpoint %s failed", ep_id)
-                self._note_error(ep_id, f"{type(e).__name__}: {e}")
+        each([r.id for r in rows], self._reconcile_one, "reconciling endpoint", self._failed)
         self._route()
         now = time.monotonic()
         if now - self._judged >= JUDGE_EVERY_S:
@@ -391,6 +369,15 @@ class EndpointController:
                     add_event(s, ep, "rollback", f"canary rolled back automatically: {verdict}")
                     ep.message = f"canary rolled back automatically: {verdict}"
                     changed(ep)
+
+    def _reconcile_one(self, ep_id: int) -> None:
+        try:
+            self._reconcile(ep_id)
+        except ForeignApp as e:  # expected: said on the endpoint, not logged as a failure
+            self._note_error(ep_id, str(e))
+
+    def _failed(self, ep_id: int, e: Exception) -> None:
+        self._note_error(ep_id, f"{type(e).__name__}: {e}")
 
     def _sweep_captured(self) -> None:
         """Captured calls past retention; a failure is logged and tried at the next sweep."""

@@ -1,0 +1,97 @@
+"""The one loop every controller runs on: a thread that ticks every ``tick_s`` (or sooner when
+woken), logs a tick that fails without stopping, warns when a tick overruns, and isolates the
+items of a tick so that one bad job or endpoint never stalls the others.
+
+A controller owns a ``ControlLoop`` and gives it its ``tick``; restarting the process at any
+time is safe because every tick reads the desired state from the database again (the
+reconciliation pattern of Ray Serve's controller and Prefect's loop services).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+# A tick that takes this many times its interval (and at least this floor) is worth a warning:
+# everything the controller drives waits meanwhile.
+OVERRUN_FACTOR = 10.0
+OVERRUN_FLOOR_S = 5.0
+
+
+class ControlLoop:
+    def __init__(self, name: str, tick: Callable[[], None], tick_s: float) -> None:
+        self.name = name
+        self.tick_s = tick_s
+        self._tick = tick
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ticks = 0
+        self.overruns = 0
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.run_once()
+            self._wake.wait(self.tick_s)
+            self._wake.clear()
+
+    def run_once(self) -> None:
+        """One tick: its failure is logged, its overrun warned about; never raises."""
+        started = time.monotonic()
+        try:
+            self._tick()
+        except Exception:
+            log.exception("%s: tick failed", self.name)
+        took = time.monotonic() - started
+        self.ticks += 1
+        if took > max(OVERRUN_FLOOR_S, self.tick_s * OVERRUN_FACTOR):
+            self.overruns += 1
+            log.warning(
+                "%s: a tick took %.1f s (it runs every %.2f s)", self.name, took, self.tick_s
+            )
+
+
+def each(
+    items: Iterable[T],
+    step: Callable[[T], None],
+    what: str,
+    failed: Callable[[T, Exception], None] | None = None,
+) -> int:
+    """Run ``step`` on every item; an item that raises is logged (and handed to ``failed``)
+    and the others still run. Returns how many failed."""
+    errors = 0
+    for item in items:
+        try:
+            step(item)
+        except Exception as e:
+            errors += 1
+            log.exception("%s %s failed", what, item)
+            if failed is not None:
+                try:
+                    failed(item, e)
+                except Exception:
+                    log.exception("recording the failure of %s %s failed", what, item)
+    return errors
