@@ -86,12 +86,27 @@ def test_demo_runs_the_story_end_to_end(tmp_path: Path, ray_cluster: str) -> Non
         assert cost["endpoint"] == "garments" and cost["requests"] == 4
         assert cost["revenue"] == pytest.approx(0.16)
         assert cost["margin"] == pytest.approx(cost["revenue"] - cost["cost"])
+        # The calls were captured and rated; the pictures rated 4 or more (3 calls of 2)
+        # became training data of the next version, the base's held-out side unchanged.
+        flywheel = result["flywheel"]
+        assert [r["rating"] for r in flywheel["ratings"]] == [5, 4, 2, 5]
+        assert flywheel["curated"] == "garments:2"
+        source = flywheel["source"]
+        assert (source["base"], source["endpoint"], source["records"]) == (
+            "garments:1",
+            "garments",
+            3,
+        )
+        assert source["samples_added"] == 6 and source["filters"]["min_rating"] == 4
+        curated = json.loads(run(home, "datasets", "show", "garments:2", "-o", "json").stdout)
+        assert curated["split"]["validation"] == result["split"]["validation"]
+        assert len(curated["split"]["train_only"]) == 6
 
         # Again, on the running cloud: a new version, and the person-facing output works.
         again = run(home, "demo", *args)
         assert again.returncode == 0, again.stderr + again.stdout
         out = again.stdout
-        assert "already running" in out and "garments:2" in out
+        assert "already running" in out and "garments:3" in out and "curated garments:4" in out
         assert "succeeded" in out and "garment-generator:2" in out
         assert "mmd_reference" in out and str(grid) in out.replace("\n", "")
         # The endpoint rolled over to the new version; the consumer got a new key and its
@@ -102,7 +117,7 @@ def test_demo_runs_the_story_end_to_end(tmp_path: Path, ray_cluster: str) -> Non
         served = json.loads(run(home, "endpoints", "show", "garments", "-o", "json").stdout)
         assert served["model_label"] == "garment-generator:2"
         listed = json.loads(run(home, "datasets", "list", "-o", "json").stdout)
-        assert [(d["name"], d["latest_version"]) for d in listed] == [("garments", 2)]
+        assert [(d["name"], d["latest_version"]) for d in listed] == [("garments", 4)]
         models = json.loads(run(home, "models", "list", "-o", "json").stdout)
         assert [(m["name"], m["latest_version"]) for m in models] == [("garment-generator", 2)]
     finally:

@@ -5,7 +5,9 @@ today: sample pictures -> a versioned dataset -> its statistics and preview -> a
 a byte-identical pull -> an image generator trained on the cluster, its sample-quality metrics,
 registered model version and a grid of generated pictures -> that version served as an
 endpoint that scales to zero -> a paying consumer with a plan, calling it -> the usage, the
-invoice and what the endpoint cost. Run again, it adds a version and rolls the endpoint over.
+invoice and what the endpoint cost -> the consumer's calls captured and rated, the best-rated
+pictures curated into the next dataset version. Run again, it adds versions and rolls the
+endpoint over.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from rich.table import Table
 
 from gureum.cli.cloud import HomeOpt, render_up, settings_for
 from gureum.cli.datasets import progress_bar, render_version
+from gureum.cli.demo_flywheel import rate_and_curate
 from gureum.cli.output import Format, OutputOpt, console, emit, fail, kv_table, table
 from gureum.client import Client
 from gureum.client.base import load_credentials
@@ -139,10 +142,16 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
     calls = [(c, seed) for c, seed in CALLS if c in classes] or [(classes[0], 1)]
     since = datetime.now(UTC) - timedelta(seconds=1)
     assert endpoint.url is not None  # a ready endpoint has one
+    captured_before = client.endpoints.capture(ENDPOINT).captured
     served = call_endpoint(endpoint.url, token, calls, Path(trained["samples"]).parent, output)
 
     _step(output, "9. Usage, revenue and cost")
     money = account(client, since, len(served), endpoint.config.resources.cpus, output)
+
+    _step(output, f"10. The flywheel: {CONSUMER} rates the pictures; the best go back to {DATASET}")
+    flywheel = rate_and_curate(
+        client, endpoint.url, token, ENDPOINT, DATASET, served, since, captured_before, output
+    )
 
     if output is Format.table:
         console.print(
@@ -171,6 +180,7 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
         "consumer": consumer,
         "calls": served,
         **money,
+        "flywheel": flywheel,
         "workdir": str(workdir),
     }
 
@@ -243,7 +253,8 @@ def deploy_generator(client: Client, model_version: str, output: Format) -> Endp
             console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
 
     target = int(model_version.rsplit(":", 1)[1])
-    client.endpoints.deploy(ENDPOINT, model_version, changes=ENDPOINT_CHANGES)
+    # Every call is captured (inputs and outputs) for the flywheel chapter.
+    client.endpoints.deploy(ENDPOINT, model_version, changes=ENDPOINT_CHANGES, capture=1.0)
     # Ready with the new version, or ready with the old one when the new one failed to load
     # (the old keeps serving; the endpoint's message says why).
     ep = client.endpoints.wait(ENDPOINT, DEPLOY_TIMEOUT_S, on_update=follow)
@@ -325,6 +336,7 @@ def call_endpoint(
                     "units": result.units,
                     "latency_ms": round(result.latency_ms, 1),
                     "cold_start_ms": result.cold_start_ms,
+                    "request_id": result.request_id,
                 }
             )
             if output is Format.table:

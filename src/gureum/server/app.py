@@ -14,16 +14,16 @@ from gureum.compute.ray_backend import RayBackend, disconnect
 from gureum.config import Settings
 from gureum.server.api import ROUTERS
 from gureum.server.auth import Authenticator
+from gureum.server.controllers.endpoints import EndpointController
+from gureum.server.controllers.jobs import JobController
 from gureum.server.db.migrate import upgrade
 from gureum.server.db.session import Database
 from gureum.server.deps import Serving
 from gureum.server.errors import install_error_handlers
 from gureum.server.limits import BodyLimit, StreamSlots
 from gureum.server.openapi import install_openapi
-from gureum.server.controllers.endpoints import EndpointController
 from gureum.server.services.endpoint_stats import LiveGauges
 from gureum.server.services.endpoints import load_secret
-from gureum.server.controllers.jobs import JobController
 from gureum.serving.backend import RayServeBackend, ServingBackend
 from gureum.storage.store import ArtifactStore
 

@@ -17,10 +17,10 @@ from starlette.concurrency import run_in_threadpool
 from gureum.config import Settings
 from gureum.schemas.endpoints import ReplicaCounts
 from gureum.server.auth import Authenticator, Principal
-from gureum.server.db.session import Database
 from gureum.server.controllers.endpoints import EndpointController
-from gureum.server.services.endpoint_stats import LiveGauges
 from gureum.server.controllers.jobs import JobController
+from gureum.server.db.session import Database
+from gureum.server.services.endpoint_stats import LiveGauges
 from gureum.storage.store import ArtifactStore
 
 
