@@ -45,9 +45,9 @@ from gureum.compute.local_ray import (
 from gureum.config import Settings
 from gureum.recipes import LocalDataset, LocalRunContext, train_and_evaluate
 from gureum.server.app import create_app
+from gureum.server.controllers.endpoints import app_names
 from gureum.server.db.tables_serving import Endpoint, ResourceUsage
 from gureum.server.services.bootstrap import bootstrap
-from gureum.server.controllers.endpoints import app_names
 
 # One row of the tabular sample (garment orders; the model predicts "returned").
 ROW = {"price": 30, "garment": "dress", "size": "M", "usual_size": "M", "fabric": "cotton"}
