@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gureum.cli.main import app as cli_app
+from gureum.client.serving import signed_request_id
 from tests.integration.test_serving_ray import (  # noqa: F401 (fixtures)
     SMALL,
     Cloud,
@@ -60,7 +61,7 @@ def test_calls_are_captured_redacted_and_rated_by_their_own_consumer(
 
     answers = [predict(url, acme, [row(30 + i, SECRET_FABRIC)]) for i in range(3)]
     assert [a.status_code for a in answers] == [200, 200, 200]
-    ids = [a.headers["x-request-id"] for a in answers]
+    ids = [signed_request_id(a.headers["x-request-id"]) for a in answers]
     assert len(set(ids)) == 3
     quiet_answer = predict(url, quiet, [row(QUIET_PRICE)])
     assert quiet_answer.status_code == 200
@@ -90,7 +91,7 @@ def test_calls_are_captured_redacted_and_rated_by_their_own_consumer(
     bad = feedback(url, acme, {"request_id": ids[1], "rating": 9})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "bad_feedback"
     # A valid id whose call was not captured is accepted: sampling is not revealed.
-    not_kept = quiet_answer.headers["x-request-id"]
+    not_kept = signed_request_id(quiet_answer.headers["x-request-id"])
     assert feedback(url, quiet, {"request_id": not_kept, "rating": 2}).status_code == 202
 
     def summarised() -> dict[str, Any] | None:

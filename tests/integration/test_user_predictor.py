@@ -20,6 +20,7 @@ from typer.testing import CliRunner, Result
 from gureum.cli.main import app as cli_app
 from gureum.client import Client
 from gureum.client.errors import GureumError
+from gureum.client.serving import signed_request_id
 from gureum.compute import sandbox
 from gureum.server.services.bootstrap import bootstrap
 from gureum.storage.store import ArtifactStore
@@ -160,7 +161,10 @@ def test_a_consumer_is_served_and_billed_in_the_predictors_own_units(served: Ser
     fault = served.call([{"text": "explode"}])
     assert fault.status_code == 500, fault.text
     err = fault.json()["error"]
-    assert err["code"] == "model_error" and err["details"]["request_id"].startswith("req_")
+    # The id to quote is the answer's own (signed for this caller), also its X-Request-Id.
+    rid = err["details"]["request_id"]
+    assert err["code"] == "model_error" and rid in err["message"]
+    assert signed_request_id(fault.headers["x-request-id"]) == rid
     assert "secret-bearing" not in fault.text
     again = served.call([{"text": "nice"}])  # the replica and its worker pool are still up
     assert again.status_code == 200 and again.json()["units"] == 1.0

@@ -112,6 +112,14 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, seconds)
 
 
+def signed_request_id(header: str | None) -> str | None:
+    """The answer's own request id: the first X-Request-Id value. Ray Serve adds one of its
+    own after it (read as one comma-joined header); only the first is signed for feedback."""
+    if not header:
+        return None
+    return header.split(",", 1)[0].strip() or None
+
+
 def _body(resp: httpx.Response) -> Any:
     try:
         return resp.json()
@@ -251,7 +259,7 @@ class EndpointClient:
             cold_start_ms=_header_ms(resp.headers.get("X-Gureum-Cold-Start-Ms")) if cold else None,
             latency_ms=latency_ms,
             replayed=resp.headers.get("Idempotent-Replayed") == "true",
-            request_id=resp.headers.get("X-Request-Id"),
+            request_id=signed_request_id(resp.headers.get("X-Request-Id")),
         )
 
     def feedback(
@@ -326,4 +334,5 @@ __all__ = [
     "has_images",
     "parse_retry_after",
     "save_images",
+    "signed_request_id",
 ]

@@ -19,7 +19,6 @@ from ray.serve.schema import ServeInstanceDetails
 from gureum.compute.ray_backend import connect
 from gureum.schemas.endpoints import Autoscaling, ReplicaResources
 from gureum.serving.deployment import ModelServer, state_name
-from gureum.serving.ingress_middleware import REPLICA_ENV
 from gureum.serving.router import EndpointRouter
 from gureum.serving.spec import ReplicaSpec, TrafficConfig
 
@@ -93,12 +92,7 @@ class ServingBackend(Protocol):
 
 
 def actor_options(res: ReplicaResources) -> dict[str, object]:
-    # One X-Request-ID per answer, the signed one (see serving.ingress_middleware).
-    opts: dict[str, object] = {
-        "num_cpus": res.cpus,
-        "num_gpus": res.gpus,
-        "runtime_env": {"env_vars": dict(REPLICA_ENV)},
-    }
+    opts: dict[str, object] = {"num_cpus": res.cpus, "num_gpus": res.gpus}
     if res.memory_gb is not None:
         opts["memory"] = int(res.memory_gb * GiB)
     if res.accelerator_type is not None:
@@ -181,7 +175,7 @@ class RayServeBackend:
         with _DEFINING:
             router = cast(Deployment, serve.deployment(EndpointRouter)).options(
                 name="router",
-                ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": dict(REPLICA_ENV)}},
+                ray_actor_options={"num_cpus": 0},
                 num_replicas=1,
                 max_ongoing_requests=10_000,
                 user_config={"endpoints": table},
