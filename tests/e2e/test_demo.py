@@ -86,40 +86,52 @@ def test_demo_runs_the_story_end_to_end(tmp_path: Path, ray_cluster: str) -> Non
         assert cost["endpoint"] == "garments" and cost["requests"] == 4
         assert cost["revenue"] == pytest.approx(0.16)
         assert cost["margin"] == pytest.approx(cost["revenue"] - cost["cost"])
-        # The calls were captured and rated; the pictures rated 4 or more (3 calls of 2)
-        # became training data of the next version, the base's held-out side unchanged.
+        # The calls were captured, rated and one label corrected; a retrain pipeline turned the
+        # loop once by itself: curated the pictures rated 4 or more (3 calls of 2) into the next
+        # version, retrained, evaluated both versions on the same held-out pictures and
+        # decided, saying why.
         flywheel = result["flywheel"]
         assert [r["rating"] for r in flywheel["ratings"]] == [5, 4, 2, 5]
+        assert [r["label"] for r in flywheel["ratings"]] == [None, "skirt", None, None]
+        assert flywheel["pipeline"] == "garments-loop" and flywheel["run"] == 1
         assert flywheel["curated"] == "garments:2"
-        source = flywheel["source"]
-        assert (source["base"], source["endpoint"], source["records"]) == (
-            "garments:1",
-            "garments",
-            3,
-        )
-        assert source["samples_added"] == 6 and source["filters"]["min_rating"] == 4
+        assert flywheel["production"] == "garment-generator:1"
+        assert flywheel["candidate"] == "garment-generator:2"
+        assert flywheel["state"] in ("promoted", "not_promoted"), flywheel
+        assert flywheel["reason"], flywheel
+        steps = {s["name"]: s["state"] for s in flywheel["steps"]}
+        assert steps["curate"] == steps["train"] == steps["evaluate"] == "succeeded", steps
+        assert {"mmd", "class_accuracy"} <= set(flywheel["metrics"]["candidate"])
+        assert {"mmd", "class_accuracy"} <= set(flywheel["metrics"]["production"])
+        if flywheel["state"] == "promoted":
+            assert steps["canary"] == steps["decide"] == "succeeded"
+            assert flywheel["canary_calls"] > 0
         curated = json.loads(run(home, "datasets", "show", "garments:2", "-o", "json").stdout)
         assert curated["split"]["validation"] == result["split"]["validation"]
         assert len(curated["split"]["train_only"]) == 6
+        assert curated["source"]["pipeline_run"]["pipeline"] == "garments-loop"
+        shown = json.loads(run(home, "pipelines", "show", "garments-loop", "-o", "json").stdout)
+        assert shown["name"] == "garments-loop"
 
         # Again, on the running cloud: a new version, and the person-facing output works.
         again = run(home, "demo", *args)
         assert again.returncode == 0, again.stderr + again.stdout
         out = again.stdout
         assert "already running" in out and "garments:3" in out and "curated garments:4" in out
-        assert "succeeded" in out and "garment-generator:2" in out
+        assert "succeeded" in out and "garment-generator:3" in out and "PROMOTED" in out
         assert "mmd_reference" in out and str(grid) in out.replace("\n", "")
         # The endpoint rolled over to the new version; the consumer got a new key and its
         # invoice now counts both runs' calls.
-        assert "serves garment-generator:2" in out
-        assert "atelier-lee" in out and "8 requests, total 0.32 USD" in out
+        assert "serves garment-generator:3" in out
+        # Both runs' calls and the first run's calls during its canary window, one picture each.
+        extra = flywheel["canary_calls"]
+        total = (16 + extra) * 0.02
+        assert "atelier-lee" in out and f"{8 + extra} requests, total {total:.2f} USD" in out
         assert "margin" in out
-        served = json.loads(run(home, "endpoints", "show", "garments", "-o", "json").stdout)
-        assert served["model_label"] == "garment-generator:2"
         listed = json.loads(run(home, "datasets", "list", "-o", "json").stdout)
         assert [(d["name"], d["latest_version"]) for d in listed] == [("garments", 4)]
         models = json.loads(run(home, "models", "list", "-o", "json").stdout)
-        assert [(m["name"], m["latest_version"]) for m in models] == [("garment-generator", 2)]
+        assert [(m["name"], m["latest_version"]) for m in models] == [("garment-generator", 4)]
     finally:
         # Its replicas run on the session's shared Ray cluster: remove them before stopping.
         run(home, "endpoints", "delete", "garments", "--wait", "--timeout", "60")

@@ -64,9 +64,14 @@ class Traffic:
         self.n = 0
 
     def calls(
-        self, items: list[tuple[Any, Any]], route: str = "predict", consumer: str = "member:admin"
+        self,
+        items: list[tuple[Any, Any]],
+        route: str = "predict",
+        consumer: str = "member:admin",
+        version_id: int | None = None,
     ) -> list[str]:
-        """(input, output) pairs -> their request ids, in one batch object."""
+        """(input, output) pairs -> their request ids, in one batch object; answered by the
+        serving version unless ``version_id`` says which (a canary's)."""
         ids, lines = [], []
         for body, answer in items:
             self.n += 1
@@ -84,7 +89,7 @@ class Traffic:
                 time=utcnow(),
                 consumer_id=None,
                 consumer_name=consumer,
-                model_version_id=ep.version_id,
+                model_version_id=version_id or ep.version_id,
                 route=route,
                 status=200,
                 object=info.sha256,

@@ -15,9 +15,11 @@ from typing import Any
 from sqlalchemy import select
 
 from gureum.client import Client
+from gureum.schemas.jobs import Resources
 from gureum.schemas.models import ModelVersionOut
 from gureum.server.db.session import Database
-from gureum.server.db.tables import Model, ModelVersion, Workspace
+from gureum.server.db.tables import Job, Model, ModelVersion, Workspace
+from gureum.server.services.jobs import new_job_id
 
 
 class Touch:
@@ -76,3 +78,44 @@ def register_trained(
     v = client.models.register(name, folder, **kwargs)
     mark_platform_trained(db, name, v.version, recipe=recipe, workspace=workspace)
     return client.models.version(name, v.version)
+
+
+def mark_trained_by_job(
+    db: Database, model: str, version: int, params: dict[str, Any], workspace: str = "default"
+) -> str:
+    """Record ``model:version`` as made by a succeeded train job of its recipe with ``params``
+    (what a retrain pipeline reuses as the last good configuration); the job's id.
+
+    Only for tests that cannot spend a real job's minutes: the job controller writes these.
+    """
+    with db.write() as s:
+        row = s.scalar(
+            select(ModelVersion)
+            .join(Model, Model.id == ModelVersion.model_id)
+            .join(Workspace, Workspace.id == Model.workspace_id)
+            .where(Workspace.name == workspace, Model.name == model)
+            .where(ModelVersion.version == version)
+        )
+        assert row is not None, f"no {model}:{version} in {workspace}"
+        job_id = new_job_id()
+        model_row = s.get(Model, row.model_id)
+        assert model_row is not None
+        s.add(
+            Job(
+                id=job_id,
+                workspace_id=model_row.workspace_id,
+                kind="train",
+                state="succeeded",
+                recipe=row.recipe or "tabular",
+                dataset_version_id=row.dataset_version_id,
+                model_label=model,
+                output_version=f"{model}:{version}",
+                params=params,
+                resources=Resources(cpus=0.5).model_dump(),
+                progress={},
+                metrics=dict(row.metrics),
+                details={},
+            )
+        )
+        row.job_id = job_id
+        return job_id

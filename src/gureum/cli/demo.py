@@ -28,12 +28,12 @@ from rich.table import Table
 
 from gureum.cli.cloud import HomeOpt, render_up, settings_for
 from gureum.cli.datasets import progress_bar, render_version
-from gureum.cli.demo_flywheel import rate_and_curate
+from gureum.cli.demo_flywheel import predict, rate, turn_the_loop
 from gureum.cli.output import Format, OutputOpt, console, emit, fail, kv_table, table
 from gureum.client import Client
 from gureum.client.base import load_credentials
 from gureum.client.errors import ConflictError, GureumError
-from gureum.client.serving import EndpointClient, PredictResult, RateLimited, save_images
+from gureum.client.serving import EndpointClient, save_images
 from gureum.local.results import UpError
 from gureum.samples import write as write_sample
 from gureum.schemas.endpoints import EndpointOut
@@ -148,10 +148,17 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
     _step(output, "9. Usage, revenue and cost")
     money = account(client, since, len(served), endpoint.config.resources.cpus, output)
 
-    _step(output, f"10. The flywheel: {CONSUMER} rates the pictures; the best go back to {DATASET}")
-    flywheel = rate_and_curate(
-        client, endpoint.url, token, ENDPOINT, DATASET, served, since, captured_before, output
-    )
+    _step(output, f"10. The flywheel: {CONSUMER} rates the pictures and corrects a label")
+    ratings = rate(client, endpoint.url, token, ENDPOINT, served, captured_before, classes)
+    if output is Format.table:
+        summary = client.endpoints.feedback(ENDPOINT)
+        console.print(
+            f"{len(served)} calls captured; {summary.count} rated in all, mean "
+            f"{summary.mean_rating or 0:.1f}"
+        )
+
+    _step(output, "11. A retrain pipeline turns the loop: curate, train, evaluate, canary, decide")
+    loop = turn_the_loop(client, endpoint.url, token, ENDPOINT, MODEL, DATASET, output, quick)
 
     if output is Format.table:
         console.print(
@@ -180,7 +187,7 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
         "consumer": consumer,
         "calls": served,
         **money,
-        "flywheel": flywheel,
+        "flywheel": {"ratings": ratings, **loop},
         "workdir": str(workdir),
     }
 
@@ -302,18 +309,6 @@ def sign_up(client: Client, output: Format) -> tuple[dict[str, Any], str]:
     return {"name": CONSUMER, "plan": PLAN, "key_id": key_id}, token
 
 
-def _predict(endpoint: EndpointClient, inputs: list[Any]) -> PredictResult:
-    """One call; over the rate limit, wait as told and try again."""
-    for _ in range(3):
-        try:
-            return endpoint.predict(inputs)
-        except RateLimited as exc:
-            if exc.code != "rate_limited":
-                raise
-            time.sleep(exc.retry_after or 1.0)
-    return endpoint.predict(inputs)
-
-
 def call_endpoint(
     url: str, token: str, calls: list[tuple[str, int]], folder: Path, output: Format
 ) -> list[dict[str, Any]]:
@@ -324,7 +319,7 @@ def call_endpoint(
     with EndpointClient(url, token) as endpoint:
         for cls, seed in calls:
             item = {"class": cls, "seed": seed, "count": IMAGES_PER_CALL}
-            result = _predict(endpoint, [item])
+            result = predict(endpoint, [item])
             saved = save_images(result.outputs, folder, f"endpoint-{cls}")
             images = [p for out in saved for p in out.get("images", [])]
             served.append(

@@ -13,6 +13,7 @@ from gureum.cli import (
     jobs,
     jobs_submit,
     models,
+    pipelines,
     samples,
     secrets,
     site_settings,
@@ -39,6 +40,7 @@ app.add_typer(secrets.app, name="secrets")
 jobs.register(app)
 jobs_submit.register(app)
 endpoints.register(app)
+pipelines.register(app)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from gureum.client.endpoints import EndpointsAPI
 from gureum.client.errors import GureumError
 from gureum.client.jobs import JobsAPI
 from gureum.client.models import ModelsAPI
+from gureum.client.pipelines import PipelinesAPI
 from gureum.client.secrets import SecretsAPI
 from gureum.client.serving import EndpointClient, PredictResult
 from gureum.client.site_settings import SettingsAPI
@@ -56,6 +57,7 @@ class Client:
         self.endpoints = EndpointsAPI(self._t)
         self.settings = SettingsAPI(self._t)
         self.secrets = SecretsAPI(self._t)
+        self.pipelines = PipelinesAPI(self._t)
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self._t.json("GET", "/v1/health")

@@ -114,6 +114,8 @@ class RecipeSpec:
     server refuses a job at submission without loading the implementation.
     ``needs_code``: a job brings its own code folder (script); it cannot run from its name.
     ``base_model``: a parameter naming a registry model to train on, if any.
+    ``gate_metrics``: (metric, higher is better) a retrain pipeline compares a candidate with
+    production on, in order of preference (the first both evaluations report).
     """
 
     name: str
@@ -128,6 +130,7 @@ class RecipeSpec:
     check_dataset: DatasetCheck | None = None
     needs_code: bool = False
     base_model: BaseModelParam | None = None
+    gate_metrics: tuple[tuple[str, bool], ...] = ()
 
     def load_implementation(self) -> Any:
         """The recipe object (imports its module: torch and the like live there)."""

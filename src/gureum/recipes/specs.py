@@ -32,6 +32,7 @@ IMAGE_GENERATOR = RecipeSpec(
     ),
     params=p.GeneratorParams,
     check_dataset=p.check_generator_dataset,
+    gate_metrics=(("mmd", False), ("class_accuracy", True)),
 )
 IMAGE_CLASSIFIER = RecipeSpec(
     name="image-classifier",
@@ -45,6 +46,7 @@ IMAGE_CLASSIFIER = RecipeSpec(
     ),
     params=p.ClassifierParams,
     check_dataset=p.check_classifier_dataset,
+    gate_metrics=(("accuracy", True),),
 )
 TEXT_GENERATOR = RecipeSpec(
     name="text-generator",
@@ -60,6 +62,7 @@ TEXT_GENERATOR = RecipeSpec(
     params=p.TextParams,
     check_dataset=p.check_text_dataset,
     base_model=BaseModelParam(param=p.BASE_PARAM, folder=p.BASE_DIR, named_in=p.lora_base),
+    gate_metrics=(("perplexity", False),),
 )
 TABULAR = RecipeSpec(
     name="tabular",
@@ -71,6 +74,7 @@ TABULAR = RecipeSpec(
     unpickles_model=True,
     params=p.TabularParams,
     check_dataset=p.check_tabular_dataset,
+    gate_metrics=(("accuracy", True), ("rmse", False)),
 )
 SCRIPT = RecipeSpec(
     name="script",

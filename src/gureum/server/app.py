@@ -11,11 +11,13 @@ from fastapi import FastAPI
 from gureum import __version__
 from gureum.compute.backend import ComputeBackend
 from gureum.compute.ray_backend import RayBackend, disconnect
+from gureum.compute.resources import NodeInfo
 from gureum.config import Settings
 from gureum.server.api import ROUTERS
 from gureum.server.auth import Authenticator
 from gureum.server.controllers.endpoints import EndpointController
 from gureum.server.controllers.jobs import JobController
+from gureum.server.controllers.pipelines import PipelineController
 from gureum.server.db.migrate import upgrade
 from gureum.server.db.session import Database
 from gureum.server.deps import Serving
@@ -24,6 +26,7 @@ from gureum.server.limits import BodyLimit, StreamSlots
 from gureum.server.openapi import install_openapi
 from gureum.server.services.endpoint_stats import LiveGauges
 from gureum.server.services.endpoints import load_secret
+from gureum.server.services.pipeline_steps import Env
 from gureum.serving.backend import RayServeBackend, ServingBackend
 from gureum.storage.store import ArtifactStore
 
@@ -57,11 +60,12 @@ def create_app(
             app.state.serving.cluster = True
         controller: JobController | None = app.state.jobs
         endpoints: EndpointController | None = app.state.serving.controller
-        for started in (controller, endpoints):
+        running = (controller, endpoints, app.state.pipelines)
+        for started in running:
             if started is not None:
                 await to_thread.run_sync(started.start)
         yield
-        for started in (controller, endpoints):
+        for started in running:
             if started is not None:
                 await to_thread.run_sync(started.stop)
         if connected:
@@ -90,9 +94,35 @@ def create_app(
     app.state.serving = Serving(secret, LiveGauges())
     if serving is not None:
         app.state.serving.controller = EndpointController(db, serving, settings, secret)
+    app.state.pipelines = PipelineController(_pipeline_env(app))
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     for router in ROUTERS:
         app.include_router(router, prefix="/v1")
     install_openapi(app)
     return app
+
+
+def _pipeline_env(app: FastAPI) -> Env:
+    """What a retrain run's steps reach; the job and endpoint controllers are looked up when
+    used, since a cluster is joined only when the app starts."""
+    state = app.state
+
+    def nodes() -> list[NodeInfo] | None:
+        return state.jobs.nodes() if state.jobs is not None else None
+
+    def wake() -> None:
+        for controller in (state.jobs, state.serving.controller):
+            if controller is not None:
+                controller.wake()
+
+    return Env(
+        db=state.db,
+        store=state.store,
+        settings=state.settings,
+        secret=state.serving.secret,
+        data_url=lambda: state.serving.data_url,
+        live=lambda name: state.serving.live(name),
+        nodes=nodes,
+        wake=wake,
+    )

@@ -349,8 +349,9 @@ class JobOutput(Base):
     size: Mapped[int] = mapped_column(BigInteger)
 
 
-# The serving side's tables (and captured calls and feedback, tables_capture) live in their
-# own modules; importing them here registers them with Base.metadata wherever the tables are
-# imported (migrations, tests, the server).
+# The serving side's tables (captured calls and feedback in tables_capture, retrain pipelines
+# in tables_pipelines) live in their own modules; importing them here registers them with
+# Base.metadata wherever the tables are imported (migrations, tests, the server).
 from gureum.server.db import tables_capture as tables_capture  # noqa: E402
+from gureum.server.db import tables_pipelines as tables_pipelines  # noqa: E402
 from gureum.server.db import tables_serving as tables_serving  # noqa: E402

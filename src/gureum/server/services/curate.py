@@ -162,7 +162,11 @@ def curate(
     principal: Principal,
     name: str,
     body: CurateRequest,
+    *,
+    run: dict[str, Any] | None = None,
 ) -> VersionOut:
+    """``run``: the pipeline run curating, recorded in the version's source (how a resumed
+    run finds the version it made)."""
     principal.require("developer")
     ws = principal.workspace_id
     with db.read() as s:
@@ -243,6 +247,8 @@ def curate(
         "left_out": curated.skipped,
         "files_added": sorted(new_paths),
     }
+    if run is not None:
+        source["pipeline_run"] = run
     opts = PushOptions(
         message=body.message or f"curated from endpoint {ep.name} on {label}",
         validation_ratio=float(base_split.get("validation_ratio", 0.2)),

@@ -230,8 +230,12 @@ def image_generator(
     classes = _classes(base)
     if not classes:
         raise CurateError("the base version holds no labelled pictures (<class>/<file>)")
-    real = sum(1 for f in base if f.kind == "image" and f.split == "train")
-    cap = math.floor(real * max_generated_share / (1 - max_generated_share))
+    trained = [f for f in base if f.kind == "image" and f.split == "train"]
+    # A base curated earlier already holds generated pictures: they count against the cap, so
+    # the share stays bounded however many times the loop turns.
+    earlier = sum(1 for f in trained if f.path.rpartition("/")[2].startswith("generated-"))
+    real = len(trained) - earlier
+    cap = max(0, math.floor(real * max_generated_share / (1 - max_generated_share)) - earlier)
     seen = {f.sha256 for f in base}
     out = Curated()
     ranked = sorted(records, key=lambda r: -(r.rating or 0))

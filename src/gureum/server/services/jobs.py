@@ -149,8 +149,16 @@ def _check_dataset(recipe: RecipeSpec, manifest: dict[str, Any], params: Any = N
 
 
 def submit(
-    db: Database, store: ArtifactStore, principal: Principal, body: JobCreate, nodes: NodesFn
+    db: Database,
+    store: ArtifactStore,
+    principal: Principal,
+    body: JobCreate,
+    nodes: NodesFn,
+    *,
+    job_id: str | None = None,
 ) -> JobOut:
+    """``job_id``: an id the caller chose and recorded first (a pipeline step), so that after a
+    crash it can tell whether the job was submitted."""
     principal.require("developer")
     ws = principal.workspace_id
     with db.read() as s:
@@ -220,7 +228,7 @@ def submit(
             )
         code = body.code.model_dump()
         hash_ = code_hash([(f.path, f.sha256) for f in body.code.files])
-    job_id = new_job_id()
+    job_id = job_id or new_job_id()
     with db.write() as s:
         job = Job(
             id=job_id,
