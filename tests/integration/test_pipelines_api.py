@@ -7,7 +7,7 @@ test_pipelines_ray.py. SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from gureum.server.controllers.pipelines import PipelineController
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import DatasetVersion, Job
+from gureum.server.db.tables_pipelines import Pipeline
 from gureum.server.services import curate, jobs
 from gureum.server.services.pipeline_decide import judge
 from gureum.server.services.pipeline_steps import Ctx
@@ -158,7 +159,7 @@ def test_one_run_at_a_time_and_a_cancel_stops_its_job(env: Env) -> None:
     started = env.http.post("/v1/pipelines/weekly/runs")
     assert started.status_code == 202, started.text
     assert (started.json()["number"], started.json()["state"]) == (1, "running")
-    assert started.json()["trigger"] == "by hand, by admin"
+    assert started.json()["trigger"] == "by hand (admin)"
     again = env.http.post("/v1/pipelines/weekly/runs")
     assert again.status_code == 409 and again.json()["error"]["code"] == "run_in_progress"
     assert env.http.delete("/v1/pipelines/weekly").status_code == 409
@@ -318,3 +319,69 @@ def test_a_canary_is_promoted_only_when_it_is_no_worse_over_enough_traffic(
         assert verdict["reason"].endswith("no promotion") or "worse" in verdict["reason"]
     assert verdict["numbers"]["canary"]["requests"] == canary[0]
     assert verdict["numbers"]["primary"]["requests"] == 10
+
+
+# -- triggers ---------------------------------------------------------------------------------
+
+
+def runs_of(env: Env) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = env.http.get("/v1/pipelines/weekly/runs").json()["items"]
+    return out
+
+
+def test_enough_new_feedback_starts_a_run_once_and_the_cooldown_holds(env: Env) -> None:
+    create(env, after_labels=2, cooldown_minutes=60)
+    tick = controller(env).tick
+    ids = capture(env, 3)  # one rating
+    tick()
+    assert runs_of(env) == []  # one of two
+    Traffic(env, "shop").feedback(ids[1], rating=4)
+    tick()
+    runs = runs_of(env)
+    assert [r["trigger"] for r in runs] == ["after 2 new feedback items (at least 2)"]
+    env.http.post("/v1/pipelines/weekly/runs/latest/cancel")
+    tick()
+    Traffic(env, "shop").feedback(ids[2], rating=5)
+    Traffic(env, "shop").feedback(ids[0], rating=5)
+    tick()
+    assert len(runs_of(env)) == 1  # two new items, but within the hour since the last run
+
+
+def test_a_schedule_starts_a_run_when_due_and_moves_on(env: Env) -> None:
+    create(env, schedule="*/15 * * * *")
+    db: Database = env.cloud.app.state.db
+    tick = controller(env).tick
+    tick()
+    assert runs_of(env) == []  # not due yet
+    with db.write() as s:
+        p = s.scalar(select(Pipeline))
+        assert p is not None and p.next_run_at is not None
+        p.next_run_at = utcnow() - timedelta(seconds=1)
+    tick()
+    runs = runs_of(env)
+    assert [r["trigger"] for r in runs] == ["on schedule */15 * * * *"]
+    following = env.http.get("/v1/pipelines/weekly").json()["next_scheduled_at"]
+    due = datetime.fromisoformat(following)
+    assert utcnow() < due <= utcnow() + timedelta(minutes=15) and due.minute % 15 == 0
+    assert runs[0]["state"] == "not_promoted"  # nothing captured: said so, no training
+    assert runs[0]["reason"].startswith("nothing new to learn from")
+
+
+def test_drift_past_the_threshold_starts_a_run(env: Env) -> None:
+    create(env, on_drift=0.5)
+    tick = controller(env).tick
+    traffic = Traffic(env, "shop")
+    usual = [
+        ({"inputs": [{"price": 10 + i % 40, "garment": "dress" if i % 2 else "shirt"}]}, None)
+        for i in range(80)
+    ]
+    traffic.calls(usual)
+    tick()
+    assert runs_of(env) == []  # the prices it was trained on
+    far = [({"inputs": [{"price": 5000 + i, "garment": "dress"}]}, None) for i in range(200)]
+    traffic.calls(far)
+    fresh = controller(env)  # a drift check runs at most once a minute per controller
+    fresh.tick()
+    runs = runs_of(env)
+    assert len(runs) == 1 and runs[0]["trigger"].startswith("on drift: score "), runs
+    assert runs[0]["trigger"].endswith("reached 0.5")

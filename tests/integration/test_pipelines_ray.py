@@ -1,13 +1,13 @@
-"""The retrain loop on a real Ray cluster, as a team reaches it (issue 12, item 4): a tabular
-model trained by a job serves captured traffic; a pipeline curates the calls, retrains with the
-last good configuration, evaluates both versions on the same held-out rows, gates, waits for a
-person, canaries and promotes, with the control plane restarted in every step; a worse
-candidate and a failed training leave production as it was."""
+"""The retrain loop on a real Ray cluster, as a team reaches it (issue 12, item 4), on SQLite and
+PostgreSQL: a tabular model trained by a job serves captured traffic; a pipeline curates the
+calls, retrains with the last good configuration, evaluates both versions on the same held-out
+rows, gates, waits for a person, canaries and promotes, with the control plane restarted in
+every step; a worse candidate and a failed training leave production as it was."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +15,16 @@ import httpx
 import pytest
 
 from gureum import samples
-from tests.integration.test_serving_ray import (  # noqa: F401 (fixtures)
+from gureum.config import Settings
+from gureum.server.services.bootstrap import bootstrap
+from tests.conftest import free_port
+from tests.integration.test_serving_ray import (
     SMALL,
     Cloud,
     Live,
-    cloud,
+    clear_apps,
     consumer,
-    model_dirs,
     predict,
-    serve_port,
     wait_for,
     wait_ready,
 )
@@ -37,6 +38,36 @@ ROWS = [
     {"price": 20 + 7 * i, "garment": g, "size": "M", "usual_size": s, "fabric": "cotton"}
     for i, (g, s) in enumerate([("dress", "M"), ("coat", "L"), ("shirt", "S"), ("hat", "M")] * 3)
 ]
+
+
+@pytest.fixture(scope="module")
+def data_port() -> int:
+    """The data plane's port for this module's control planes (a restart keeps it)."""
+    return free_port()
+
+
+@pytest.fixture
+def cloud(tmp_path: Path, ray_cluster: str, data_port: int, database_url: str) -> Iterator[Cloud]:
+    """A control plane on the session's cluster, on SQLite and on PostgreSQL."""
+    home = tmp_path / "home"
+    settings = Settings(
+        home=home,
+        database_url=database_url,
+        artifacts=str(home / "artifacts"),
+        ray_address=ray_cluster,
+        port=free_port(),
+        serve_port=data_port,
+    )
+    clear_apps(ray_cluster)
+    live = Live(settings)
+    token = bootstrap(live.app.state.db)
+    assert token is not None
+    c = Cloud(settings, token, live, tmp_path)
+    try:
+        yield c
+    finally:
+        c.live.stop()  # the server the test left running (a restart replaces it)
+        clear_apps(ray_cluster)
 
 
 def train(c: Cloud, tmp: Path) -> str:
@@ -125,7 +156,7 @@ def jobs_of(c: Cloud) -> list[dict[str, Any]]:
     return items
 
 
-def test_the_loop_turns_with_a_restart_in_every_step(cloud: Cloud, tmp_path: Path) -> None:  # noqa: F811
+def test_the_loop_turns_with_a_restart_in_every_step(cloud: Cloud, tmp_path: Path) -> None:
     url = train(cloud, tmp_path)
     key = consumer(cloud, "acme")
     ids = call(url, key, 12)
@@ -180,7 +211,7 @@ def test_the_loop_turns_with_a_restart_in_every_step(cloud: Cloud, tmp_path: Pat
 
 
 def test_a_worse_candidate_or_a_failed_training_leaves_production_alone(
-    cloud: Cloud,  # noqa: F811
+    cloud: Cloud,
     tmp_path: Path,
 ) -> None:
     url = train(cloud, tmp_path)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from gureum.client import Client
 from gureum.schemas.jobs import Resources
@@ -42,6 +43,18 @@ def crafted_tabular(folder: Path, marker: Path) -> Path:
     return folder
 
 
+def _version_row(s: Session, workspace: str, model: str, version: int) -> ModelVersion:
+    row = s.scalar(
+        select(ModelVersion)
+        .join(Model, Model.id == ModelVersion.model_id)
+        .join(Workspace, Workspace.id == Model.workspace_id)
+        .where(Workspace.name == workspace, Model.name == model)
+        .where(ModelVersion.version == version)
+    )
+    assert row is not None, f"no {model}:{version} in {workspace}"
+    return row
+
+
 def mark_platform_trained(
     db: Database, model: str, version: int, *, recipe: str, workspace: str = "default"
 ) -> None:
@@ -50,14 +63,7 @@ def mark_platform_trained(
     Only for tests: in the product only the job controller sets these marks.
     """
     with db.write() as s:
-        row = s.scalar(
-            select(ModelVersion)
-            .join(Model, Model.id == ModelVersion.model_id)
-            .join(Workspace, Workspace.id == Model.workspace_id)
-            .where(Workspace.name == workspace, Model.name == model)
-            .where(ModelVersion.version == version)
-        )
-        assert row is not None, f"no {model}:{version} in {workspace}"
+        row = _version_row(s, workspace, model, version)
         row.recipe, row.platform_written, row.metrics_source = recipe, True, "measured"
 
 
@@ -89,14 +95,7 @@ def mark_trained_by_job(
     Only for tests that cannot spend a real job's minutes: the job controller writes these.
     """
     with db.write() as s:
-        row = s.scalar(
-            select(ModelVersion)
-            .join(Model, Model.id == ModelVersion.model_id)
-            .join(Workspace, Workspace.id == Model.workspace_id)
-            .where(Workspace.name == workspace, Model.name == model)
-            .where(ModelVersion.version == version)
-        )
-        assert row is not None, f"no {model}:{version} in {workspace}"
+        row = _version_row(s, workspace, model, version)
         job_id = new_job_id()
         model_row = s.get(Model, row.model_id)
         assert model_row is not None

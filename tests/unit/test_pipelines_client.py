@@ -69,7 +69,7 @@ def run(number: int = 2, state: str = "running", **over: Any) -> dict[str, Any]:
         "pipeline": "garments",
         "number": number,
         "state": state,
-        "trigger": "hand",
+        "trigger": "by hand (admin)",
         "reason": "",
         "step": "curate" if state == "running" else None,
         "steps": [step(s.value) for s in STEPS],
@@ -509,7 +509,7 @@ def test_cli_run_wait_prints_each_step_and_the_decision(fake: FakeServer) -> Non
     result = gureum("pipelines", "run", "garments", "--wait")
     assert result.exit_code == 0, result.output
     lines = [flat(line) for line in result.stdout.splitlines() if line.strip()]
-    assert lines[0] == "run 3 of garments started (hand)"
+    assert lines[0] == "run 3 of garments started by hand (admin)"
     assert lines[1] == "curate running"  # printed once though polled twice
     assert lines[2] == "curate succeeded 1 min 12 s curated garments:4"
     assert lines[3] == "train running job j-7"
@@ -588,7 +588,7 @@ def test_cli_show_prints_config_steps_metrics_and_reason(fake: FakeServer) -> No
     for expected in (
         "cron 0 3 * * 1 (runs at least 60 min apart)",
         "by a person (pipelines approve)",
-        "garments #2, started by hand",
+        "garments #2, started by hand (admin)",
         "not_promoted",
         "the candidate does not beat production on accuracy",
         "gate failed 2025-01-02 03:04:05 1 min 12 s worse on accuracy",
@@ -622,7 +622,7 @@ def test_cli_list_runs_and_events(fake: FakeServer) -> None:
     assert result.exit_code == 0, result.output
     assert [r["number"] for r in json.loads(result.stdout)] == [2]
     assert fake.sent("GET")[-1][1] == {"limit": "1"}
-    assert "1 failed hand" in flat(gureum("pipelines", "runs", "garments").stdout)
+    assert "1 failed by hand (admin)" in flat(gureum("pipelines", "runs", "garments").stdout)
 
     result = gureum("pipelines", "events", "garments", "--run", "2", "--after", "0", "-o", "json")
     assert json.loads(result.stdout)[0]["message"] == "curated garments:4"

@@ -157,7 +157,7 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
             f"{summary.mean_rating or 0:.1f}"
         )
 
-    _step(output, "11. A retrain pipeline turns the loop: curate, train, evaluate, canary, decide")
+    _step(output, "11. A pipeline retrains: curate, train, evaluate, canary, decide")
     loop = turn_the_loop(client, endpoint.url, token, ENDPOINT, MODEL, DATASET, output, quick)
 
     if output is Format.table:

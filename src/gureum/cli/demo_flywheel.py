@@ -33,9 +33,12 @@ PIPELINE = "garments-loop"
 CANARY_PERCENT = 50.0
 CANARY_MINUTES = 0.5
 MIN_CANARY_REQUESTS = 4
+# The retrain has more time than the first training had (a nightly job, say): twice the epochs.
+RETRAIN_PARAMS: dict[str, Any] = {"epochs": 80}
+QUICK_RETRAIN_PARAMS: dict[str, Any] = {"epochs": 2}
 RUN_TIMEOUT_S = 20 * 60.0
 # The customer keeps calling while the canary is judged, one picture a call, this often.
-CALL_EVERY_S = 0.7
+CALL_EVERY_S = 1.0
 MAX_CANARY_CALLS = 120
 POLL_S = 1.0
 
@@ -112,6 +115,7 @@ def ensure_pipeline(client: Client, model: str, endpoint: str, dataset: str, qui
             canary_percent=CANARY_PERCENT,
             canary_minutes=CANARY_MINUTES / 2 if quick else CANARY_MINUTES,
             min_requests=MIN_CANARY_REQUESTS,
+            params=QUICK_RETRAIN_PARAMS if quick else RETRAIN_PARAMS,
         )
 
 

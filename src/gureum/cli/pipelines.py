@@ -127,7 +127,7 @@ def _pipeline_facts(p: PipelineOut) -> dict[str, Any]:
 
 def _run_facts(r: RunOut) -> dict[str, Any]:
     return {
-        "run": f"{r.pipeline} #{r.number}, started by {r.trigger}",
+        "run": f"{r.pipeline} #{r.number}, started {r.trigger}",
         "state": run_state_text(r),
         "reason": r.reason or None,
         "curated": r.dataset_version,
@@ -431,7 +431,7 @@ def run_cmd(
 
 
 def _started(r: RunOut) -> str:
-    return escape(f"run {r.number} of {r.pipeline} started ({r.trigger})")
+    return escape(f"run {r.number} of {r.pipeline} started {r.trigger}")
 
 
 def _follow(

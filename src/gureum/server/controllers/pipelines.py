@@ -72,7 +72,7 @@ class PipelineController:
             p = s.get(Pipeline, pipeline_id, with_for_update=True)
             if p is None:
                 return
-            if why.startswith("schedule"):
+            if why.startswith("on schedule"):
                 p.next_run_at = next_schedule(p.config, utcnow())
             try:
                 run = start(s, p, why, None)
@@ -90,7 +90,7 @@ class PipelineController:
                 return None
             config = dict(p.config)
             if p.next_run_at is not None and p.next_run_at <= now:
-                return f"schedule {config.get('schedule')}"
+                return f"on schedule {config.get('schedule')}"
             cooled = p.last_run_at is None or now - p.last_run_at >= timedelta(
                 minutes=float(config.get("cooldown_minutes", 60.0))
             )
@@ -125,5 +125,5 @@ class PipelineController:
                 log.info("pipeline %d: no drift score for %s: %s", pipeline_id, endpoint, e)
                 return None
             if score is not None and score >= float(threshold):
-                return f"drift score {score:.3f} reached {float(threshold):g}"
+                return f"on drift: score {score:.3f} reached {float(threshold):g}"
         return None

@@ -62,14 +62,20 @@ def version_stats(
     return {k: (sorted(v), errors[k]) for k, v in lat.items()}
 
 
+def role_stats(s: Session, ep: Endpoint, since: datetime) -> dict[str, tuple[list[float], int]]:
+    """role ("primary", "canary", "shadow") -> (sorted latencies, errors) since ``since``."""
+    by_role: dict[str, tuple[list[float], int]] = {}
+    for (_, role), value in version_stats(s, ep, since).items():
+        lat, err = by_role.get(role, ([], 0))
+        by_role[role] = (sorted(lat + value[0]), err + value[1])
+    return by_role
+
+
 def judge_canary(s: Session, ep: Endpoint) -> str | None:
     """Why the canary must go, or None while it is within its limits (or has too few requests)."""
     assert ep.canary_started_at is not None
     limits = EndpointConfig.model_validate(ep.config).canary_limits
-    by_role: dict[str, tuple[list[float], int]] = {}
-    for (_, role), value in version_stats(s, ep, ep.canary_started_at).items():
-        lat, err = by_role.get(role, ([], 0))
-        by_role[role] = (sorted(lat + value[0]), err + value[1])
+    by_role = role_stats(s, ep, ep.canary_started_at)
     return verdict(by_role.get("canary"), by_role.get("primary"), limits)
 
 

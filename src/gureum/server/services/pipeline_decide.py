@@ -20,7 +20,7 @@ from gureum.server.db.tables import ModelVersion
 from gureum.server.db.tables_capture import CapturedRequest, Feedback
 from gureum.server.db.tables_serving import Endpoint
 from gureum.server.services import endpoints, models_gates
-from gureum.server.services.endpoint_stats import percentile, verdict, version_stats
+from gureum.server.services.endpoint_stats import percentile, role_stats, verdict
 from gureum.server.services.models import PRODUCTION
 from gureum.server.services.pipeline_steps import Ctx, Env, Outcome, endpoint_of, stop, wait, when
 
@@ -46,11 +46,7 @@ def judge(env: Env, ctx: Ctx, ep: Endpoint) -> dict[str, Any]:
     """The canary against the primary over the window: promote, and why (or why not)."""
     since = when(ctx.run["canary_window"][0])
     with env.db.read() as s:
-        stats = version_stats(s, ep, since)
-    by_role: dict[str, tuple[list[float], int]] = {}
-    for (_, role), (lat, err) in stats.items():
-        old = by_role.get(role, ([], 0))
-        by_role[role] = (sorted(old[0] + lat), old[1] + err)
+        by_role = role_stats(s, ep, since)
     canary, primary = by_role.get("canary", ([], 0)), by_role.get("primary", ([], 0))
     ratings = _ratings(env, ep, since)
     c_rated = ratings.get(int(ctx.run["candidate_id"]), (0, 0.0))
@@ -92,6 +88,9 @@ def judge(env: Env, ctx: Ctx, ep: Endpoint) -> dict[str, Any]:
         f"the canary is no worse over {len(canary[0])} requests: error rate {c_rate:.1%} vs "
         f"{p_rate:.1%}"
     )
+    c95, p95 = numbers["canary"]["p95_ms"], numbers["primary"]["p95_ms"]
+    if c95 is not None and p95 is not None:
+        why += f", p95 {c95:.0f} ms vs {p95:.0f} ms"
     if c_rated[0]:
         why += f", rating {c_rated[1]:.2f} vs {p_rated[1]:.2f}"
     return {"promote": True, "reason": why, "numbers": numbers}

@@ -160,7 +160,7 @@ def _end(s: Session, run: PipelineRun, step: PipelineStep | None, outcome: Outco
             PipelineStep.run_id == run.id, PipelineStep.state == StepState.pending.value
         )
     ):
-        later.state = StepState.skipped.value
+        later.state, later.message = StepState.skipped.value, "not reached"
     run.state, run.reason, run.finished_at, run.step = (
         outcome.run_state.value,
         outcome.message,

@@ -253,7 +253,7 @@ def start_run(db: Database, principal: Principal, name: str) -> RunOut:
     principal.require("developer")
     with db.write() as s:
         p = find_pipeline(s, principal.workspace_id, name, lock=True)
-        run = start(s, p, f"by hand, by {principal.user_name}", principal.user_id)
+        run = start(s, p, f"by hand ({principal.user_name})", principal.user_id)
         audit.record(s, principal, "pipeline.run", "pipeline", name, {"run": run.number})
         return run_out(s, p, run)
 
