@@ -31,6 +31,7 @@ from typing import Any
 
 from gureum.schemas.capture import CaptureSettings
 from gureum.serving.access import Caller
+from gureum.serving.sidecar import Sidecar, SidecarConfig
 from gureum.serving.spool import UsageSpool, of_kind
 from gureum.storage.store import ArtifactStore
 
@@ -169,7 +170,11 @@ def _parse(raw: str) -> Any:
 
 
 class Capturer:
-    """One replica's capture: settings from the access snapshot, the decision, the spool."""
+    """One replica's capture: settings from the access snapshot, the decision, the spool.
+
+    With ``sidecar``, the spool is shipped by a process of its own
+    (``serving.capture_sidecar``): the replica only decides and appends, and its CPU serves
+    requests. Without, a thread of this process ships (tests, tools)."""
 
     def __init__(
         self,
@@ -179,20 +184,30 @@ class Capturer:
         artifacts: str,
         ship_index: ShipIndex,
         max_bytes: int = SPOOL_MAX_BYTES,
+        sidecar: SidecarConfig | None = None,
     ) -> None:
         self.endpoint = endpoint
-        self._workspace_id = workspace_id
-        self._artifacts = artifacts
-        self._store: ArtifactStore | None = None
-        self._ship_index = ship_index
         self.settings: CaptureSettings | None = None
         self._key: bytes | None = None
         self._dropped_told = 0
         self._lock = threading.Lock()
-        self.spool = UsageSpool(spool_dir / "capture", endpoint, self._ship, max_bytes=max_bytes)
+        folder = spool_dir / "capture"
+        self.shipper = CaptureShipper(endpoint, workspace_id, artifacts, ship_index)
+        self._sidecar = (
+            Sidecar(folder, endpoint, workspace_id, artifacts, sidecar) if sidecar else None
+        )
+        ship = None if sidecar else self.shipper.ship
+        self.spool = UsageSpool(folder, endpoint, ship, max_bytes=max_bytes)
 
     def start(self) -> None:
         self.spool.start()
+        if self._sidecar is not None:
+            self._sidecar.start()
+
+    def check(self) -> None:
+        """Start the sidecar again if it died (the replica's refresh loop calls this)."""
+        if self._sidecar is not None:
+            self._sidecar.check()
 
     def configure(self, settings: CaptureSettings | None) -> None:
         self.settings = settings
@@ -262,9 +277,31 @@ class Capturer:
     def pending(self) -> int:
         return max(0, self.spool.appended - self.spool.shipped)
 
-    # -- the spool's thread: finish, store, index -----------------------------------------
+    def flush(self) -> None:
+        self.spool.flush()
 
-    def _ship(self, endpoint: str, items: list[dict[str, Any]]) -> None:
+    def close(self) -> None:
+        try:
+            self.spool.close()
+        finally:
+            if self._sidecar is not None:
+                self._sidecar.stop()
+
+
+class CaptureShipper:
+    """Finishes spooled calls (parsed, redacted, large strings as blobs), stores them as batch
+    objects and ships their index rows: the spool's thread's work, or the sidecar's."""
+
+    def __init__(
+        self, endpoint: str, workspace_id: int, artifacts: str, ship_index: ShipIndex
+    ) -> None:
+        self.endpoint = endpoint
+        self._workspace_id = workspace_id
+        self._artifacts = artifacts
+        self._store: ArtifactStore | None = None
+        self._ship_index = ship_index
+
+    def ship(self, endpoint: str, items: list[dict[str, Any]]) -> None:
         """One batch object per consumer (erasing a consumer removes whole objects), written
         before the index rows that point into it are shipped."""
         by_consumer: dict[int | None, list[_Finished]] = {}
@@ -350,9 +387,3 @@ class Capturer:
         if isinstance(value, list):
             return [self._blobs(v, written) for v in value]
         return value
-
-    def flush(self) -> None:
-        self.spool.flush()
-
-    def close(self) -> None:
-        self.spool.close()

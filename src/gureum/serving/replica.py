@@ -43,6 +43,7 @@ from gureum.serving.idempotency import (
     body_hash,
     call_id,
 )
+from gureum.serving.sidecar import SidecarConfig
 from gureum.serving.spec import ModelRef, ReplicaSpec
 from gureum.serving.spool import UsageSpool, of_kind
 from gureum.serving.units import error_body, unit_of
@@ -105,10 +106,10 @@ class ControlPlane:
     """The replica's calls to the control plane, authenticated with the endpoint's token."""
 
     def __init__(self, url: str, token: str, endpoint: str) -> None:
+        self.base_url = f"{url.rstrip('/')}/v1/internal/endpoints/{endpoint}"
+        self.token = token
         self._http = httpx.Client(
-            base_url=f"{url.rstrip('/')}/v1/internal/endpoints/{endpoint}",
-            headers={"authorization": f"Bearer {token}"},
-            timeout=10.0,
+            base_url=self.base_url, headers={"authorization": f"Bearer {token}"}, timeout=10.0
         )
 
     def access(self) -> AccessSnapshot:
@@ -241,6 +242,9 @@ class ReplicaCore:
             spec.workspace_id,
             spec.artifacts,
             self.control.ship_captured,
+            # Its own process ships (the replica's CPU serves requests); a control plane
+            # handed in (tests) is called in-process.
+            sidecar=None if control else SidecarConfig(self.control.base_url, self.control.token),
         )
         self.in_flight = 0
         self.batch_sizes: Counter[int] = Counter()
@@ -287,6 +291,7 @@ class ReplicaCore:
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH_S):
             self.refresh()
+            self.capture.check()
 
     def authorize(self, authorization: str | None) -> Caller | Reply | NeedLease:
         """The in-memory check alone (no I/O): see ``admit``."""
