@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from gureum.config import Settings
@@ -38,7 +38,7 @@ from gureum.server.db.tables_capture import CapturedRequest
 from gureum.server.errors import NotFound, Unprocessable
 from gureum.server.services import curate_rules as rules
 from gureum.server.services.blobs import collect_garbage
-from gureum.server.services.capture import merged_feedback, parse_line, read_raw_lines
+from gureum.server.services.capture import merged_feedback, parse_line, read_lines_at
 from gureum.server.services.dataset_push import PushOptions, commit_version, scan_entries
 from gureum.server.services.datasets import resolve_version
 from gureum.server.services.endpoints import find_endpoint
@@ -90,10 +90,10 @@ def target_column(s: Session, store: ArtifactStore, workspace_id: int, served: M
     return str(config.get("target") or "") if isinstance(config, dict) else ""
 
 
-def _records(
-    s: Session, store: ArtifactStore, ep: Any, body: CurateRequest
-) -> Iterator[rules.Captured]:
-    """The endpoint's captured calls in the period with their feedback, filtered."""
+def _located(s: Session, ep: Any, body: CurateRequest) -> Sequence[Row[str, str, str, int]]:
+    """Where the endpoint's captured calls in the period are, in the order they were made:
+    the four columns curation reads, as plain rows (the ORM's per-row loading cost as much as
+    the rows' reading)."""
     stmt = select(
         CapturedRequest.request_id,
         CapturedRequest.route,
@@ -105,31 +105,38 @@ def _records(
         stmt = stmt.where(CapturedRequest.time >= since)
     if until is not None:
         stmt = stmt.where(CapturedRequest.time < until)
-    rows = s.execute(stmt.order_by(CapturedRequest.time, CapturedRequest.request_id)).all()
-    feedback = merged_feedback(s, ep)
+    order = stmt.order_by(CapturedRequest.time, CapturedRequest.request_id)
+    return s.connection().execute(order).all()
+
+
+def _records(
+    s: Session, store: ArtifactStore, ep: Any, body: CurateRequest
+) -> Iterator[rules.Captured]:
+    """The endpoint's captured calls in the period with their feedback, filtered."""
+    located = _located(s, ep, body)
+    feedback = merged_feedback(s, ep)  # one query for all of them, not one per call
     read = _reader(store, ep.workspace_id)
-    for i in range(0, len(rows), READ_CHUNK):
-        chunk = rows[i : i + READ_CHUNK]
-        lines = read_raw_lines(store, ep.workspace_id, chunk)
-        for row in chunk:
-            raw = lines.get((row.object, row.line))
+    min_rating, labelled_only = body.min_rating, body.labelled_only
+    for i in range(0, len(located), READ_CHUNK):
+        chunk = located[i : i + READ_CHUNK]
+        where = [(obj, number) for _, _, obj, number in chunk]
+        lines = read_lines_at(store, ep.workspace_id, where)
+        for (request_id, route, _, _), at in zip(chunk, where, strict=True):
+            raw = lines.get(at)
             line = parse_line(raw) if raw is not None else None
             if raw is None or line is None:
                 continue
-            refs = b'"$' in raw  # blob references or escaped keys: resolve them
-            f = feedback.get(row.request_id)
-            rec = rules.Captured(
-                request_id=row.request_id,
-                route=row.route,
-                input=rules.resolve(line.get("input"), read) if refs else line.get("input"),
-                output=rules.resolve(line.get("output"), read) if refs else line.get("output"),
-                rating=f.rating if f else None,
-                label=f.label if f else None,
-                target=f.target if f else None,
-            )
-            if body.min_rating is not None and (rec.rating or 0) < body.min_rating:
+            given, answer = line.get("input"), line.get("output")
+            if b'"$' in raw:  # blob references or escaped keys: resolve them
+                given, answer = rules.resolve(given, read), rules.resolve(answer, read)
+            f = feedback.get(request_id)
+            if f is None:
+                rec = rules.Captured(request_id, route, given, answer)
+            else:
+                rec = rules.Captured(request_id, route, given, answer, f.rating, f.label, f.target)
+            if min_rating is not None and (rec.rating or 0) < min_rating:
                 continue
-            if body.labelled_only and rec.correction is None:
+            if labelled_only and rec.correction is None:
                 continue
             yield rec
 
@@ -183,14 +190,9 @@ def curate(
             body = body.model_copy(update={"min_rating": GENERATOR_MIN_RATING})
         base = _base(s, ws, body.base, served)
         base_name = s.scalar(select(Dataset.name).where(Dataset.id == base.dataset_id))
-        base_files = [
-            rules.BaseFile(f.path, f.sha256, f.kind, f.label, f.split)
-            for f in s.scalars(select(DatasetFile).where(DatasetFile.version_id == base.id))
-        ]
-        sizes = {
-            f.path: f.size
-            for f in s.scalars(select(DatasetFile).where(DatasetFile.version_id == base.id))
-        }
+        stored = s.scalars(select(DatasetFile).where(DatasetFile.version_id == base.id)).all()
+        base_files = [rules.BaseFile(f.path, f.sha256, f.kind, f.label, f.split) for f in stored]
+        sizes = {f.path: f.size for f in stored}
         target = target_column(s, store, ws, served)
         model = s.scalar(select(Model.name).where(Model.id == served.model_id))
         model_label = f"{model}:{served.version}"

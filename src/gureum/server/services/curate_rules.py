@@ -136,6 +136,20 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _row(row: dict[str, Any], header: list[str], at: int, label: Any) -> list[str]:
+    """A captured row's values in the header's order with ``label`` at the target's column,
+    each as :func:`_cell` writes it."""
+    values: list[Any] = list(map(row.get, header))
+    values[at] = label
+    # The common case checked in C: every value text (join raises TypeError on a number or
+    # a missing column's None) and none redacted; then _cell would return each as it is.
+    try:
+        "".join(values)
+    except TypeError:
+        return [_cell(v) for v in values]
+    return [_cell(v) for v in values] if REDACTED in values else values
+
+
 def _table(data: bytes) -> tuple[list[str], list[list[str]]]:
     reader = csv.reader(io.StringIO(data.decode("utf-8-sig", "replace")))
     rows = [r for r in reader if r]
@@ -154,24 +168,24 @@ def tabular(
     seen = {tuple(r) for f in tables for r in _table(read(f.sha256))[1]}
     at = header.index(target)
     out = Curated()
-    rows: list[list[str]] = []
+    rows: list[tuple[str, ...]] = []
     for rec in records:
         inputs, outputs = call_inputs(rec.input), _outputs(rec.output)
         gave = False
+        corrected = rec.correction if len(inputs) == 1 else None
         for i, row in enumerate(inputs):
-            label = rec.correction if len(inputs) == 1 else None
+            label = corrected
             if label is None and i < len(outputs) and isinstance(outputs[i], dict):
                 label = outputs[i].get("prediction")
             if not isinstance(row, dict) or label is None:
                 out.skipped += 1
                 continue
-            values = [_cell(row.get(c)) for c in header]
-            values[at] = _cell(label)
-            if tuple(values) in seen:
+            key = tuple(_row(row, header, at, label))
+            if key in seen:
                 out.duplicates += 1
                 continue
-            seen.add(tuple(values))
-            rows.append(values)
+            seen.add(key)
+            rows.append(key)
             gave = True
         out.used += gave
     if rows:
