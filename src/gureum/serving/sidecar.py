@@ -31,7 +31,7 @@ class SidecarConfig:
 
     control_url: str
     token: str
-    interval_s: float = 1.0
+    interval_s: float = 3.0
 
 
 @dataclass(frozen=True)
