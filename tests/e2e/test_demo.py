@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,7 +119,10 @@ def test_demo_runs_the_story_end_to_end(tmp_path: Path, ray_cluster: str) -> Non
         assert again.returncode == 0, again.stderr + again.stdout
         out = again.stdout
         assert "already running" in out and "garments:3" in out and "curated garments:4" in out
-        assert "succeeded" in out and "garment-generator:3" in out and "PROMOTED" in out
+        assert "succeeded" in out and "garment-generator:3" in out
+        # The pipeline's run printed its steps and its decision (either way) with the reason.
+        assert "A pipeline retrains" in out and "run 2: by hand (admin)" in out
+        assert re.search(r"(NOT )?PROMOTED: \S", out), out
         assert "mmd_reference" in out and str(grid) in out.replace("\n", "")
         # The endpoint rolled over to the new version; the consumer got a new key and its
         # invoice now counts both runs' calls.
