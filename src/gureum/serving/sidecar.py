@@ -4,8 +4,8 @@ one appended line per call and nothing more.
 
 Its configuration, the endpoint's token included, goes over stdin (never argv or the
 environment). It runs niced below the replica, ships what the replica appended every few
-seconds (``SidecarConfig.interval_s``), ships everything once more and exits when told to stop or when the replica is gone,
-and the replica starts it again if it dies.
+seconds (``SidecarConfig.interval_s``), ships everything once more and exits when told to stop
+or when the replica is gone, and the replica starts it again if it dies.
 """
 
 from __future__ import annotations
