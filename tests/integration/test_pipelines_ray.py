@@ -6,8 +6,10 @@ every step; a worse candidate and a failed training leave production as it was."
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +83,9 @@ def train(c: Cloud, tmp: Path) -> str:
     done = client.jobs.wait(job.id, timeout_s=240)
     assert done.state == "succeeded", done.error
     with c.api() as api:
-        body = {"name": ENDPOINT, "model": "returns:1", "config": SMALL, "capture": {"rate": 1.0}}
+        # Latency under a loaded CI machine is not what these tests judge: a generous bound.
+        config = {**SMALL, "canary_limits": {"max_latency_ratio": 1000}}
+        body = {"name": ENDPOINT, "model": "returns:1", "config": config, "capture": {"rate": 1.0}}
         r = api.post("/v1/endpoints", json=body)
         assert r.status_code == 201, r.text
     return str(wait_ready(c, ENDPOINT)["url"])
@@ -150,6 +154,28 @@ def follow(
     raise AssertionError(f"the run did not get there in {timeout:.0f} s: {latest(c)}")
 
 
+@contextmanager
+def customers_calling(url: str, key: str) -> Iterator[list[int]]:
+    """A consumer calling the endpoint a few times a second meanwhile (the canary's traffic,
+    however long the control plane takes to restart); yields the count of calls answered."""
+    answered = [0]
+    stop = threading.Event()
+
+    def calls() -> None:
+        while not stop.is_set():
+            if predict(url, key, [ROWS[answered[0] % len(ROWS)]]).status_code == 200:
+                answered[0] += 1
+            stop.wait(0.25)
+
+    thread = threading.Thread(target=calls, daemon=True)
+    thread.start()
+    try:
+        yield answered
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+
 def jobs_of(c: Cloud) -> list[dict[str, Any]]:
     with c.api() as api:
         items: list[dict[str, Any]] = api.get("/v1/jobs", params={"limit": 100}).json()["items"]
@@ -188,9 +214,10 @@ def test_the_loop_turns_with_a_restart_in_every_step(cloud: Cloud, tmp_path: Pat
         canary = next(s for s in run["steps"] if s["name"] == "canary")
         return "serving_since" in canary["data"] or run["state"] != "running"
 
-    follow(cloud, canary_serving, 240, restart=True)
-    call(url, key, 16)  # the window's traffic: half of it to the canary
-    done = follow(cloud, lambda r: r["state"] not in ("running", "awaiting_approval"), 240)
+    with customers_calling(url, key) as answered:  # half of it to the canary
+        follow(cloud, canary_serving, 240, restart=True)
+        done = follow(cloud, lambda r: r["state"] not in ("running", "awaiting_approval"), 240)
+    assert answered[0] >= 8
     assert done["state"] == "promoted", done
     assert "no worse" in done["reason"] and "returns:2 promoted" in done["reason"]
     assert [s["state"] for s in done["steps"]] == ["succeeded"] * 7
