@@ -340,7 +340,7 @@ def test_two_ranks_meet_on_the_sandboxs_own_loopback(tmp_path: Path) -> None:
             srv = socket.create_server(("127.0.0.1", port))
             conn, _ = srv.accept()
             got = b"".join(iter(lambda: conn.recv(64), b"")).decode()
-            print("rank 0 got", got, flush=True)
+            print(f"rank 0 got {got}", flush=True)  # one write: the ranks' lines interleave
             run.register_model(metrics={"peers": float(got == "hi from 1")})
         else:
             for _ in range(100):
