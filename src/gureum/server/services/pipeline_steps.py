@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from gureum.config import Settings
 from gureum.schemas.datasets import CurateRequest
@@ -27,7 +28,8 @@ from gureum.server.db.session import Database
 from gureum.server.db.tables import Dataset, DatasetVersion, Job, Model, ModelVersion
 from gureum.server.db.tables_serving import Endpoint, EndpointEvent, UsageRecord
 from gureum.server.errors import ApiError, NotFound
-from gureum.server.services import curate, endpoints, jobs
+from gureum.server.services import curate, endpoints, jobs, models
+from gureum.server.services.costs import prices_from
 from gureum.server.services.models_gates import metric_gates
 from gureum.server.services.pipelines import gate_metric, served_version, training_job
 from gureum.storage.store import ArtifactStore
@@ -171,7 +173,10 @@ def _job_state(env: Env, job_id: str) -> Job | None:
 
 def _submit(env: Env, ctx: Ctx, job_id: str, body: JobCreate) -> None:
     if _job_state(env, job_id) is None:
-        jobs.submit(env.db, env.store, ctx.principal, body, env.nodes, job_id=job_id)
+        prices = prices_from(env.settings)
+        jobs.submit(
+            env.db, env.store, ctx.principal, body, env.nodes, prices=prices, job_id=job_id
+        )
         env.wake()
 
 
@@ -183,6 +188,13 @@ def _production(env: Env, ctx: Ctx) -> tuple[ModelVersion, Job]:
         job = training_job(s, version, str(ctx.run.get("production")))
         s.expunge_all()
         return version, job
+
+
+def _version(s: Session, ctx: Ctx, label: str) -> tuple[Model, ModelVersion]:
+    """A version by its "name:number" label, in the run's workspace (404 if it is gone)."""
+    name, _, number = label.partition(":")
+    model = models.find_model(s, ctx.principal.workspace_id, name)
+    return model, models.resolve_version_row(s, model, number)
 
 
 def train_step(env: Env, ctx: Ctx) -> Outcome:
@@ -210,14 +222,8 @@ def train_step(env: Env, ctx: Ctx) -> Outcome:
     if job.state != "succeeded" or not job.output_version:
         why = (job.error or job.state).splitlines()[0][:500]
         return stop(RunState.failed, f"training job {job_id} {job.state}: {why}")
-    name, _, number = job.output_version.partition(":")
     with env.db.read() as s:
-        candidate_id = s.scalar(
-            select(ModelVersion.id)
-            .join(Model, Model.id == ModelVersion.model_id)
-            .where(Model.workspace_id == ctx.principal.workspace_id, Model.name == name)
-            .where(ModelVersion.version == int(number))
-        )
+        candidate_id = _version(s, ctx, job.output_version)[1].id
     return done(
         f"job {job_id} trained {job.output_version}",
         run={"candidate": job.output_version, "candidate_id": candidate_id},
@@ -280,24 +286,8 @@ def gate_step(env: Env, ctx: Ctx) -> Outcome:
         recipe = s.scalar(
             select(ModelVersion.recipe).where(ModelVersion.id == int(ctx.run["production_id"]))
         )
-        name, _, number = str(ctx.run["candidate"]).partition(":")
-        model = s.scalar(
-            select(Model).where(
-                Model.workspace_id == ctx.principal.workspace_id, Model.name == name
-            )
-        )
-        version = (
-            s.scalar(
-                select(ModelVersion).where(
-                    ModelVersion.model_id == model.id, ModelVersion.version == int(number)
-                )
-            )
-            if model is not None
-            else None
-        )
-        failed = (
-            [c for c in metric_gates(model, version) if not c.passed] if model and version else []
-        )
+        model, version = _version(s, ctx, str(ctx.run["candidate"]))
+        failed = [c for c in metric_gates(model, version) if not c.passed]
     if failed:
         return stop(
             RunState.not_promoted,
