@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from gureum.cli.budgets import render_budget
 from gureum.cli.output import Format, OutputOpt, api_errors, console, emit, fail, kv_table, table
 from gureum.client import Client
 
@@ -126,7 +127,8 @@ def invoices(
 
 
 def costs(period: PeriodOpt = None, output: OutputOpt = Format.table) -> None:
-    """Compute and storage cost of a month per job and endpoint, with revenue and margin."""
+    """Compute and storage cost of a month per job and endpoint, with revenue and margin;
+    this month's also shows the budget (spend, percent, state, endpoints held at minimum)."""
     with api_errors(output), _client() as c:
         report = c.costs.report(period)
     data = report.model_dump(mode="json")
@@ -144,6 +146,8 @@ def costs(period: PeriodOpt = None, output: OutputOpt = Format.table) -> None:
         if data["totals"]["other_revenue"]:
             totals["other_revenue"] = data["totals"]["other_revenue"]
         console.print(kv_table(_rounded(totals)))
+        if data.get("budget"):
+            render_budget(data["budget"])
 
     emit(data, output, render)
 

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gureum.schemas.budgets import BudgetOut
 from gureum.schemas.common import NAME_PATTERN, Out
 from gureum.schemas.endpoints import ENDPOINT_NAME
 
@@ -287,3 +288,5 @@ class CostReport(Out):
     endpoints: list[EndpointCost]
     storage: StorageCost
     totals: CostTotals
+    # The workspace's budget this month (spend, percent, state, endpoints held at minimum).
+    budget: BudgetOut | None = None

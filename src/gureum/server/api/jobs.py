@@ -29,11 +29,12 @@ from gureum.schemas.jobs import (
 from gureum.server.api.blobs import blob_response
 from gureum.server.auth import Authenticator, Principal
 from gureum.server.db.session import Database
-from gureum.server.deps import DbDep, Developer, JobsDep, StoreDep, Viewer
+from gureum.server.deps import DbDep, Developer, JobsDep, SettingsDep, StoreDep, Viewer
 from gureum.server.errors import ApiError
 from gureum.server.limits import StreamSlots
 from gureum.server.pagination import PageParams, page_params
 from gureum.server.services import jobs as svc
+from gureum.server.services.costs import prices_from
 
 router = APIRouter(
     prefix="/jobs",
@@ -51,9 +52,15 @@ NO_CLUSTER = "no compute cluster connected: start one with `gureum up` or set GU
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def submit(
-    body: JobCreate, db: DbDep, store: StoreDep, jobs: JobsDep, principal: Developer
+    body: JobCreate,
+    db: DbDep,
+    store: StoreDep,
+    jobs: JobsDep,
+    settings: SettingsDep,
+    principal: Developer,
 ) -> JobOut:
-    out = svc.submit(db, store, principal, body, jobs.nodes if jobs else lambda: None)
+    nodes = jobs.nodes if jobs else lambda: None
+    out = svc.submit(db, store, principal, body, nodes, prices=prices_from(settings))
     if jobs is None:
         return svc.set_wait_reason(db, out.id, NO_CLUSTER)
     jobs.wake()

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from gureum.server.deps import DbDep, ServingDep, StoreDep, Viewer
+from gureum.server.deps import DbDep, ServingDep, SettingsDep, StoreDep, Viewer
+from gureum.server.services import budgets
+from gureum.server.services.budget_metrics import BudgetCollector
+from gureum.server.services.costs import prices_from
 from gureum.server.services.metrics import (
     DRIFT_GAUGES,
     ServingCollector,
     exposition,
     workspace_endpoints,
 )
+from gureum.server.services.usage import current_period
 
 router = APIRouter(tags=["metrics"])
 
@@ -24,14 +28,21 @@ router = APIRouter(tags=["metrics"])
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
 def metrics(
-    request: Request, db: DbDep, store: StoreDep, serving: ServingDep, principal: Viewer
+    request: Request,
+    db: DbDep,
+    store: StoreDep,
+    serving: ServingDep,
+    settings: SettingsDep,
+    principal: Viewer,
 ) -> Response:
     """Request counts, latency and batch-size histograms, cold starts, replicas and queue depth
-    of the workspace's endpoints, and the drift of those that capture (OpenMetrics when the
-    scraper asks for it)."""
+    of the workspace's endpoints, the drift of those that capture, and the workspace's budget
+    (OpenMetrics when the scraper asks for it)."""
     with db.read() as s:
         endpoints = workspace_endpoints(s, principal.workspace_id)
     drift = DRIFT_GAUGES.read(db, store, endpoints)
     collector = ServingCollector(endpoints, serving.gauges, serving.live, drift)
-    body, content_type = exposition(collector, request.headers.get("accept"))
+    budget = budgets.for_report(db, principal, current_period(), prices_from(settings))
+    accept = request.headers.get("accept")
+    body, content_type = exposition(collector, accept, BudgetCollector(budget))
     return Response(body, media_type=content_type)

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from gureum.schemas.common import ErrorBody
 from gureum.schemas.consumers import CostReport, InvoiceList, UsageReport
 from gureum.server.deps import DbDep, SettingsDep, Viewer
-from gureum.server.services import costs, invoices, usage
+from gureum.server.services import budgets, costs, invoices, usage
 
 ERRORS: dict[int | str, dict[str, object]] = {404: {"model": ErrorBody}, 422: {"model": ErrorBody}}
 usage_router = APIRouter(prefix="/usage", tags=["usage"], responses=ERRORS)
@@ -78,4 +78,7 @@ def cost_report(
 ) -> CostReport:
     """Compute and storage cost of a month, per job and endpoint, with endpoint revenue."""
     month = period or usage.current_period()
-    return costs.report(db, principal, month, costs.prices_from(settings))
+    prices = costs.prices_from(settings)
+    report = costs.report(db, principal, month, prices)
+    report.budget = budgets.for_report(db, principal, month, prices)
+    return report

@@ -26,6 +26,7 @@ from gureum.server.db.session import Database
 from gureum.server.db.tables import Model, ModelVersion
 from gureum.server.db.tables_serving import Endpoint
 from gureum.server.services import capture_erasure, costs, validations
+from gureum.server.services.budget_enforce import held_autoscaling
 from gureum.server.services.endpoint_stats import judge_canary
 from gureum.server.services.endpoints import (
     add_event,
@@ -236,7 +237,8 @@ class EndpointController:
                 replica=self._replica(ep, role, token, config),
                 traffic=traffic,
                 resources=config.resources,
-                autoscaling=config.autoscaling,
+                # Held at its minimum while the workspace's budget is exceeded.
+                autoscaling=held_autoscaling(s, ep.workspace_id, config.autoscaling),
             )
         return out
 

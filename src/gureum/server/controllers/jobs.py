@@ -29,7 +29,7 @@ from gureum.server.controllers.loop import ControlLoop, each
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Dataset, DatasetVersion, Job, Workspace
-from gureum.server.services import base_models, costs, job_results
+from gureum.server.services import base_models, budget_enforce, costs, job_results
 from gureum.server.services.jobs import add_event, dataset_manifest, model_files, settle
 from gureum.server.services.secrets import values as secret_values
 from gureum.server.services.site_settings import allow_unsandboxed
@@ -213,7 +213,9 @@ class JobController:
         if "seq" in end:
             job.report_seq = max(job.report_seq, int(end["seq"]))
         error = end.get("error")
-        if job.stop_state is not None and outcome != "succeeded":
+        if job.stop_state == budget_enforce.PAUSE and outcome != "succeeded":
+            budget_enforce.requeue(s, job)  # stopped by its budget: queued, checkpoint kept
+        elif job.stop_state is not None and outcome != "succeeded":
             state = "failed" if job.stop_state == "failed" else "cancelled"
             settle(s, job, state, job.stop_reason)  # type: ignore[arg-type]
         elif outcome == "succeeded":
@@ -259,6 +261,7 @@ class JobController:
                     select(Workspace).where(Workspace.id.in_({j.workspace_id for j in queued}))
                 )
             }
+            held = budget_enforce.held_reasons(s, set(quotas))
             s.expunge_all()
         usage: dict[int, _Usage] = defaultdict(_Usage)
         free = dict(self.backend.available())
@@ -273,7 +276,7 @@ class JobController:
         for job in queued:
             r = Resources.model_validate(job.resources)
             need = scaled(demand(r), job.workers)
-            reason = _quota_reason(
+            reason = held.get(job.workspace_id) or _quota_reason(
                 quotas.get(job.workspace_id), usage[job.workspace_id], r, job.workers
             )
             if reason is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import CompoundSelect, Select, func, select, union
 from sqlalchemy.orm import Session
@@ -66,6 +66,16 @@ def gpu_hour_price(prices: Prices, accelerator_type: str | None) -> float:
     return prices.gpu_hour
 
 
+def hourly(resources: Resources, workers: int, prices: Prices) -> float:
+    """What a job of ``workers`` workers of ``resources`` costs per hour at ``prices``."""
+    per_worker = (
+        resources.cpus * prices.cpu_hour
+        + resources.gpus * gpu_hour_price(prices, resources.accelerator_type)
+        + (resources.memory_gb or 0.0) * prices.memory_gb_hour
+    )
+    return per_worker * workers
+
+
 # -- recording -----------------------------------------------------------------------------------
 
 
@@ -76,12 +86,25 @@ def record_job(s: Session, job: Job) -> None:
     first start to the end, waits in between included."""
     if job.started_at is None or job.state not in TERMINAL_STATES:
         return
+    _record_span(s, job, job.finished_at or utcnow())
+
+
+def record_segment(s: Session, job: Job, end: datetime) -> None:
+    """The span a job ran until a budget stopped it (it resumes later with a new start): one
+    row per span, keyed by its start, so the job's cost is the sum of its spans."""
+    if job.started_at is not None:
+        _record_span(s, job, end)
+
+
+def _record_span(s: Session, job: Job, end: datetime) -> None:
+    assert job.started_at is not None
     exists = select(ResourceUsage.id).where(
-        ResourceUsage.kind == "job", ResourceUsage.ref == job.id
+        ResourceUsage.kind == "job",
+        ResourceUsage.ref == job.id,
+        ResourceUsage.start == job.started_at,
     )
     if s.scalar(exists) is not None:
         return
-    end = job.finished_at or utcnow()
     seconds = max(0.0, (end - job.started_at).total_seconds())
     r = Resources.model_validate(job.resources)
     worker_seconds = seconds * job.workers
@@ -144,8 +167,17 @@ class _Use:
     accelerator_type: str | None = None
 
 
-def _overlap(row: ResourceUsage, start: datetime, end: datetime) -> float:
-    """The share of a row's interval inside [start, end)."""
+class Span(Protocol):
+    """A usage row's interval (a ResourceUsage, or the columns of one)."""
+
+    @property
+    def start(self) -> datetime: ...
+    @property
+    def end(self) -> datetime: ...
+
+
+def _overlap(row: Span, start: datetime, end: datetime) -> float:
+    """The share of a row's interval inside [start, end) (months here, hours in the planner)."""
     length = (row.end - row.start).total_seconds()
     if length <= 0:
         return 1.0 if start <= row.start < end else 0.0
@@ -185,6 +217,16 @@ def _compute(
             + mem_s / HOUR * prices.memory_gb_hour
         )
     return out
+
+
+def priced(
+    s: Session, workspace_id: int, start: datetime, end: datetime, prices: Prices
+) -> dict[str, dict[str, float]]:
+    """Recorded compute cost in [start, end) by kind (job, endpoint) and job id or endpoint."""
+    return {
+        kind: {ref: use.cost for ref, use in uses.items()}
+        for kind, uses in _compute(s, workspace_id, start, end, prices).items()
+    }
 
 
 def _storage(

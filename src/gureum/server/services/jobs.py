@@ -24,6 +24,7 @@ from gureum.recipes.base import RecipeError
 from gureum.recipes.dataset import LocalDataset
 from gureum.recipes.spec import RecipeSpec
 from gureum.schemas.common import NAME_PATTERN, Page
+from gureum.schemas.consumers import Prices
 from gureum.schemas.jobs import (
     SCRIPT_RECIPE,
     TERMINAL_STATES,
@@ -53,7 +54,7 @@ from gureum.server.db.tables import (
 )
 from gureum.server.errors import ApiError, NotFound, Unprocessable
 from gureum.server.pagination import PageParams, paginate
-from gureum.server.services import audit, base_models, site_settings
+from gureum.server.services import audit, base_models, budget_ledger, site_settings
 from gureum.server.services.blobs import MissingBlobs
 from gureum.server.services.datasets import add_reference, remove_reference, resolve_version
 from gureum.server.services.models import find_model, require_loadable, resolve_version_row
@@ -155,10 +156,12 @@ def submit(
     body: JobCreate,
     nodes: NodesFn,
     *,
+    prices: Prices,
     job_id: str | None = None,
 ) -> JobOut:
     """``job_id``: an id the caller chose and recorded first (a pipeline step), so that after a
-    crash it can tell whether the job was submitted."""
+    crash it can tell whether the job was submitted. ``prices``: what the job's maximum cost is
+    reserved at against its workspace's budget."""
     principal.require("developer")
     ws = principal.workspace_id
     with db.read() as s:
@@ -256,6 +259,7 @@ def submit(
         s.add(job)
         s.flush()
         add_event(s, job, "state", "queued")
+        budget_ledger.admit(s, job, prices)  # 409 budget_exceeded, or its time limit set
         if dv is not None:
             add_reference(s, dv.id, REFERRER, job_id)
         audit.record(

@@ -26,7 +26,7 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -310,10 +310,13 @@ class ServingCollector:
         yield from (psi, score, samples)
 
 
-def exposition(collector: ServingCollector, accept: str | None) -> tuple[bytes, str]:
+def exposition(
+    collector: ServingCollector, accept: str | None, *more: Collector
+) -> tuple[bytes, str]:
     """The scrape body and its content type: OpenMetrics when the scraper asks for it (as
     Prometheus does), else the classic text format."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    for one in (collector, *more):
+        registry.register(one)
     encode, content_type = choose_encoder(accept or "")
     return encode(registry), content_type

@@ -174,9 +174,7 @@ def _job_state(env: Env, job_id: str) -> Job | None:
 def _submit(env: Env, ctx: Ctx, job_id: str, body: JobCreate) -> None:
     if _job_state(env, job_id) is None:
         prices = prices_from(env.settings)
-        jobs.submit(
-            env.db, env.store, ctx.principal, body, env.nodes, prices=prices, job_id=job_id
-        )
+        jobs.submit(env.db, env.store, ctx.principal, body, env.nodes, prices=prices, job_id=job_id)
         env.wake()
 
 

@@ -25,8 +25,19 @@ from gureum.server.errors import Conflict, Forbidden, NotFound
 from gureum.server.pagination import PageParams, paginate
 from gureum.server.services.audit import record
 
-# Tables that belong to the workspace itself and go with it (ON DELETE CASCADE).
-_OWN_TABLES = frozenset({"workspaces", "memberships", "api_keys", "audit_events"})
+# Tables that belong to the workspace itself and go with it (ON DELETE CASCADE); a job's
+# budget reservation goes with its job.
+_OWN_TABLES = frozenset(
+    {
+        "workspaces",
+        "memberships",
+        "api_keys",
+        "audit_events",
+        "workspace_budgets",
+        "budget_events",
+        "job_budgets",
+    }
+)
 
 
 def not_found(name: str) -> NotFound:
