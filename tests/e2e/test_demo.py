@@ -107,6 +107,15 @@ def test_demo_runs_the_story_end_to_end(tmp_path: Path, ray_cluster: str) -> Non
         if flywheel["state"] == "promoted":
             assert steps["canary"] == steps["decide"] == "succeeded"
             assert flywheel["canary_calls"] > 0
+        # The story's CPU hours replayed on a fleet bought for their peak: a verdict, a chart.
+        plan = result["plan"]
+        assert plan["hours"] >= 1 and plan["cheaper"] in ("cloud", "fleet")
+        assert plan["cheaper_per_year"] in ("cloud", "fleet")
+        assert plan["fleet"]["cpus"] >= 1 and 0 < plan["utilisation"] <= 1
+        assert plan["break_even_utilisation"] > 0
+        assert Path(plan["chart"]) == home / "demo" / "plan.png"
+        with Image.open(plan["chart"]) as img:
+            assert img.format == "PNG"
         curated = json.loads(run(home, "datasets", "show", "garments:2", "-o", "json").stdout)
         assert curated["split"]["validation"] == result["split"]["validation"]
         assert len(curated["split"]["train_only"]) == 6
@@ -132,6 +141,7 @@ def test_demo_runs_the_story_end_to_end(tmp_path: Path, ray_cluster: str) -> Non
         total = (16 + extra) * 0.02
         assert "atelier-lee" in out and f"{8 + extra} requests, total {total:.2f} USD" in out
         assert "margin" in out
+        assert "break-even" in out and "is cheaper" in out
         listed = json.loads(run(home, "datasets", "list", "-o", "json").stdout)
         assert [(d["name"], d["latest_version"]) for d in listed] == [("garments", 4)]
         models = json.loads(run(home, "models", "list", "-o", "json").stdout)

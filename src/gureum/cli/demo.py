@@ -6,8 +6,8 @@ a byte-identical pull -> an image generator trained on the cluster, its sample-q
 registered model version and a grid of generated pictures -> that version served as an
 endpoint that scales to zero -> a paying consumer with a plan, calling it -> the usage, the
 invoice and what the endpoint cost -> the consumer's calls captured and rated, the best-rated
-pictures curated into the next dataset version. Run again, it adds versions and rolls the
-endpoint over.
+pictures curated into the next dataset version -> what the same hours would have cost on
+hardware bought for their peak. Run again, it adds versions and rolls the endpoint over.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from rich.table import Table
 from gureum.cli.cloud import HomeOpt, render_up, settings_for
 from gureum.cli.datasets import progress_bar, render_version
 from gureum.cli.demo_flywheel import predict, rate, turn_the_loop
+from gureum.cli.demo_plan import plan_summary
 from gureum.cli.output import Format, OutputOpt, console, emit, fail, kv_table, table
 from gureum.client import Client
 from gureum.client.base import load_credentials
@@ -160,11 +161,14 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
     _step(output, "11. A pipeline retrains: curate, train, evaluate, canary, decide")
     loop = turn_the_loop(client, endpoint.url, token, ENDPOINT, MODEL, DATASET, output, quick)
 
+    _step(output, "12. The same hours on hardware bought for the peak")
+    plan = plan_summary(client, workdir, output)
+
     if output is Format.table:
         console.print(
             "\nNext: `gureum jobs list`, `gureum jobs show "
             f"{trained['job']}`, `gureum models list`, `gureum endpoints show {ENDPOINT}`, "
-            "`gureum usage`, `gureum invoices`, `gureum costs`, `gureum audit`, "
+            "`gureum usage`, `gureum invoices`, `gureum costs`, `gureum plan`, `gureum audit`, "
             "`gureum status`, and `gureum down` to stop the cloud.",
             soft_wrap=True,
         )
@@ -188,6 +192,7 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
         "calls": served,
         **money,
         "flywheel": {"ratings": ratings, **loop},
+        "plan": plan,
         "workdir": str(workdir),
     }
 
