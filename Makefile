@@ -19,11 +19,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages: bubblewrap sandboxes user code (script jobs are refused without it).
+# Debian packages: bubblewrap sandboxes user code (script jobs are refused without it);
+# chromium runs the dashboard's browser tests (Playwright drives /usr/bin/chromium, never a
+# downloaded browser).
 sysdeps:
 	@command -v bwrap >/dev/null 2>&1 || apt-get install -y -q bubblewrap \
 		|| { apt-get update -q && apt-get install -y -q bubblewrap; } \
 		|| { echo "gureum needs bubblewrap: apt-get install bubblewrap (as root)"; exit 1; }
+	@test -x /usr/bin/chromium || apt-get install -y -q chromium \
+		|| { apt-get update -q && apt-get install -y -q chromium; } \
+		|| { echo "the browser tests need chromium: apt-get install chromium (as root)"; exit 1; }
 
 demo: install sysdeps
 	$(VENV)/bin/gureum demo

@@ -135,6 +135,15 @@ class Authenticator:
         if parsed is None:
             raise Unauthorized("invalid API key")
         key_id, secret = parsed
+        return self._resolve(key_id, secret)
+
+    def session_principal(self, key_id: str) -> tuple[Principal, datetime | None]:
+        """The principal of the key a dashboard session was opened with (the session holds
+        the key's id, never its secret; the secret was checked at sign-in). The key's state
+        is read as for a bearer call: revoked, expired or demoted keys end their sessions."""
+        return self._resolve(key_id, None)
+
+    def _resolve(self, key_id: str, secret: str | None) -> tuple[Principal, datetime | None]:
         with self.db.read() as s:
             row = s.execute(
                 select(ApiKey, User, Workspace, Membership.role)
@@ -150,7 +159,7 @@ class Authenticator:
         if row is None:
             raise Unauthorized("invalid API key")
         key, user, ws, member_role = row
-        if not hmac.compare_digest(key.secret_hash, hash_secret(secret)):
+        if secret is not None and not hmac.compare_digest(key.secret_hash, hash_secret(secret)):
             raise Unauthorized("invalid API key")
         if key.revoked_at is not None:
             raise Unauthorized("this API key was revoked")

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gureum.config import Settings
 from gureum.schemas.endpoints import ReplicaCounts
+from gureum.server import sessions
 from gureum.server.auth import Authenticator, Principal
 from gureum.server.controllers.endpoints import EndpointController
 from gureum.server.controllers.jobs import JobController
@@ -50,6 +51,19 @@ async def current_principal(request: Request) -> Principal:
     # the bearer scheme globally (see app.py).
     authorization = request.headers.get("authorization")
     auth: Authenticator = request.app.state.auth
+    if authorization is None:
+        # A browser signed in to the dashboard: the session cookie stands in for the key (and
+        # must come with its CSRF token to change anything); a bearer key always wins.
+        session = request.cookies.get(sessions.COOKIE)
+        if session:
+            return await run_in_threadpool(
+                sessions.cookie_principal,
+                request.app.state.db,
+                auth,
+                session,
+                request.method,
+                request.headers.get(sessions.CSRF_HEADER),
+            )
     principal = auth.cached(authorization)
     if principal is None:
         principal = await run_in_threadpool(auth.authenticate, authorization)

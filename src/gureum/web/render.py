@@ -1,0 +1,125 @@
+"""Templates, the signed-in browser as the pages see it, and how pages answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from fastapi import Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from gureum import __version__
+from gureum.server import sessions
+from gureum.server.auth import Authenticator, Principal, at_least
+from gureum.server.errors import Unauthorized
+from gureum.web.security import secure
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def _took(start: datetime | None, end: datetime | None) -> str:
+    if start is None:
+        return "—"
+    return _duration(((end or datetime.now(start.tzinfo)) - start).total_seconds())
+
+
+def _money(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.2f}"
+
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    autoescape=True,  # every value a template prints is escaped, names and messages included
+    undefined=jinja2.StrictUndefined,
+)
+_env.filters.update(when=_when, duration=_duration, money=_money)
+_env.globals.update(took=_took, version=__version__)
+templates = Jinja2Templates(env=_env)
+
+
+@dataclass(frozen=True)
+class Signed:
+    """Who the browser is signed in as, from the session's key as the database has it now."""
+
+    principal: Principal
+    csrf: str
+
+    @property
+    def can_act(self) -> bool:
+        return at_least(self.principal.role, "developer")
+
+
+class SignInRequired(Exception):
+    def __init__(self, next_path: str, ended: bool) -> None:
+        super().__init__(next_path)
+        self.next_path = next_path
+        self.ended = ended
+
+
+def safe_next(value: str | None) -> str:
+    """Only a path of this site: no open redirect through ``?next=``."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    return value
+
+
+def signed_in(request: Request) -> Signed:
+    """Page dependency: the session's principal, or a redirect to the sign-in form."""
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    token = request.cookies.get(sessions.COOKIE)
+    if not token:
+        raise SignInRequired(here, ended=False)
+    auth: Authenticator = request.app.state.auth
+    try:
+        principal = sessions.session_principal(request.app.state.db, auth, token)
+    except Unauthorized as exc:
+        raise SignInRequired(here, ended=True) from exc
+    return Signed(principal, sessions.csrf_token(token))
+
+
+def to_sign_in(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SignInRequired)
+    url = f"/login?next={quote(exc.next_path, safe='')}" + ("&ended=1" if exc.ended else "")
+    response = RedirectResponse(url, status_code=303)
+    if exc.ended:
+        response.delete_cookie(sessions.COOKIE, path="/")
+    return secure(response)
+
+
+def page(
+    request: Request,
+    name: str,
+    signed: Signed | None,
+    status: int = 200,
+    **context: Any,
+) -> Response:
+    ctx: dict[str, Any] = {"signed": signed, "nav": "", **context}
+    return secure(templates.TemplateResponse(request, name, ctx, status_code=status))
+
+
+def error_page(request: Request, signed: Signed | None, status: int, message: str) -> Response:
+    titles = {403: "Not allowed", 404: "Not found"}
+    title = titles.get(status, "Something went wrong")
+    return page(request, "error.html", signed, status, title=title, message=message)
