@@ -132,6 +132,19 @@ def open_loop(
     return asyncio.run(_open_loop(url, headers, body, arrivals, timeout))
 
 
+def open_loop_apart(
+    url: str, headers: dict[str, str], body: bytes, arrivals: Sequence[float], timeout: float
+) -> list[Sent]:
+    """``open_loop`` in a process of its own (see ``closed_loop_apart``)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(open_loop, url, headers, body, list(arrivals), timeout).result()
+
+
+def steady(rps: float, seconds: float, seed: int = 0) -> list[float]:
+    """Poisson arrivals at a fixed ``rps``: the same offered load whatever the server does."""
+    return Trace(seconds, rps, rps, 1, seconds).arrivals(seed)
+
+
 async def _open_loop(
     url: str, headers: dict[str, str], body: bytes, arrivals: Sequence[float], timeout: float
 ) -> list[Sent]:

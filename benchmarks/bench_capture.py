@@ -3,10 +3,12 @@
 One endpoint (a tabular model, one row per request, batching off, one 1-CPU replica) on a fresh
 local Ray head, called by one consumer. Rounds alternate capture off (rate 0) and on (rate 1.0,
 inputs and outputs) on the same replica: after each switch the benchmark waits for the
-replica's key table to carry the new setting, then runs sequential requests (p50) and a
-closed loop of concurrent clients in another process, measuring the replica's CPU seconds
-per request, and apart from it the capture sidecar's (the process that ships captured calls).
-Targets: replica CPU per request added by capture <= 5%, p50 on/off <= 1.1x.
+replica's key table to carry the new setting, then runs sequential requests (p50), the same
+offered load in both modes (Poisson arrivals at a fixed rate, the same seed for both, from
+another process: the replica's CPU seconds per request, and apart from it the capture
+sidecar's, the process that ships captured calls), and a closed loop of concurrent clients
+(throughput; CPU per request at saturation, where contention for the two cores moves it).
+Targets: replica CPU per request added by capture at the same load <= 5%, p50 on/off <= 1.1x.
 At the end every captured call must be in the index (none lost, none twice).
 
     .venv/bin/python -m benchmarks.bench_capture [--quick]
@@ -23,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks._serving_load import closed_loop_apart, sequential
+from benchmarks._serving_load import closed_loop_apart, open_loop_apart, sequential, steady
 from benchmarks._serving_util import (
     ROW,
     ServingCloud,
@@ -38,8 +40,8 @@ from gureum.serving.replica import REFRESH_S
 
 NUM_CPUS = 4
 PROFILES = {
-    "quick": {"rounds": 2, "requests": 100, "concurrency": 8, "seconds": 3},
-    "full": {"rounds": 6, "requests": 200, "concurrency": 8, "seconds": 5},
+    "quick": {"rounds": 2, "requests": 100, "concurrency": 8, "seconds": 3, "rps": 100},
+    "full": {"rounds": 6, "requests": 200, "concurrency": 8, "seconds": 5, "rps": 100},
 }
 MODES = {"off": 0.0, "on": 1.0}
 
@@ -72,6 +74,7 @@ def run(cloud: ServingCloud, cfg: dict[str, Any]) -> dict[str, Any]:
     cpu: dict[str, list[float]] = {m: [] for m in MODES}
     side: dict[str, list[float]] = {m: [] for m in MODES}
     rps: dict[str, list[float]] = {m: [] for m in MODES}
+    busy: dict[str, list[float]] = {m: [] for m in MODES}  # CPU per request at saturation
     sent_on = 0
     with httpx.Client(headers=headers, timeout=30) as http:
         sequential(http, f"{url}/predict", body, 100)  # warm
@@ -80,20 +83,28 @@ def run(cloud: ServingCloud, cfg: dict[str, Any]) -> dict[str, Any]:
             for mode in order:
                 _switch(cloud, "cap", MODES[mode])
                 lat = sequential(http, f"{url}/predict", body, cfg["requests"])
+                arrivals = steady(cfg["rps"], cfg["seconds"], seed=i)
                 before, side_before = cpu_seconds(procs), cpu_seconds(sidecars)
+                sent = open_loop_apart(f"{url}/predict", headers, body, arrivals, 30)
+                ok = sum(1 for s in sent if s.status == 200)
+                if ok != len(sent):
+                    raise RuntimeError(f"{len(sent) - ok} of {len(sent)} requests failed")
+                cpu[mode].append((cpu_seconds(procs) - before) * 1000 / ok)
+                side[mode].append((cpu_seconds(sidecars) - side_before) * 1000 / ok)
+                before = cpu_seconds(procs)
                 res = closed_loop_apart(
                     f"{url}/predict", headers, body, cfg["concurrency"], cfg["seconds"]
                 )
-                cpu[mode].append((cpu_seconds(procs) - before) * 1000 / max(1, res.ok))
-                side[mode].append((cpu_seconds(sidecars) - side_before) * 1000 / max(1, res.ok))
+                busy[mode].append((cpu_seconds(procs) - before) * 1000 / max(1, res.ok))
                 p50[mode].append(med(lat))
                 rps[mode].append(res.rps)
                 if mode == "on":
-                    sent_on += cfg["requests"] + res.ok
+                    sent_on += cfg["requests"] + ok + res.ok
             print(
                 f"  round {i + 1}: "
                 + ", ".join(
-                    f"{m} p50 {p50[m][-1]:.2f} ms, {cpu[m][-1]:.2f} cpu-ms/req, {rps[m][-1]:.0f}/s"
+                    f"{m} p50 {p50[m][-1]:.2f} ms, {cpu[m][-1]:.2f} cpu-ms/req at "
+                    f"{cfg['rps']}/s, {busy[m][-1]:.2f} at {rps[m][-1]:.0f}/s"
                     for m in MODES
                 ),
                 flush=True,
@@ -112,6 +123,8 @@ def run(cloud: ServingCloud, cfg: dict[str, Any]) -> dict[str, Any]:
         "replica_cpu_ms_per_request": {m: rnd(med(v), 3) for m, v in cpu.items()},
         "replica_cpu_rounds": {m: [rnd(x, 3) for x in v] for m, v in cpu.items()},
         "sidecar_cpu_ms_per_request": {m: rnd(med(v), 3) for m, v in side.items()},
+        "replica_cpu_ms_per_request_saturated": {m: rnd(med(v), 3) for m, v in busy.items()},
+        "saturated_cpu_ratio_on_off": rnd(med(busy["on"]) / med(busy["off"])),
         "replica_and_sidecar_ratio_on_off": rnd(
             (med(cpu["on"]) + med(side["on"])) / (med(cpu["off"]) + med(side["off"]))
         ),
@@ -120,7 +133,7 @@ def run(cloud: ServingCloud, cfg: dict[str, Any]) -> dict[str, Any]:
         "p50_ratio_on_off": rnd(p50_ratio),
         "captured": {"sent_with_capture_on": sent_on, "indexed": captured},
         "met": {
-            "replica cpu added <= 5%": cpu_ratio <= 1.05,
+            "replica cpu added at the same load <= 5%": cpu_ratio <= 1.05,
             "p50 <= 1.1x": p50_ratio <= 1.1,
             "every captured call indexed once": captured == sent_on,
         },
@@ -130,8 +143,11 @@ def run(cloud: ServingCloud, cfg: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
+    parser.add_argument("--rps", type=int, help="the same load's rate (default 100/s)")
+    parser.add_argument("--rounds", type=int, help="rounds of each mode")
     args = parser.parse_args()
-    cfg = PROFILES["quick" if args.quick else "full"]
+    cfg = dict(PROFILES["quick" if args.quick else "full"])
+    cfg.update({k: v for k, v in (("rps", args.rps), ("rounds", args.rounds)) if v})
     exit_on_sigterm()
     results: dict[str, Any] = {"config": cfg, "load_before": load_average()}
     started = time.perf_counter()

@@ -97,6 +97,20 @@ class ThreadedServer:
         assert not self.thread.is_alive(), f"the server on port {self.port} did not stop"
 
 
+# Artifacts on S3 (tests/integration/test_s3_artifacts.py): the tests that use it start a local
+# S3 server (moto) on this port. The variables are set here, before the session's Ray head
+# starts, so that its workers and replicas see them as a deployment's nodes would.
+S3_PORT = free_port()
+os.environ.update(
+    {
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{S3_PORT}",
+        "AWS_ACCESS_KEY_ID": "gureum-test",
+        "AWS_SECRET_ACCESS_KEY": "gureum-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+)
+
+
 def _pg_admin_url() -> str:
     return make_url(PG_URL).render_as_string(hide_password=False)
 
