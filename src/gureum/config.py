@@ -81,6 +81,20 @@ class Settings(BaseSettings):
     price_gpu_hour_by_type: dict[str, float] = Field(default_factory=dict)
     price_memory_gb_hour: float = Field(default=0.0, ge=0)
     price_storage_gb_month: float = Field(default=0.023, ge=0)
+    # The capacity planner (`gureum plan`, docs/planning.md; GUREUM_PLAN_*): cloud on-demand is
+    # priced as above; spot CPU/GPU-hours for jobs (preemptible: they checkpoint), the share of
+    # job hours that gets spot, and a fleet bought for the peak: purchase price per CPU and per
+    # GPU (its share of a server), years to amortise it over, power (with cooling) per hour it
+    # runs, and months between the order and the first hour it serves.
+    plan_spot_cpu_hour: float = Field(default=0.02, ge=0)
+    plan_spot_gpu_hour: float = Field(default=1.00, ge=0)
+    plan_spot_share: float = Field(default=1.0, ge=0, le=1)
+    plan_purchase_per_cpu: float = Field(default=150.0, ge=0)
+    plan_purchase_per_gpu: float = Field(default=25_000.0, ge=0)
+    plan_amortisation_years: float = Field(default=3.0, gt=0)
+    plan_power_per_cpu_hour: float = Field(default=0.002, ge=0)
+    plan_power_per_gpu_hour: float = Field(default=0.10, ge=0)
+    plan_lead_time_months: float = Field(default=3.0, ge=0)
 
     @cached_property
     def resolved_database_url(self) -> str:

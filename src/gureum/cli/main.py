@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from gureum.cli import (
+    budgets,
     cloud,
     consumers,
     datasets,
@@ -14,6 +15,7 @@ from gureum.cli import (
     jobs_submit,
     models,
     pipelines,
+    plan,
     samples,
     secrets,
     site_settings,
@@ -33,10 +35,12 @@ samples.register(app)
 tenancy.register(app)
 consumers.register(app)
 usage.register(app)
+plan.register(app)
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(models.app, name="models")
 app.add_typer(site_settings.app, name="settings")
 app.add_typer(secrets.app, name="secrets")
+app.add_typer(budgets.app, name="budgets")
 jobs.register(app)
 jobs_submit.register(app)
 endpoints.register(app)

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 
 from gureum.client.base import Transport, resolve
+from gureum.client.budgets import BudgetsAPI
 from gureum.client.consumers import ConsumersAPI, PlansAPI
 from gureum.client.datasets import DatasetsAPI
 from gureum.client.endpoints import EndpointsAPI
@@ -14,6 +15,7 @@ from gureum.client.errors import GureumError
 from gureum.client.jobs import JobsAPI
 from gureum.client.models import ModelsAPI
 from gureum.client.pipelines import PipelinesAPI
+from gureum.client.planner import PlannerAPI
 from gureum.client.secrets import SecretsAPI
 from gureum.client.serving import EndpointClient, PredictResult
 from gureum.client.site_settings import SettingsAPI
@@ -54,10 +56,12 @@ class Client:
         self.usage = UsageAPI(self._t)
         self.invoices = InvoicesAPI(self._t)
         self.costs = CostsAPI(self._t)
+        self.budgets = BudgetsAPI(self._t)
         self.endpoints = EndpointsAPI(self._t)
         self.settings = SettingsAPI(self._t)
         self.secrets = SecretsAPI(self._t)
         self.pipelines = PipelinesAPI(self._t)
+        self.planner = PlannerAPI(self._t)
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self._t.json("GET", "/v1/health")

@@ -8,13 +8,14 @@ from contextlib import asynccontextmanager
 from anyio import to_thread
 from fastapi import FastAPI
 
-from gureum import __version__
+from gureum import __version__, web
 from gureum.compute.backend import ComputeBackend
 from gureum.compute.ray_backend import RayBackend, disconnect
 from gureum.compute.resources import NodeInfo
 from gureum.config import Settings
 from gureum.server.api import ROUTERS
 from gureum.server.auth import Authenticator
+from gureum.server.controllers.budgets import BudgetController
 from gureum.server.controllers.endpoints import EndpointController
 from gureum.server.controllers.jobs import JobController
 from gureum.server.controllers.pipelines import PipelineController
@@ -24,6 +25,7 @@ from gureum.server.deps import Serving
 from gureum.server.errors import install_error_handlers
 from gureum.server.limits import BodyLimit, StreamSlots
 from gureum.server.openapi import install_openapi
+from gureum.server.services.costs import prices_from
 from gureum.server.services.endpoint_stats import LiveGauges
 from gureum.server.services.endpoints import load_secret
 from gureum.server.services.pipeline_steps import Env
@@ -60,7 +62,7 @@ def create_app(
             app.state.serving.cluster = True
         controller: JobController | None = app.state.jobs
         endpoints: EndpointController | None = app.state.serving.controller
-        running = (controller, endpoints, app.state.pipelines)
+        running = (controller, endpoints, app.state.pipelines, app.state.budgets)
         for started in running:
             if started is not None:
                 await to_thread.run_sync(started.start)
@@ -95,10 +97,13 @@ def create_app(
     if serving is not None:
         app.state.serving.controller = EndpointController(db, serving, settings, secret)
     app.state.pipelines = PipelineController(_pipeline_env(app))
+    # Budgets need no cluster: they write what the job and endpoint controllers carry out.
+    app.state.budgets = BudgetController(db, lambda: prices_from(settings), _pipeline_env(app).wake)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     for router in ROUTERS:
         app.include_router(router, prefix="/v1")
+    web.install(app)  # the dashboard at /, signed in with a session cookie
     install_openapi(app)
     return app
 

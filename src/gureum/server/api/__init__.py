@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from gureum.server.api import (
     audit,
     blobs,
+    budgets,
     capture,
     catalog,
     consumers,
@@ -17,6 +18,7 @@ from gureum.server.api import (
     metrics,
     models,
     pipelines,
+    planner,
     secrets,
     site_settings,
     usage,
@@ -28,6 +30,7 @@ from gureum.server.api import (
 ROUTERS: list[APIRouter] = [
     health.router,
     workspaces.router,
+    budgets.router,
     users.router,
     keys.router,
     audit.router,
@@ -46,6 +49,7 @@ ROUTERS: list[APIRouter] = [
     usage.usage_router,
     usage.invoices_router,
     usage.costs_router,
+    planner.router,
     metrics.router,
     site_settings.router,
     secrets.router,

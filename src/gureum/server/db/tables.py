@@ -352,6 +352,8 @@ class JobOutput(Base):
 # The serving side's tables (captured calls and feedback in tables_capture, retrain pipelines
 # in tables_pipelines) live in their own modules; importing them here registers them with
 # Base.metadata wherever the tables are imported (migrations, tests, the server).
+from gureum.server.db import tables_budgets as tables_budgets  # noqa: E402
 from gureum.server.db import tables_capture as tables_capture  # noqa: E402
 from gureum.server.db import tables_pipelines as tables_pipelines  # noqa: E402
 from gureum.server.db import tables_serving as tables_serving  # noqa: E402
+from gureum.server.db import tables_web as tables_web  # noqa: E402
