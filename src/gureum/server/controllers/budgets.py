@@ -13,7 +13,7 @@ from collections.abc import Callable
 from sqlalchemy import select
 
 from gureum.schemas.consumers import Prices
-from gureum.server.controllers.loop import ControlLoop, each
+from gureum.server.controllers.loop import ControlLoop, Looped, each
 from gureum.server.db.session import Database
 from gureum.server.db.tables_budgets import WorkspaceBudget
 from gureum.server.services.budget_enforce import reconcile
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 TICK_S = 5.0
 
 
-class BudgetController:
+class BudgetController(Looped):
     def __init__(
         self,
         db: Database,
@@ -33,15 +33,6 @@ class BudgetController:
     ) -> None:
         self.db, self.prices, self.wake_others = db, prices, wake
         self.loop = ControlLoop("gureum-budgets", self.tick, tick_s)
-
-    def start(self) -> None:
-        self.loop.start()
-
-    def stop(self) -> None:
-        self.loop.stop()
-
-    def wake(self) -> None:
-        self.loop.wake()
 
     def tick(self) -> None:
         with self.db.read() as s:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from gureum.compute.spec import BlobFile
 from gureum.config import Settings
 from gureum.schemas.endpoints import EndpointConfig, ReplicaCounts
-from gureum.server.controllers.loop import ControlLoop, each
+from gureum.server.controllers.loop import ControlLoop, Looped, each
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Model, ModelVersion
@@ -63,7 +63,7 @@ def owner(ep: Endpoint) -> str:
     return ep.token_hash[:OWNER_CHARS]
 
 
-class EndpointController:
+class EndpointController(Looped):
     def __init__(
         self, db: Database, backend: ServingBackend, settings: Settings, secret: bytes
     ) -> None:
@@ -121,15 +121,6 @@ class EndpointController:
             in_transit = _unrecorded(st) and st.status in IN_TRANSIT
             (unknown if in_transit else foreign).append(name)
         return foreign, unknown
-
-    def start(self) -> None:
-        self.loop.start()
-
-    def stop(self) -> None:
-        self.loop.stop()
-
-    def wake(self) -> None:
-        self.loop.wake()
 
     def tick(self) -> None:
         self.states = self.backend.states()

@@ -25,7 +25,7 @@ from gureum.compute.backend import ComputeBackend
 from gureum.compute.resources import NodeInfo, demand, describe, scaled, shortfall
 from gureum.compute.spec import BlobFile, Item, JobSpec
 from gureum.schemas.jobs import ACTIVE_STATES, Resources
-from gureum.server.controllers.loop import ControlLoop, each
+from gureum.server.controllers.loop import ControlLoop, Looped, each
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Dataset, DatasetVersion, Job, Workspace
@@ -50,7 +50,7 @@ class _Usage:
 
 
 @dataclass
-class JobController:
+class JobController(Looped):
     db: Database
     backend: ComputeBackend
     store: ArtifactStore
@@ -70,13 +70,7 @@ class JobController:
 
     def start(self) -> None:
         self.reconcile()
-        self.loop.start()
-
-    def stop(self) -> None:
-        self.loop.stop()
-
-    def wake(self) -> None:
-        self.loop.wake()
+        super().start()
 
     def nodes(self) -> list[NodeInfo] | None:
         """The cluster's nodes as last seen (submission refuses what none could hold)."""

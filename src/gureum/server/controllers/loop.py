@@ -95,3 +95,19 @@ def each(
                 except Exception:
                     log.exception("recording the failure of %s %s failed", what, item)
     return errors
+
+
+class Looped:
+    """A controller on one ``ControlLoop`` (set as ``self.loop``): start, stop and wake are
+    the loop's, so the API server drives every controller the same way."""
+
+    loop: ControlLoop
+
+    def start(self) -> None:
+        self.loop.start()
+
+    def stop(self) -> None:
+        self.loop.stop()
+
+    def wake(self) -> None:
+        self.loop.wake()

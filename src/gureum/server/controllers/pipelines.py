@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from gureum.server.controllers.loop import ControlLoop, each
+from gureum.server.controllers.loop import ControlLoop, Looped, each
 from gureum.server.db.base import utcnow
 from gureum.server.db.tables_capture import Feedback
 from gureum.server.db.tables_pipelines import Pipeline, PipelineRun
@@ -30,20 +30,11 @@ TICK_S = 2.0
 DRIFT_EVERY_S = 60.0
 
 
-class PipelineController:
+class PipelineController(Looped):
     def __init__(self, env: Env, tick_s: float = TICK_S) -> None:
         self.env = env
         self.loop = ControlLoop("gureum-pipelines", self.tick, tick_s)
         self._drift_checked: dict[int, float] = {}
-
-    def start(self) -> None:
-        self.loop.start()
-
-    def stop(self) -> None:
-        self.loop.stop()
-
-    def wake(self) -> None:
-        self.loop.wake()
 
     def tick(self) -> None:
         with self.env.db.read() as s:
