@@ -26,13 +26,19 @@ RECIPES: dict[str, tuple[str, int, dict[str, Any]]] = {
         {"epochs": 1, "steps_per_epoch": 3, "eval_windows": 4, "sample_tokens": 8},
     ),
     "tabular": ("tabular", 300, {"target": "returned"}),  # target has no default
+    "image-diffusion": (
+        "garments",
+        40,
+        {"epochs": 1, "width": 8, "image_size": 16, "sample_steps": 2, "samples_per_class": 2},
+    ),
 }
 
 
 def push(rc: RayCloud, tmp_path: Path, sample: str, count: int) -> str:
     name = f"s-{sample}"
-    samples.write(sample, tmp_path / name, count=count)
-    rc.client.datasets.push(name, tmp_path / name)
+    if not (tmp_path / name).exists():  # two recipes may train on one sample
+        samples.write(sample, tmp_path / name, count=count)
+        rc.client.datasets.push(name, tmp_path / name)
     return name
 
 

@@ -237,6 +237,7 @@ def test_numbers_beyond_64_bits_or_a_double_are_refused_wherever_they_are(
         ("tabular", 2),
         ("image-classifier", 2),
         ("image-generator", 2),
+        ("image-diffusion", 2),
         (None, 2),
     ],
 )

@@ -29,13 +29,14 @@ from gureum.server.services import jobs
 from gureum.serving import openai_compat, units
 from gureum.serving.openapi_dataplane import document
 
-HEAVY = ("torch", "sklearn", "transformers", "onnxruntime")
+HEAVY = ("torch", "sklearn", "transformers", "onnxruntime", "diffusers")
 # The billing contract of the built-in recipes a plan's prices are written against.
 BILLING = {
     "image-generator": ("image", images),
     "image-classifier": ("image", per_input),
     "text-generator": ("token", tokens),
     "tabular": ("row", per_input),
+    "image-diffusion": ("image", images),
 }
 TEXT_MANIFEST: dict[str, Any] = {
     "name": "notes",
@@ -101,7 +102,9 @@ def test_the_script_recipe_trains_from_its_own_code_and_is_not_served() -> None:
     spec.check_dataset(LocalDataset.from_manifest(Path("/nonexistent"), TEXT_MANIFEST), params)
 
 
-@pytest.mark.parametrize("name", ["image-classifier", "image-generator", "tabular"])
+@pytest.mark.parametrize(
+    "name", ["image-classifier", "image-generator", "image-diffusion", "tabular"]
+)
 def test_a_spec_dataset_check_refuses_a_text_dataset_from_the_manifest_alone(name: str) -> None:
     ds = LocalDataset.from_manifest(Path("/nonexistent"), TEXT_MANIFEST)
     check = specs.SPECS[name].check_dataset

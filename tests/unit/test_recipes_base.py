@@ -41,7 +41,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LocalDataset]:
 
 
 def test_registry_names_every_built_in_recipe_behind_one_protocol() -> None:
-    assert names() == ["image-generator", "image-classifier", "text-generator", "tabular"]
+    assert names() == [
+        "image-generator",
+        "image-classifier",
+        "text-generator",
+        "tabular",
+        "image-diffusion",
+    ]
     for name, recipe in RECIPES.items():
         assert recipe.name == name and recipe.description
         assert get_recipe(name) is recipe

@@ -55,6 +55,14 @@ class BadInput(RecipeError):
     code = "invalid_request"
 
 
+class OverBudget(BadInput):
+    """A generation ran past its time budget and was stopped: answered with an error (504),
+    never billed. A ``BadInput``, so a batch of several requests is retried one by one and
+    only the request whose budget ran out fails."""
+
+    code = "generation_timeout"
+
+
 class Cancelled(Exception):
     """The run was asked to stop (``RunContext.should_stop``); its last checkpoint stays."""
 

@@ -1,16 +1,9 @@
 """image-generator: a class-conditional convolutional VAE for small pictures.
 
-Sample quality is measured against the held-out split with kernel MMD (RBF kernel, median
-bandwidth) in the feature space of a small CNN classifier trained here, at evaluation time, on
-the dataset's training split with a fixed seed. The same data always gives the same feature
-extractor, so two models evaluated on one dataset version are compared on equal terms (what
-"must beat production" needs). A single-class dataset has nothing to classify; its features
-come from the same CNN left at its seeded random initialisation.
-
-Reported: ``mmd`` (generated vs validation, lower is better), ``mmd_reference`` (real training
-pictures vs validation: what a perfect generator would score), ``class_accuracy`` (how often the
-classifier recognises the class a sample was asked for), ``val_loss`` (negative ELBO per
-picture, nats) and ``bits_per_dim``. A PNG grid of samples per class goes to the artifacts.
+Sample quality is measured as ``recipes.sample_quality`` says (kernel MMD in a fixed CNN's
+feature space, the classifier's accuracy on samples), the same way as image-diffusion's, plus
+``val_loss`` (negative ELBO per picture, nats) and ``bits_per_dim``. A PNG grid of samples per
+class goes to the artifacts.
 """
 
 from __future__ import annotations
@@ -26,7 +19,6 @@ from torch import nn
 
 from gureum.recipes.base import (
     BadInput,
-    DatasetMismatch,
     EvalOutput,
     ModelConfig,
     RecipeBase,
@@ -34,15 +26,19 @@ from gureum.recipes.base import (
     TrainOutput,
     export_files,
 )
-from gureum.recipes.context import ScratchContext
 from gureum.recipes.dataset import LocalDataset
-from gureum.recipes.image_classifier import train_classifier
-from gureum.recipes.images import load_split, png_bytes, save_grid, to_image
+from gureum.recipes.images import load_split, png_bytes, to_image
 from gureum.recipes.io_schemas import MAX_IMAGES as MAX_COUNT
-from gureum.recipes.metrics import median_bandwidth, mmd2
-from gureum.recipes.nets import ConditionalVAE, SmallCNN
+from gureum.recipes.nets import ConditionalVAE
 from gureum.recipes.params import IMAGE_GENERATOR as NAME
-from gureum.recipes.params import ClassifierParams, GeneratorParams, check_generator_dataset
+from gureum.recipes.params import GeneratorParams, check_generator_dataset
+from gureum.recipes.sample_quality import (
+    EVAL_SEED,
+    class_grids,
+    classes_of,
+    eval_pictures,
+    sample_quality,
+)
 from gureum.recipes.specs import SPECS
 from gureum.recipes.training import (
     WEIGHTS_FILE,
@@ -57,22 +53,12 @@ from gureum.recipes.training import (
     steps_in,
 )
 
-SINGLE_CLASS = "all"
-EVAL_SEED = 1234
-# Fixed, not parameters: two models evaluated on one dataset must share the feature space.
-FEATURE_EPOCHS = 20
-FEATURE_WIDTH = 16
-
 
 def _vae(cfg: ModelConfig) -> ConditionalVAE:
     p = cfg.params
     return ConditionalVAE(
         len(cfg.info["classes"]), int(p["image_size"]), int(p["latent"]), int(p["width"])
     )
-
-
-def _classes(ds: LocalDataset) -> list[str]:
-    return ds.labels() or [SINGLE_CLASS]
 
 
 class GeneratorPredictor:
@@ -128,7 +114,7 @@ class ImageGenerator(RecipeBase):
         self.check_dataset(ds, params)
         seed_everything(params.seed)
         device = resolve_device(ctx.device)
-        classes = _classes(ds)
+        classes = classes_of(ds)
         x, y = load_split(ds, ds.select("image", "train"), params.image_size, classes)
         vx, vy = load_split(ds, ds.select("image", "validation"), params.image_size, classes)
         ctx.log(f"{NAME}: {len(x)} training pictures in {len(classes)} classes")
@@ -180,81 +166,18 @@ class ImageGenerator(RecipeBase):
         model, cfg, dev = self._load(model_dir, ctx.device)
         classes: list[str] = cfg.info["classes"]
         size = int(cfg.params["image_size"])
-        single = classes == [SINGLE_CLASS]
-        keep = [f for f in ds.select("image", "validation") if single or f.label in classes]
-        if len(keep) < 2:
-            raise DatasetMismatch(
-                f"{NAME}: needs at least 2 validation pictures of the model's classes "
-                f"({', '.join(classes)}); found {len(keep)}"
-            )
-        vx, vy = load_split(ds, keep, size, classes)
-        tx, ty = load_split(ds, ds.select("image", "train"), size, classes)
+        pics = eval_pictures(NAME, ds, classes, size)
         torch.manual_seed(EVAL_SEED)
-        nll = _nll(model, vx, vy, dev)
-        extractor = self._extractor(ctx, tx, ty, len(classes), dev)
-        gen = torch.Generator().manual_seed(EVAL_SEED)
-        fake = torch.cat(
-            [model.sample(vy[i : i + 256].to(dev), gen) for i in range(0, len(vy), 256)]
-        )
-        real_f, fake_f = _features(extractor, vx, dev), _features(extractor, fake, dev)
-        ref_idx = torch.randperm(len(tx), generator=gen)[: len(vx)]
-        train_f = _features(extractor, tx[ref_idx], dev)
-        bandwidth = median_bandwidth(real_f)
-        metrics = {
-            "mmd": mmd2(fake_f, real_f, bandwidth),
-            "mmd_reference": mmd2(train_f, real_f, bandwidth),
-            "val_loss": nll,
-            "bits_per_dim": nll / (math.log(2) * 3 * size * size),
-        }
-        if not single:
-            with torch.no_grad():
-                guessed = extractor(fake.to(dev)).argmax(1).cpu()
-            metrics["class_accuracy"] = float((guessed == vy).float().mean())
-        files = self._grids(ctx, model, classes, int(cfg.params["samples_per_class"]), dev)
+        nll = _nll(model, pics.vx, pics.vy, dev)
+        metrics, details = sample_quality(ctx, model.sample, pics, classes, dev)
+        metrics |= {"val_loss": nll, "bits_per_dim": nll / (math.log(2) * 3 * size * size)}
+        per_class = int(cfg.params["samples_per_class"])
+        files = class_grids(model.sample, classes, per_class, dev, ctx.artifacts_dir / "samples")
         report = ctx.artifacts_dir / "evaluation.json"
-        features = "random" if single else f"trained on {len(tx)} training pictures"
-        details = {
-            "classes": classes,
-            "validation_pictures": len(vx),
-            "feature_extractor": f"SmallCNN (width {FEATURE_WIDTH}), {features}",
-        }
         report.write_text(json.dumps({"metrics": metrics, **details}, indent=2))
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         ctx.log(f"{NAME}: {shown}; sample grids in {files[0].parent}")
         return EvalOutput(metrics, details, [*files, report])
-
-    def _extractor(
-        self, ctx: RunContext, x: torch.Tensor, y: torch.Tensor, n: int, dev: torch.device
-    ) -> SmallCNN:
-        torch.manual_seed(EVAL_SEED)
-        if n < 2:
-            return SmallCNN(1, width=FEATURE_WIDTH).to(dev).eval()
-        params = ClassifierParams(
-            epochs=FEATURE_EPOCHS, seed=EVAL_SEED, width=FEATURE_WIDTH, image_size=x.shape[-1]
-        )
-        model, _, _, _ = train_classifier(ScratchContext(ctx, "mmd features"), x, y, n, params)
-        return model.eval()
-
-    def _grids(
-        self,
-        ctx: RunContext,
-        model: ConditionalVAE,
-        classes: list[str],
-        per_class: int,
-        dev: torch.device,
-    ) -> list[Path]:
-        folder = ctx.artifacts_dir / "samples"
-        gen = torch.Generator().manual_seed(EVAL_SEED)
-        y = torch.arange(len(classes), device=dev).repeat_interleave(per_class)
-        images = model.sample(y, gen).cpu()
-        files = [save_grid(images, per_class, folder / "all.png")]
-        for i, cls in enumerate(classes):
-            files.append(
-                save_grid(
-                    images[i * per_class : (i + 1) * per_class], per_class, folder / f"{cls}.png"
-                )
-            )
-        return files
 
     def load(self, model_dir: Path, device: str = "cpu") -> GeneratorPredictor:
         model, cfg, dev = self._load(model_dir, device)
@@ -275,10 +198,3 @@ def _nll(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.devic
         xb, yb = x[i : i + 256].to(device), y[i : i + 256].to(device)
         total += float(model(xb, yb)["loss"]) * len(xb)
     return total / len(x)
-
-
-@torch.no_grad()
-def _features(model: SmallCNN, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.cat(
-        [model.features(x[i : i + 256].to(device)) for i in range(0, len(x), 256)]
-    ).cpu()

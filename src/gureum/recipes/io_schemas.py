@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gureum.recipes.params import MAX_TOKENS
+from gureum.recipes.params import MAX_GUIDANCE, MAX_SAMPLE_STEPS, MAX_TOKENS, Sampler
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what a JSON integer may hold on the data plane
 MAX_IMAGES = 64  # pictures one image-generator input may ask for
@@ -101,3 +101,26 @@ class Images(BaseModel):
     seed: int
     format: Literal["png"]
     images: list[str] = Field(description="base64 PNG files")
+
+
+# -- image-diffusion --------------------------------------------------------------------------
+
+MAX_BUDGET_S = 600.0  # the longest time budget a generation may ask for
+
+
+class DiffusionRequest(BaseModel):
+    """One generation; ``steps``, ``guidance``, ``sampler`` and ``time_budget_s`` default to
+    the model's (the training parameters of the same names). Inputs with equal ``steps`` and
+    ``sampler`` are denoised together, across requests batched by the replica."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    class_: str | None = Field(None, alias="class", description="required if the model knows 2+")
+    count: int = Field(1, ge=1, le=MAX_IMAGES)
+    seed: int = Field(0, ge=INT64_MIN, le=INT64_MAX)
+    steps: int | None = Field(None, ge=1, le=MAX_SAMPLE_STEPS, description="denoising steps")
+    guidance: float | None = Field(None, ge=0, le=MAX_GUIDANCE, description="CFG scale")
+    sampler: Sampler | None = None
+    size: int | None = Field(None, description="if given, the model's own image size")
+    time_budget_s: float | None = Field(
+        None, gt=0, le=MAX_BUDGET_S, description="at most the model's; over it: 504, not billed"
+    )

@@ -34,6 +34,17 @@ IMAGE_GENERATOR = RecipeSpec(
     check_dataset=p.check_generator_dataset,
     gate_metrics=(("mmd", False), ("class_accuracy", True)),
 )
+IMAGE_DIFFUSION = RecipeSpec(
+    name="image-diffusion",
+    description="class-conditional diffusion UNet (DDPM, DDIM/DPM-Solver, guidance); kernel MMD",
+    implementation="gureum.recipes.image_diffusion:ImageDiffusion",
+    serving=ServingSpec(
+        unit="image", count=images, input_schema=io.DiffusionRequest, output_schema=io.Images
+    ),
+    params=p.DiffusionParams,
+    check_dataset=p.check_diffusion_dataset,
+    gate_metrics=(("mmd", False), ("class_accuracy", True)),
+)
 IMAGE_CLASSIFIER = RecipeSpec(
     name="image-classifier",
     description="small CNN for folder-per-class images; accuracy, per-class P/R, confusion",
@@ -142,6 +153,7 @@ _ALL: tuple[RecipeSpec, ...] = (
     IMAGE_CLASSIFIER,
     TEXT_GENERATOR,
     TABULAR,
+    IMAGE_DIFFUSION,
     SCRIPT,
     HF_TEXT_GENERATION,
     HF_TEXT_CLASSIFICATION,

@@ -26,7 +26,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gureum.recipes.base import BadInput
+from gureum.recipes.base import BadInput, OverBudget
 from gureum.recipes.specs import serving_of
 from gureum.serving import oip, openai_compat
 from gureum.serving.access import Caller
@@ -347,6 +347,8 @@ class ModelServer:
             return await self._openai(route, body, content_type)
         except PayloadError as e:
             return error_reply(e.status, e.code, e.message)
+        except OverBudget as e:  # an error reply: metered with no units, so not billed
+            return error_reply(504, e.code, str(e))
         except BadInput as e:
             return error_reply(422, "bad_input", str(e))
         except ModelFault as e:  # a sandboxed predictor's fault: its cause stays in our log
