@@ -100,6 +100,8 @@ def test_up_status_whoami_down(cli: Cli, ray_cluster: str) -> None:
     report = cli.json("status")
     assert report["running"] is True
     assert all(part["ok"] for part in report["parts"].values()), report
+    # The only server on its database leads the controllers, and says so.
+    assert report["parts"]["server"]["detail"].endswith("; leads the controllers)"), report
 
     again = cli.run("up", "--port", str(port))
     assert again.returncode == 0

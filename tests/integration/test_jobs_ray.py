@@ -243,6 +243,7 @@ def test_a_control_plane_restart_loses_nothing(rc: RayCloud, tmp_path: Path) -> 
     job = rc.client.jobs.train("script", None, code_dir=talker)
     _wait_for(lambda: "tick 1" in rc.client.jobs.logs(job.id)[0], what="first ticks")
     rc.http.app.state.jobs.stop()  # the control plane goes away; the job keeps running
+    rc.http.app.state.leadership.stop()  # and hands the controllers' lease over
     time.sleep(3)
     assert rc.client.jobs.get(job.id).state == "running"
     second = rc.reopen()

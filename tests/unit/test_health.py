@@ -32,4 +32,6 @@ def test_unknown_route_has_error_shape(cloud: Cloud) -> None:
 
 
 def test_ready_reports_database_and_artifacts(cloud: Cloud) -> None:
-    assert cloud.client().ready() == {"database": True, "artifacts": True}
+    # Not started (no lifespan): this app is in no election, so it does not lead.
+    ready = {"database": True, "artifacts": True, "leader": False, "leader_epoch": None}
+    assert cloud.client().ready() == ready

@@ -60,7 +60,10 @@ class RayBackend:
     """Attempts run in ``JobSupervisor`` actors named ``gureum-run-<hex>``. One idle supervisor
     is kept started ahead, so a job reaches "running" without waiting for a new worker
     process; which attempt an actor runs is asked of the actor itself (``whoami``), so a
-    restarted control plane finds its attempts again with nothing stored on its side."""
+    restarted control plane finds its attempts again with nothing stored on its side.
+
+    Joining the cluster starts and kills nothing: of several API servers only the leader's
+    job controller drives supervisors, from ``attempts()`` (the start of its term) on."""
 
     def __init__(self, address: str, spares: int = 1) -> None:
         connect(address)
@@ -69,8 +72,9 @@ class RayBackend:
         self._warm: list[tuple[str, Any]] = []
         self._pending: dict[tuple[str, int], Any] = {}
         self._lock = threading.Lock()
-        self._discover()
-        self._refill()
+        # Supervisors that did not say which attempt they run (still starting): an attempt
+        # not found meanwhile may be theirs, so it is not declared lost.
+        self._unsure = False
 
     def nodes(self) -> list[NodeInfo]:
         return [
@@ -117,6 +121,7 @@ class RayBackend:
         our spares (left by an earlier control plane)."""
         known = {name for name, _ in self._warm} | {name for name, _ in self._runners.values()}
         asked: list[tuple[str, Any, Any]] = []
+        self._unsure = False
         for entry in ray.util.list_named_actors(all_namespaces=True):
             name = str(entry.get("name", ""))
             if entry.get("namespace") != NAMESPACE or not name.startswith(RUNNER_PREFIX):
@@ -133,6 +138,7 @@ class RayBackend:
         done = set(ready)
         for name, handle, ref in asked:
             if ref not in done:
+                self._unsure = True
                 continue  # still starting; asked again next time
             try:
                 key: tuple[str, int] | None = ray.get(ref)
@@ -154,7 +160,7 @@ class RayBackend:
                 continue
             handle = self._handle(job_id, attempt)
             if handle is None:
-                out[key] = Report(items=[], alive=False)
+                out[key] = Report(items=[], alive=self._unsure)
             else:
                 self._pending[key] = handle.poll.remote(ack)
         wanted = {(j, a) for j, a, _ in attempts}
@@ -195,5 +201,12 @@ class RayBackend:
             (runner[1].reset if keep else runner[1].close).remote()
 
     def attempts(self) -> list[tuple[str, int]]:
+        """Asked at the start of a term: what an earlier term of this process knew may be
+        stale (another leader ran meanwhile), so everything is found again, spares made."""
+        with self._lock:
+            self._runners.clear()
+            self._warm.clear()
+            self._pending.clear()
         self._discover()
+        self._refill()
         return list(self._runners)

@@ -65,7 +65,12 @@ def _server(state: RunState) -> Part:
         return Part(ok=False, detail=f"pid {proc.pid} alive but {state.url} does not answer: {exc}")
     if resp.status_code != 200:
         return Part(ok=False, detail=f"pid {proc.pid}; /v1/health answered {resp.status_code}")
-    return Part(ok=True, detail=f"{state.url} (pid {proc.pid}, {state.mode})")
+    try:
+        leads = bool(resp.json().get("leader"))
+    except ValueError:
+        leads = False
+    role = "leads the controllers" if leads else "does not lead the controllers"
+    return Part(ok=True, detail=f"{state.url} (pid {proc.pid}, {state.mode}; {role})")
 
 
 def _readiness(settings: Settings, state: RunState, server_ok: bool) -> dict[str, Part]:

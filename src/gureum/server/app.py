@@ -23,6 +23,7 @@ from gureum.server.db.migrate import upgrade
 from gureum.server.db.session import Database
 from gureum.server.deps import Serving
 from gureum.server.errors import install_error_handlers
+from gureum.server.leader import Leadership
 from gureum.server.limits import BodyLimit, StreamSlots
 from gureum.server.openapi import install_openapi
 from gureum.server.services.costs import prices_from
@@ -53,23 +54,26 @@ def create_app(
         connected = app.state.jobs is None and bool(settings.ray_address)
         if connected:
             backend = await to_thread.run_sync(RayBackend, settings.ray_address)
-            app.state.jobs = JobController(db, backend, app.state.store, home=settings.home)
+            app.state.jobs = JobController(fenced, backend, app.state.store, home=settings.home)
         if connected:
             ray_serve = await to_thread.run_sync(
                 RayServeBackend, settings.ray_address, settings.serve_host, settings.serve_port
             )
-            app.state.serving.controller = EndpointController(db, ray_serve, settings, secret)
+            app.state.serving.controller = EndpointController(fenced, ray_serve, settings, secret)
             app.state.serving.cluster = True
         controller: JobController | None = app.state.jobs
         endpoints: EndpointController | None = app.state.serving.controller
-        running = (controller, endpoints, app.state.pipelines, app.state.budgets)
+        running = [c for c in (controller, endpoints, app.state.pipelines, app.state.budgets) if c]
         for started in running:
-            if started is not None:
-                await to_thread.run_sync(started.start)
+            # They tick only while this server leads (one leader per database).
+            started.loop.gate = leadership
+            leadership.listeners.append(started.wake)
+            await to_thread.run_sync(started.start)
+        await to_thread.run_sync(leadership.start)
         yield
         for started in running:
-            if started is not None:
-                await to_thread.run_sync(started.stop)
+            await to_thread.run_sync(started.stop)
+        await to_thread.run_sync(leadership.stop)  # hands the lease over at once
         if connected:
             await to_thread.run_sync(disconnect)
         db.dispose()
@@ -85,20 +89,25 @@ def create_app(
     )
     app.state.settings = settings
     app.state.db = db
+    # Of the API servers on one database, the one that leads runs the controllers; they write
+    # through ``fenced``, so a deposed leader's late write is refused (server/leader.py).
+    app.state.leadership = leadership = Leadership(db)
+    fenced = leadership.fenced(db)
     app.state.store = store = ArtifactStore(settings.resolved_artifacts)
     store.sweep_tmp()  # uploads cut off by a crash of an earlier server
     app.state.auth = Authenticator(db)
     app.state.streams = StreamSlots()
     app.state.jobs = (
-        JobController(db, compute, store, home=settings.home) if compute is not None else None
+        JobController(fenced, compute, store, home=settings.home) if compute is not None else None
     )
     secret = load_secret(settings.home / "serving.key")
     app.state.serving = Serving(secret, LiveGauges())
     if serving is not None:
-        app.state.serving.controller = EndpointController(db, serving, settings, secret)
-    app.state.pipelines = PipelineController(_pipeline_env(app))
+        app.state.serving.controller = EndpointController(fenced, serving, settings, secret)
+    app.state.pipelines = PipelineController(_pipeline_env(app, fenced))
     # Budgets need no cluster: they write what the job and endpoint controllers carry out.
-    app.state.budgets = BudgetController(db, lambda: prices_from(settings), _pipeline_env(app).wake)
+    wake = _pipeline_env(app, fenced).wake
+    app.state.budgets = BudgetController(fenced, lambda: prices_from(settings), wake)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     for router in ROUTERS:
@@ -108,9 +117,10 @@ def create_app(
     return app
 
 
-def _pipeline_env(app: FastAPI) -> Env:
-    """What a retrain run's steps reach; the job and endpoint controllers are looked up when
-    used, since a cluster is joined only when the app starts."""
+def _pipeline_env(app: FastAPI, db: Database) -> Env:
+    """What a retrain run's steps reach (writing through the leader's fenced ``db``); the
+    job and endpoint controllers are looked up when used, since a cluster is joined only when
+    the app starts."""
     state = app.state
 
     def nodes() -> list[NodeInfo] | None:
@@ -122,7 +132,7 @@ def _pipeline_env(app: FastAPI) -> Env:
                 controller.wake()
 
     return Env(
-        db=state.db,
+        db=db,
         store=state.store,
         settings=state.settings,
         secret=state.serving.secret,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from dataclasses import dataclass
 from typing import Protocol, cast
 
 from ray import serve
+from ray.exceptions import ActorAlreadyExistsError
 from ray.serve import Deployment
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeInstanceDetails
@@ -32,6 +34,7 @@ APP_PREFIX = "ep-"
 # so that a burst is answered by new replicas within seconds.
 METRICS_INTERVAL_S = 1.0
 LOOK_BACK_S = 5.0
+START_TRIES = 5
 
 
 @dataclass
@@ -126,13 +129,22 @@ _DEFINING = threading.Lock()
 class RayServeBackend:
     def __init__(self, address: str, host: str, port: int) -> None:
         connect(address)
-        serve.start(http_options={"host": host, "port": port})
+        for attempt in range(START_TRIES):
+            try:
+                serve.start(http_options={"host": host, "port": port})
+                break
+            except ActorAlreadyExistsError:
+                # Another API server started Ray Serve at the same moment: join it instead.
+                if attempt == START_TRIES - 1:
+                    raise
+                time.sleep(0.5)
         # Ray Serve keeps the options of whoever started it on this cluster first (an earlier
         # server, another tool): report the port it really listens on.
         client = _get_global_client()
         actual = client.http_config.port if client is not None else port
         self._url = f"http://{host}:{actual}"
-        self.route({})
+        # The router is deployed by the leading endpoint controller's first tick: a server
+        # joining as a follower must not reset the leader's routes.
 
     @property
     def data_url(self) -> str:

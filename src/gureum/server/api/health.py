@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from sqlalchemy import text
 
@@ -15,6 +15,8 @@ router = APIRouter(tags=["health"])
 class Health(BaseModel):
     status: str
     version: str
+    # Whether this API server leads the controllers (one leader per database).
+    leader: bool = False
 
 
 class WhoAmI(BaseModel):
@@ -28,22 +30,28 @@ class WhoAmI(BaseModel):
 class Readiness(BaseModel):
     database: bool
     artifacts: bool
+    leader: bool = False
+    # The leader's term: it grows by one at every change of leader.
+    leader_epoch: int | None = None
 
 
 @router.get("/health")
-def health() -> Health:
-    return Health(status="ok", version=__version__)
+def health(request: Request) -> Health:
+    return Health(status="ok", version=__version__, leader=request.app.state.leadership.leading)
 
 
 @router.get("/health/ready")
-def ready(db: DbDep, store: StoreDep, _: Viewer) -> Readiness:
+def ready(request: Request, db: DbDep, store: StoreDep, _: Viewer) -> Readiness:
     try:
         with db.read() as s:
             s.execute(text("SELECT 1"))
         db_ok = True
     except Exception:
         db_ok = False
-    return Readiness(database=db_ok, artifacts=store.healthy())
+    epoch = request.app.state.leadership.epoch
+    return Readiness(
+        database=db_ok, artifacts=store.healthy(), leader=epoch is not None, leader_epoch=epoch
+    )
 
 
 @router.get("/whoami")

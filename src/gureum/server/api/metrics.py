@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from gureum.server.deps import DbDep, ServingDep, SettingsDep, StoreDep, Viewer
+from gureum.server.leader import LeaderCollector
 from gureum.server.services import budgets
 from gureum.server.services.budget_metrics import BudgetCollector
 from gureum.server.services.costs import prices_from
@@ -44,5 +45,6 @@ def metrics(
     collector = ServingCollector(endpoints, serving.gauges, serving.live, drift)
     budget = budgets.for_report(db, principal, current_period(), prices_from(settings))
     accept = request.headers.get("accept")
-    body, content_type = exposition(collector, accept, BudgetCollector(budget))
+    leader = LeaderCollector(request.app.state.leadership)
+    body, content_type = exposition(collector, accept, BudgetCollector(budget), leader)
     return Response(body, media_type=content_type)

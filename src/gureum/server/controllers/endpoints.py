@@ -49,6 +49,7 @@ FAILED = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
 # An application in these states may not list its deployment (and so its user_config) yet.
 IN_TRANSIT = frozenset({"NOT_STARTED", "DEPLOYING", "DELETING"})
 OWNER_CHARS = 16
+FOLLOW_S = 1.0
 
 
 def app_names(endpoint_id: int) -> dict[Role, str]:
@@ -70,6 +71,7 @@ class EndpointController(Looped):
         self.db, self.backend, self.settings, self.secret = db, backend, settings, secret
         self.states: dict[str, AppState] = {}
         self.loop = ControlLoop("endpoint-controller", self.tick, TICK_S)
+        self.loop.on_term = self.take_over
         self._judged = 0.0
         self._metered_at: dict[int, datetime] = {}
         self._last_meter = time.monotonic()
@@ -81,18 +83,47 @@ class EndpointController(Looped):
         # Applications this controller applied: its own while Ray Serve does not yet report
         # what they record (a new application lists its deployment a moment later).
         self._applied: set[str] = set()
+        self._followed = 0.0
 
     @property
     def data_url(self) -> str:
         return self.backend.data_url
 
+    def take_over(self) -> None:
+        """At the start of each term: route and sweep at the first tick, and meter from it on
+        (another leader may have metered meanwhile: never bill its time twice)."""
+        self._routes, self._swept = None, None
+        self._metered_at.clear()
+        self._applied.clear()
+
     def live(self, name: str) -> ReplicaCounts:
+        self._follow()
         known = self._known.get(name)
         if known is None:
             return ReplicaCounts()
         own = self._own(*known)
         counts = {r: (own[a].running if a in own else 0) for r, a in app_names(known[0]).items()}
         return ReplicaCounts(**counts)
+
+    def _follow(self) -> None:
+        """A server that does not lead ticks nothing: it reads what runs itself (at most
+        once a second) to answer for the endpoints' replicas all the same."""
+        if self.loop.gate is None or self.loop.current():
+            return
+        now = time.monotonic()
+        if now - self._followed < FOLLOW_S:
+            return
+        self._followed = now
+        try:
+            self.states = self.backend.states()
+            self._known = self._read_known()
+        except Exception:
+            log.warning("cannot read Ray Serve's applications", exc_info=True)
+
+    def _read_known(self) -> dict[str, tuple[int, str]]:
+        with self.db.read() as s:
+            rows = s.execute(select(Endpoint.id, Endpoint.name, Endpoint.token_hash)).all()
+        return {r.name: (r.id, r.token_hash[:OWNER_CHARS]) for r in rows}
 
     def _own(self, ep_id: int, fingerprint: str) -> dict[str, AppState]:
         """The applications Ray Serve runs for this endpoint: those named for it whose
@@ -124,11 +155,10 @@ class EndpointController(Looped):
 
     def tick(self) -> None:
         self.states = self.backend.states()
-        with self.db.read() as s:
-            rows = s.execute(select(Endpoint.id, Endpoint.name, Endpoint.token_hash)).all()
-        self._known = {r.name: (r.id, r.token_hash[:OWNER_CHARS]) for r in rows}
+        self._known = self._read_known()
         self._retire_legacy(list(self._known))
-        each([r.id for r in rows], self._reconcile_one, "reconciling endpoint", self._failed)
+        ids = [ep_id for ep_id, _ in self._known.values()]
+        each(ids, self._reconcile_one, "reconciling endpoint", self._failed)
         self._route()
         now = time.monotonic()
         if now - self._judged >= JUDGE_EVERY_S:

@@ -65,12 +65,16 @@ class JobController(Looped):
 
     def __post_init__(self) -> None:
         self.loop = ControlLoop("gureum-jobs", self.tick, self.tick_s)
+        self.loop.on_term = self.take_over
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def take_over(self) -> None:
+        """At the start of each term (this server started, or was elected): forget what an
+        earlier term knew (another leader may have run meanwhile) and re-read the cluster."""
+        self._stopping.clear()
+        self._launched.clear()
         self.reconcile()
-        super().start()
 
     def nodes(self) -> list[NodeInfo] | None:
         """The cluster's nodes as last seen (submission refuses what none could hold)."""
@@ -310,6 +314,11 @@ class JobController(Looped):
             job.progress = {k: v for k, v in (job.progress or {}).items() if k not in ("t0", "s0")}
             add_event(s, job, "state", f"starting (attempt {job.attempt})", attempt=job.attempt)
             spec = self._spec(s, job)
+        if not self.loop.current():
+            # Deposed since the (fenced) commit: the new leader finds the attempt missing on
+            # the cluster and retries it; launching it here too would run the job twice.
+            log.warning("not launching %s: this server no longer leads", job_id)
+            return
         self._launched[(job_id, spec.attempt)] = time.monotonic()
         try:
             self.backend.launch(spec)

@@ -13,7 +13,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Protocol, TypeVar
+
+from gureum.server.leader import NotLeader
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -23,11 +25,24 @@ OVERRUN_FACTOR = 10.0
 OVERRUN_FLOOR_S = 5.0
 
 
+class Gate(Protocol):
+    """Who may tick (``server.leader.Leadership``): the term this server leads in, or None."""
+
+    @property
+    def epoch(self) -> int | None: ...
+
+
 class ControlLoop:
+    """Ticks only while its ``gate`` (when set) says this server leads; ``on_term`` runs in
+    the loop's thread before the first tick of each term (a takeover's re-reading)."""
+
     def __init__(self, name: str, tick: Callable[[], None], tick_s: float) -> None:
         self.name = name
         self.tick_s = tick_s
         self._tick = tick
+        self.gate: Gate | None = None
+        self.on_term: Callable[[], None] | None = None
+        self.term: int | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -52,17 +67,40 @@ class ControlLoop:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def current(self) -> bool:
+        """Whether the term this loop ticks in still holds (checked before a side effect
+        outside the database, which fencing cannot reach)."""
+        return self.gate is None or (self.term is not None and self.gate.epoch == self.term)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.run_once()
+            term = 0 if self.gate is None else self.gate.epoch
+            if term is None:
+                self.term = None
+            elif term == self.term or self._begin(term):
+                self.run_once()
             self._wake.wait(self.tick_s)
             self._wake.clear()
+
+    def _begin(self, term: int) -> bool:
+        try:
+            if self.on_term is not None:
+                self.on_term()
+        except NotLeader:
+            return False
+        except Exception:
+            log.exception("%s: taking over failed; tried again at the next tick", self.name)
+            return False
+        self.term = term
+        return True
 
     def run_once(self) -> None:
         """One tick: its failure is logged, its overrun warned about; never raises."""
         started = time.monotonic()
         try:
             self._tick()
+        except NotLeader as e:
+            log.info("%s: tick abandoned: %s", self.name, e)
         except Exception:
             log.exception("%s: tick failed", self.name)
         took = time.monotonic() - started
@@ -81,11 +119,13 @@ def each(
     failed: Callable[[T, Exception], None] | None = None,
 ) -> int:
     """Run ``step`` on every item; an item that raises is logged (and handed to ``failed``)
-    and the others still run. Returns how many failed."""
+    and the others still run. Returns how many failed. Losing the lead ends the tick."""
     errors = 0
     for item in items:
         try:
             step(item)
+        except NotLeader:
+            raise
         except Exception as e:
             errors += 1
             log.exception("%s %s failed", what, item)

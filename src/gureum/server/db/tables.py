@@ -354,6 +354,7 @@ class JobOutput(Base):
 # Base.metadata wherever the tables are imported (migrations, tests, the server).
 from gureum.server.db import tables_budgets as tables_budgets  # noqa: E402
 from gureum.server.db import tables_capture as tables_capture  # noqa: E402
+from gureum.server.db import tables_leases as tables_leases  # noqa: E402
 from gureum.server.db import tables_pipelines as tables_pipelines  # noqa: E402
 from gureum.server.db import tables_serving as tables_serving  # noqa: E402
 from gureum.server.db import tables_web as tables_web  # noqa: E402
