@@ -10,7 +10,6 @@ No browser is downloaded: Playwright drives /usr/bin/chromium (``apt-get install
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,58 +24,30 @@ from gureum.server.services import endpoints as endpoints_service
 from gureum.server.services import models as models_service
 from gureum.server.services.bootstrap import bootstrap
 from tests.conftest import LiveServer, ThreadedServer, free_port
+from tests.e2e.browser_helpers import (
+    PHONE,
+    Browser,
+    Page,
+    expect,
+    launched,
+    shot,
+    sign_in,
+    watched,
+)
 from tests.integration.web_helpers import key_of_role, queued_job, recorded_endpoint, ship_usage
-
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
-PHONE = {"width": 390, "height": 844}
-DESKTOP = {"width": 1280, "height": 800}
-
-if not CHROMIUM.exists():
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"{CHROMIUM} is missing: apt-get install chromium (make sysdeps)")
-    pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium", allow_module_level=True)
-
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+    with launched() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     """A fresh browser context (no cookies); console errors (a CSP violation is one) fail it."""
-    context = browser.new_context(viewport=DESKTOP)  # type: ignore[arg-type]
-    tab = context.new_page()
-    errors: list[str] = []
-
-    def on_console(message: ConsoleMessage) -> None:
-        refused_sign_in = message.location.get("url", "").endswith("/login")
-        if message.type == "error" and not refused_sign_in:  # a refused key answers 401
-            errors.append(f"{message.text} ({message.location.get('url')})")
-
-    tab.on("console", on_console)
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield tab
-    context.close()
-    assert errors == [], errors
-
-
-def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def sign_in(page: Page, url: str, key: str) -> None:
-    page.goto(url + "/")
-    expect(page).to_have_url(url + "/login?next=%2F")
-    page.get_by_label("API key").fill(key)
-    page.get_by_role("button", name="Sign in").click()
+    with watched(browser) as tab:
+        yield tab
 
 
 def test_sign_in_overview_jobs_and_a_job_page(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from gureum.web import pages, signin
+from gureum.web import catalog, pages, portal, signin
 from gureum.web.render import STATIC, SignInRequired, to_sign_in
 from gureum.web.security import SecureStatic
 
@@ -19,3 +19,5 @@ def install(app: FastAPI) -> None:
     app.mount("/static", SecureStatic(directory=STATIC), name="static")
     app.include_router(signin.router)
     app.include_router(pages.router)
+    app.include_router(catalog.router)
+    app.include_router(portal.router)

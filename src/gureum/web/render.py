@@ -49,12 +49,29 @@ def _money(value: float | None) -> str:
     return "—" if value is None else f"{value:,.2f}"
 
 
+def _size(value: int | None) -> str:
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:,.1f} TiB"  # not reached
+
+
+def _metric(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "—" if value is None else str(value)
+    return f"{value:.4g}"
+
+
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES),
     autoescape=True,  # every value a template prints is escaped, names and messages included
     undefined=jinja2.StrictUndefined,
 )
-_env.filters.update(when=_when, duration=_duration, money=_money)
+_env.filters.update(when=_when, duration=_duration, money=_money, size=_size, metric=_metric)
 _env.globals.update(took=_took, version=__version__)
 templates = Jinja2Templates(env=_env)
 
@@ -72,10 +89,17 @@ class Signed:
 
 
 class SignInRequired(Exception):
-    def __init__(self, next_path: str, ended: bool) -> None:
+    """A page needs a session: back to ``form`` (the members' or the portal's sign-in), and
+    the ended session's ``cookie`` dropped."""
+
+    def __init__(
+        self, next_path: str, ended: bool, form: str = "/login", cookie: str = sessions.COOKIE
+    ) -> None:
         super().__init__(next_path)
         self.next_path = next_path
         self.ended = ended
+        self.form = form
+        self.cookie = cookie
 
 
 def safe_next(value: str | None) -> str:
@@ -101,10 +125,10 @@ def signed_in(request: Request) -> Signed:
 
 def to_sign_in(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SignInRequired)
-    url = f"/login?next={quote(exc.next_path, safe='')}" + ("&ended=1" if exc.ended else "")
+    url = f"{exc.form}?next={quote(exc.next_path, safe='')}" + ("&ended=1" if exc.ended else "")
     response = RedirectResponse(url, status_code=303)
     if exc.ended:
-        response.delete_cookie(sessions.COOKIE, path="/")
+        response.delete_cookie(exc.cookie, path="/" if exc.form == "/login" else "/portal")
     return secure(response)
 
 

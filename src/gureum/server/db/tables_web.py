@@ -24,3 +24,19 @@ class WebSession(Base):
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class PortalSession(Base):
+    """A consumer's sign-in to the portal: scoped to one consumer key (a data-plane key, not a
+    member's API key), stored as a hash. Rotating the key moves the rotating session to the new
+    key; revoking or deleting a key ends every session opened with it (foreign key, cascade)."""
+
+    __tablename__ = "portal_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    consumer_key_id: Mapped[int] = mapped_column(
+        ForeignKey("consumer_keys.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

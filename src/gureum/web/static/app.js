@@ -8,12 +8,13 @@ const G = (() => {
   const csrf = meta ? meta.content : "";
 
   class ApiError extends Error {
-    constructor(status, message) { super(message); this.status = status; }
+    constructor(status, message, details) { super(message); this.status = status; this.details = details; }
   }
 
   function signInAgain() {
     const here = location.pathname + location.search;
-    location.assign("/login?ended=1&next=" + encodeURIComponent(here));
+    const form = document.body.dataset.signin || "/login"; // the portal has its own
+    location.assign(form + "?ended=1&next=" + encodeURIComponent(here));
   }
 
   async function api(method, path, body) {
@@ -32,9 +33,14 @@ const G = (() => {
     if (r.status === 401) { signInAgain(); throw new ApiError(401, "Your session has ended."); }
     if (!r.ok) {
       let message = r.status + " " + r.statusText;
-      try { message = (await r.json()).error.message || message; } catch (e) { /* not JSON */ }
+      let details = null;
+      try {
+        const error = (await r.json()).error;
+        message = error.message || message;
+        details = error.details;
+      } catch (e) { /* not JSON */ }
       if (r.status === 403) message = "Not allowed: " + message;
-      throw new ApiError(r.status, message);
+      throw new ApiError(r.status, message, details);
     }
     return r;
   }

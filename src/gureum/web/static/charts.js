@@ -13,6 +13,8 @@ const Charts = (() => {
     const time = o.x === "time";
     const scales = { x: { time } };
     const axes = [{ label: time ? undefined : (o.xLabel || "step") }, { label: o.y || "" }];
+    // Whole-number x (versions): ticks only at integers.
+    if (o.xWhole) axes[0].incrs = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
     if (o.y2) {
       // Counts (replicas) start at zero and keep a little headroom.
       scales.y2 = o.y2Count ? { range: (u, min, max) => [0, Math.max(2, (max || 0) + 1)] } : { auto: true };
