@@ -37,6 +37,7 @@ BILLING = {
     "text-generator": ("token", tokens),
     "tabular": ("row", per_input),
     "image-diffusion": ("image", images),
+    "image-lora": ("image", images),
 }
 TEXT_MANIFEST: dict[str, Any] = {
     "name": "notes",

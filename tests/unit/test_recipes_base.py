@@ -47,6 +47,7 @@ def test_registry_names_every_built_in_recipe_behind_one_protocol() -> None:
         "text-generator",
         "tabular",
         "image-diffusion",
+        "image-lora",
     ]
     for name, recipe in RECIPES.items():
         assert recipe.name == name and recipe.description

@@ -72,6 +72,12 @@ def samples_command(
     force: Annotated[
         bool, typer.Option("--force", help="write into a non-empty folder, replacing files")
     ] = False,
+    captions: Annotated[
+        bool,
+        typer.Option(
+            "--captions", help="garments: a metadata.jsonl of captions per class (image-lora)"
+        ),
+    ] = False,
     output: OutputOpt = Format.table,
 ) -> None:
     """Write a built-in sample data set (offline) into DIR, ready for `gureum datasets push`."""
@@ -81,7 +87,9 @@ def samples_command(
     if directory is None:
         fail(f"say where to write it: gureum samples {name} DIR", output, code="bad_request")
     try:
-        summary = samples.write(name, directory, count=count, seed=seed, force=force)
+        summary = samples.write(
+            name, directory, count=count, seed=seed, force=force, captions=captions
+        )
     except SampleError as exc:
         fail(str(exc), output, code=exc.code)
     emit(summary.to_dict(), output, _render)

@@ -31,6 +31,7 @@ from gureum.schemas.validations import ValidationOut
 
 PYTORCH_SUFFIXES = (".pt", ".pth", ".bin")
 HF_CONFIG = "config.json"
+DIFFUSERS_INDEX = "model_index.json"  # a diffusers pipeline folder (image-lora's base)
 
 
 class UnknownFormat(BadRequestError):
@@ -48,11 +49,11 @@ def detect_format(path: str | os.PathLike[str]) -> ModelFormat:
     """The weights format of a file (by extension) or a folder (a Hugging Face model dir)."""
     source = Path(path)
     if source.is_dir():
-        if (source / HF_CONFIG).is_file():
+        if (source / HF_CONFIG).is_file() or (source / DIFFUSERS_INDEX).is_file():
             return "huggingface"
         raise UnknownFormat(
-            f"{source} is a folder without {HF_CONFIG}; only Hugging Face model folders "
-            "can be imported as folders",
+            f"{source} is a folder without {HF_CONFIG} or {DIFFUSERS_INDEX}; only Hugging Face "
+            "model folders (transformers or diffusers) can be imported as folders",
             status=422,
             code="invalid_request",
         )

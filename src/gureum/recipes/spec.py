@@ -71,11 +71,16 @@ class BaseModelParam:
     The server resolves ``param`` in the job's own workspace and pins it as ``NAME:V``; a model
     trained so carries the base's files in ``folder``, and ``named_in`` reads the base that a
     saved model's ``config.json`` names (raising ``RecipeError`` for a path, never followed).
+    ``marker`` is the file at the root of ``folder`` that a complete copy holds;
+    ``base_recipe``, if set, is the recipe the base version must be served by (image-lora
+    trains only on diffusers folders).
     """
 
     param: str
     folder: str
     named_in: Callable[[Mapping[str, Any]], str | None]
+    marker: str = "config.json"
+    base_recipe: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from gureum.recipes import hf_folder
+from gureum.recipes import image_lora_params as lora
 from gureum.recipes import io_schemas as io
 from gureum.recipes import params as p
 from gureum.recipes.prediction_scores import check_scored_tables
@@ -44,6 +45,28 @@ IMAGE_DIFFUSION = RecipeSpec(
     params=p.DiffusionParams,
     check_dataset=p.check_diffusion_dataset,
     gate_metrics=(("mmd", False), ("class_accuracy", True)),
+)
+IMAGE_LORA = RecipeSpec(
+    name=lora.NAME,
+    description="LoRA fine-tuning of an imported Stable-Diffusion-format folder on captioned "
+    "pictures; text-to-image PNGs",
+    implementation="gureum.recipes.image_lora:ImageLora",
+    serving=ServingSpec(
+        unit="image",
+        count=images,
+        input_schema=lora.TextToImageRequest,
+        output_schema=lora.TextToImages,
+    ),
+    params=lora.ImageLoraParams,
+    check_dataset=lora.check_lora_dataset,
+    base_model=BaseModelParam(
+        param=p.BASE_PARAM,
+        folder=p.BASE_DIR,
+        named_in=lora.named_base,
+        marker=lora.MODEL_INDEX,
+        base_recipe=lora.NAME,
+    ),
+    gate_metrics=(("val_loss", False),),
 )
 IMAGE_CLASSIFIER = RecipeSpec(
     name="image-classifier",
@@ -154,6 +177,7 @@ _ALL: tuple[RecipeSpec, ...] = (
     TEXT_GENERATOR,
     TABULAR,
     IMAGE_DIFFUSION,
+    IMAGE_LORA,
     SCRIPT,
     HF_TEXT_GENERATION,
     HF_TEXT_CLASSIFICATION,

@@ -49,14 +49,25 @@ def get(name: str) -> SampleGenerator:
 
 
 def write(
-    name: str, out: Path, *, count: int | None = None, seed: int = 0, force: bool = False
+    name: str,
+    out: Path,
+    *,
+    count: int | None = None,
+    seed: int = 0,
+    force: bool = False,
+    captions: bool = False,
 ) -> SampleSummary:
     """Write sample ``name`` into ``out``, refusing a non-empty folder unless ``force``.
+
+    ``captions`` (garments only): a caption per picture in a ``metadata.jsonl`` per class
+    folder, for image-lora ("a red checked dress").
 
     ``force`` writes into the folder as it is: files of the same name are replaced, others are
     left alone (we never delete a user's files).
     """
     generator = get(name)
+    if captions and not isinstance(generator, GarmentsSample):
+        raise SampleError(f"only garments writes captions; {name!r} has none")
     n = generator.default_count if count is None else count
     if n < 1:
         raise SampleError("count must be at least 1")
@@ -67,6 +78,8 @@ def write(
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
+        if captions and isinstance(generator, GarmentsSample):
+            return generator.generate(out, count=n, seed=seed, captions=True)
         return generator.generate(out, count=n, seed=seed)
     except BaseException:
         if created:  # a folder we made holds only our partial output: leave nothing behind

@@ -7,6 +7,7 @@ scaled down, which gives smooth edges without anti-aliased drawing primitives.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import dataclass
@@ -40,8 +41,34 @@ PALETTE: tuple[RGB, ...] = (
     (30, 130, 130),  # teal
     (160, 140, 200),  # lavender
 )
+COLOUR_NAMES = dict(
+    zip(
+        PALETTE,
+        (
+            "navy",
+            "black",
+            "cream",
+            "beige",
+            "olive",
+            "burgundy",
+            "mustard",
+            "rust",
+            "sky blue",
+            "blush",
+            "forest green",
+            "charcoal",
+            "denim blue",
+            "red",
+            "teal",
+            "lavender",
+        ),
+        strict=True,
+    )
+)
 PATTERNS = ("solid", "stripes", "dots", "checks")
 PATTERN_WEIGHTS = (4, 2, 2, 2)
+PATTERN_WORDS = {"solid": "", "stripes": "striped", "dots": "dotted", "checks": "checked"}
+CAPTIONS = "metadata.jsonl"  # per class folder, as diffusers' ImageFolder reads captions
 
 
 def _jitter(colour: RGB, rng: random.Random, amount: int) -> RGB:
@@ -66,8 +93,11 @@ def _accent(base: RGB, rng: random.Random) -> RGB:
     return candidate
 
 
-def _pattern(rng: random.Random, side: int, base: RGB, accent: RGB) -> NDArray[np.uint8]:
-    """The garment's fabric over the whole canvas; the silhouette later cuts it out."""
+def _pattern(
+    rng: random.Random, side: int, base: RGB, accent: RGB
+) -> tuple[NDArray[np.uint8], str]:
+    """The garment's fabric over the whole canvas (the silhouette later cuts it out), and
+    which pattern it is."""
     kind = rng.choices(PATTERNS, PATTERN_WEIGHTS)[0]
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
     period = rng.uniform(0.09, 0.16) * side
@@ -92,7 +122,7 @@ def _pattern(rng: random.Random, side: int, base: RGB, accent: RGB) -> NDArray[n
         + np.array(accent, np.float32) * mix[..., None]
     )
     light = 1.08 - 0.16 * (xx + yy) / (2 * side)  # a soft light from the top left
-    return np.asarray(np.clip(fabric * light[..., None], 0, 255), dtype=np.uint8)
+    return np.asarray(np.clip(fabric * light[..., None], 0, 255), dtype=np.uint8), kind
 
 
 @dataclass(frozen=True)
@@ -116,6 +146,17 @@ class _Placement:
 
 def draw_garment(kind: str, rng: random.Random, size: int) -> Image.Image:
     """One ``size`` x ``size`` RGB picture of a garment of class ``kind``."""
+    return draw_captioned(kind, rng, size)[0]
+
+
+def caption(kind: str, colour: RGB, pattern: str) -> str:
+    """What the picture shows, in words: "a red checked dress", "navy striped trousers"."""
+    words = " ".join(w for w in (COLOUR_NAMES[colour], PATTERN_WORDS[pattern], kind) if w)
+    return words if kind == "trousers" else f"a {words}"
+
+
+def draw_captioned(kind: str, rng: random.Random, size: int) -> tuple[Image.Image, str]:
+    """The picture and its caption, from the colour and pattern it was drawn with."""
     side = size * SUPERSAMPLE
     silhouette: Silhouette = SHAPES[kind](rng)
     place = _Placement(
@@ -123,7 +164,8 @@ def draw_garment(kind: str, rng: random.Random, size: int) -> Image.Image:
     )
     grey = rng.randint(226, 250)
     background = _jitter((grey, grey, grey), rng, 5)
-    base = _jitter(rng.choice(PALETTE), rng, 14)
+    colour = rng.choice(PALETTE)
+    base = _jitter(colour, rng, 14)
     accent = _accent(base, rng)
     dark = _shade(base, 0.55) if _luma(base) > 60 else (90, 90, 96)
 
@@ -135,7 +177,8 @@ def draw_garment(kind: str, rng: random.Random, size: int) -> Image.Image:
         mask_pen.polygon(place.px(hole), fill=0)
 
     img = Image.new("RGB", (side, side), background)
-    img.paste(Image.fromarray(_pattern(rng, side, base, accent)), mask=mask)
+    fabric, pattern = _pattern(rng, side, base, accent)
+    img.paste(Image.fromarray(fabric), mask=mask)
     edge = ImageChops.subtract(mask.filter(ImageFilter.MaxFilter(5)), mask)
     img.paste(dark, mask=edge)
 
@@ -153,7 +196,7 @@ def draw_garment(kind: str, rng: random.Random, size: int) -> Image.Image:
     angle = rng.uniform(-6, 6)
     if not math.isclose(angle, 0):
         img = img.rotate(angle, resample=Image.Resampling.BICUBIC, fillcolor=background)
-    return img.resize((size, size), Image.Resampling.LANCZOS)
+    return img.resize((size, size), Image.Resampling.LANCZOS), caption(kind, colour, pattern)
 
 
 class GarmentsSample:
@@ -166,18 +209,25 @@ class GarmentsSample:
     def __init__(self, size: int = 32) -> None:
         self.size = size
 
-    def generate(self, out: Path, *, count: int, seed: int) -> SampleSummary:
+    def generate(
+        self, out: Path, *, count: int, seed: int, captions: bool = False
+    ) -> SampleSummary:
+        """``captions``: also a ``metadata.jsonl`` per class folder, a caption per picture
+        (``{"file_name": "0003.png", "text": "a red checked dress"}``) for image-lora."""
         tally = FileTally()
         classes: dict[str, int] = {}
         for kind, n in zip(SHAPES, split_evenly(count, len(SHAPES)), strict=True):
             folder = out / kind
             folder.mkdir(parents=True, exist_ok=True)
+            rows = []
             for i in range(n):
                 # One generator per picture: picture i is the same whatever the count.
                 rng = random.Random(f"garments:{seed}:{kind}:{i}")
-                tally.write_bytes(
-                    folder / f"{i:04d}.png", png_bytes(draw_garment(kind, rng, self.size))
-                )
+                img, text = draw_captioned(kind, rng, self.size)
+                tally.write_bytes(folder / f"{i:04d}.png", png_bytes(img))
+                rows.append(json.dumps({"file_name": f"{i:04d}.png", "text": text}) + "\n")
+            if captions:
+                tally.write_bytes(folder / CAPTIONS, "".join(rows).encode())
             classes[kind] = n
         return SampleSummary(
             name=self.name,
@@ -186,5 +236,10 @@ class GarmentsSample:
             bytes=tally.bytes,
             seed=seed,
             classes=classes,
-            details={"image_size": [self.size, self.size], "mode": "RGB", "format": "png"},
+            details={
+                "image_size": [self.size, self.size],
+                "mode": "RGB",
+                "format": "png",
+                **({"captions": f"{CAPTIONS} per class folder"} if captions else {}),
+            },
         )

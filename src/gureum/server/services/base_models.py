@@ -47,6 +47,12 @@ def resolve(s: Session, workspace_id: int, recipe: str, params: dict[str, Any]) 
             "(import one with `gureum models import NAME FOLDER`)",
             details={"base_model": label, "format": mv.format},
         )
+    if use is not None and use.base_recipe is not None and mv.recipe != use.base_recipe:
+        raise Unprocessable(
+            f"base_model {label} is served by {mv.recipe!r}; {recipe} trains on a model that "
+            f"{use.base_recipe} serves (a diffusers folder imported with `gureum models import`)",
+            details={"base_model": label, "recipe": mv.recipe},
+        )
     return label
 
 
@@ -109,7 +115,7 @@ def check_loadable(
         raise Unprocessable(f"{label}: config.json is not a JSON object ({exc})") from None
     has_base = s.scalar(
         select(ModelFile.id).where(
-            ModelFile.version_id == mv.id, ModelFile.path == f"{use.folder}/config.json"
+            ModelFile.version_id == mv.id, ModelFile.path == f"{use.folder}/{use.marker}"
         )
     )
     if use.named_in(config) is not None and has_base is None:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gureum.recipes import hf_folder
+from gureum.recipes import hf_folder, image_lora_params
 from gureum.schemas.datasets import FileEntry
 from gureum.schemas.models import VersionCreate
 from gureum.server.errors import Unprocessable
@@ -59,8 +59,14 @@ def huggingface_recipe(store: ArtifactStore, workspace_id: int, body: VersionCre
     (``recipes.hf_folder``: read as bounded JSON, nothing of the folder runs); 422 with the
     reason for a folder the platform does not serve without code."""
     config = next((f for f in body.files if f.path == hf_folder.CONFIG), None)
+    index = next((f for f in body.files if f.path == image_lora_params.MODEL_INDEX), None)
+    if config is None and index is not None:
+        return _diffusers_recipe(store, workspace_id, body, index)
     if config is None:
-        raise NotAModel("a huggingface model directory needs a config.json at its root")
+        raise NotAModel(
+            "a huggingface model directory needs a config.json (a transformers model) or a "
+            "model_index.json (a diffusers pipeline) at its root"
+        )
     try:
         if config.size > hf_folder.MAX_CONFIG_BYTES:
             raise hf_folder.NotHuggingFace(
@@ -73,6 +79,25 @@ def huggingface_recipe(store: ArtifactStore, workspace_id: int, body: VersionCre
         raise NotAModel(
             f"not a Hugging Face model served without code: {exc}",
             details={"reason": str(exc)},
+        ) from None
+
+
+def _diffusers_recipe(
+    store: ArtifactStore, workspace_id: int, body: VersionCreate, index: FileEntry
+) -> str:
+    """A diffusers (Stable-Diffusion-format) folder: its ``model_index.json`` read as bounded
+    JSON, every weight file safetensors; served (and LoRA-tuned) by image-lora."""
+    try:
+        if index.size > hf_folder.MAX_CONFIG_BYTES:
+            raise hf_folder.NotHuggingFace(f"model_index.json is {index.size} bytes; too large")
+        with store.open_blob(workspace_id, index.sha256) as fh:
+            raw = fh.read(hf_folder.MAX_CONFIG_BYTES + 1)
+        data = hf_folder.read_config(raw)
+        return image_lora_params.check_diffusers(data, [f.path for f in body.files])
+    except hf_folder.NotHuggingFace as exc:
+        reason = str(exc).replace(hf_folder.CONFIG, image_lora_params.MODEL_INDEX)
+        raise NotAModel(
+            f"not a diffusers pipeline served without code: {reason}", details={"reason": reason}
         ) from None
 
 
