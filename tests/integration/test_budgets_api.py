@@ -280,6 +280,24 @@ def test_a_budget_lowered_below_spend_pauses_running_work_and_a_raise_resumes_it
     assert len(spans) == 2  # both spans it ran, the pause between them not billed
 
 
+def test_a_job_cancelled_while_its_budget_stops_it_ends_cancelled(env: Env) -> None:
+    env.put(monthly=100, per_job=50)
+    job = env.submit()
+    env.start(job["id"])
+    env.spent(30.0)
+    env.put(monthly=20, per_job=50)
+    env.jobs.tick()  # the budget asks the attempt to stop...
+    assert (job["id"], 1) in env.fake.stopped
+    cancelled = env.http.post(f"/v1/jobs/{job['id']}/cancel")  # ...and its owner cancels it
+    assert cancelled.status_code == 200, cancelled.text
+    env.fake.emit(job["id"], 1, {"type": "end", "outcome": "cancelled", "error": None})
+    env.jobs.tick()
+    assert env.job(job["id"])["state"] == "cancelled"  # not queued to resume on a raise
+    env.put(monthly=200, per_job=50)
+    env.jobs.tick()
+    assert len(env.fake.launched) == 1
+
+
 def test_the_budget_loop_pauses_jobs_once_spend_reaches_the_limit(env: Env) -> None:
     env.put(monthly=10)
     job = env.submit()

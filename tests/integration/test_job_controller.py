@@ -149,13 +149,14 @@ def test_a_job_runs_reports_and_registers_its_model_with_lineage(env: Env) -> No
 
     model = {"path": "model.joblib", **_blob(env, b"weights")}
     grid = {"path": "samples.png", **_blob(env, b"\x89PNG fake")}
+    page = {"path": "report.html", **_blob(env, b"<script>alert(document.cookie)</script>")}
     result = {
         "metrics": {"accuracy": 0.75},
         "details": {},
         "params": {"target": "returned"},
         "register": True,
         "model_files": [model],
-        "outputs": [grid],
+        "outputs": [grid, page],
     }
     env.fake.emit(job["id"], 1, {"type": "end", "outcome": "succeeded", "result": result})
     env.controller.tick()
@@ -168,9 +169,16 @@ def test_a_job_runs_reports_and_registers_its_model_with_lineage(env: Env) -> No
     assert version.metrics == {"accuracy": 0.75} and version.recipe == "tabular"
     assert version.code_hash and version.code_hash.startswith("sha256:")
     outputs = env.http.get(f"/v1/jobs/{job['id']}/outputs").json()["items"]
-    assert [o["path"] for o in outputs] == ["samples.png"]
+    assert sorted(o["path"] for o in outputs) == ["report.html", "samples.png"]
     body = env.http.get(f"/v1/jobs/{job['id']}/outputs/samples.png")
     assert body.content == b"\x89PNG fake" and body.headers["content-type"] == "image/png"
+    assert "sandbox" in body.headers["content-security-policy"]
+    # A page a job wrote is user content on the dashboard's origin: a download, never a page.
+    html = env.http.get(f"/v1/jobs/{job['id']}/outputs/report.html")
+    assert html.headers["content-type"] == "application/octet-stream"
+    assert html.headers["content-disposition"] == "attachment"
+    assert html.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in html.headers["content-security-policy"]
     assert (job["id"], 1) in env.fake.released
     kinds = [e["message"].split(" ")[0] for e in env.events(job["id"]) if e["kind"] == "state"]
     assert kinds == ["queued", "starting", "running", "succeeded"]

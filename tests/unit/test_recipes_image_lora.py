@@ -136,6 +136,36 @@ def test_generates_pngs_from_a_prompt_with_the_adapter(
     assert plain.predict([ask])[0]["images"][0] != alone
 
 
+def test_many_inputs_are_denoised_a_few_pictures_at_a_time(
+    trained: tuple[Path, dict[str, float]],
+) -> None:
+    """However many inputs a batch holds, one pipeline call holds at most one input's largest
+    count of pictures (latents of thousands of pictures at once would exhaust the replica)."""
+    tuned = ImageLora().load(trained[0])
+    assert isinstance(tuned, TextToImagePredictor)
+    calls: list[int] = []
+
+    class Counting:
+        """The pipeline, counting the pictures of each call."""
+
+        def __init__(self, pipe: Any) -> None:
+            self.pipe = pipe
+
+        def __call__(self, **kwargs: Any) -> Any:
+            calls.append(len(kwargs["prompt"]))
+            return self.pipe(**kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.pipe, name)
+
+    tuned.pipe = Counting(tuned.pipe)
+    ask = {"prompt": "a red checked dress", "steps": 1, "width": 16, "height": 16}
+    outs = tuned.predict([{**ask, "seed": 1, "count": 8}, {**ask, "seed": 2, "count": 8}, ask])
+    assert [len(o["images"]) for o in outs] == [8, 8, 1]
+    assert calls == [8, 8, 1]
+    assert tuned.predict([ask])[0]["images"] == outs[2]["images"]  # chunks draw the same
+
+
 def test_a_long_prompt_is_truncated_and_says_so(trained: tuple[Path, dict[str, float]]) -> None:
     tuned = ImageLora().load(trained[0])
     [out] = tuned.predict([{"prompt": "a red checked dress " * 20, "steps": 1}])

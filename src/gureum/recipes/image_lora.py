@@ -50,6 +50,7 @@ from gureum.recipes.dataset import DataFile, LocalDataset
 from gureum.recipes.hf_lora import link_folder
 from gureum.recipes.image_lora_params import (
     LIMITS,
+    MAX_LORA_IMAGES,
     MODEL_INDEX,
     NAME,
     ImageLoraParams,
@@ -201,6 +202,17 @@ class _Job:
     truncated: bool
 
 
+def _chunks(picked: list[_Job]) -> list[list[_Job]]:
+    """Inputs in runs of at most ``MAX_LORA_IMAGES`` pictures (one input never splits), so a
+    batch of many inputs never holds more latents at once than the largest single input."""
+    out: list[list[_Job]] = [[]]
+    for j in picked:
+        if out[-1] and sum(x.count for x in out[-1]) + j.count > MAX_LORA_IMAGES:
+            out.append([])
+        out[-1].append(j)
+    return out
+
+
 class TextToImagePredictor:
     def __init__(self, pipe: StableDiffusionPipeline, defaults: ImageLoraParams | None) -> None:
         self.pipe = pipe
@@ -257,7 +269,9 @@ class TextToImagePredictor:
         images: dict[int, list[str]] = {}
         for (steps, guidance, width, height), members in groups.items():
             picked = [jobs[i] for i in members]
-            out = self._run(picked, steps, guidance, width, height, started)
+            out: list[Image.Image] = []
+            for chunk in _chunks(picked):  # memory bounded by one largest input's pictures
+                out += self._run(chunk, steps, guidance, width, height, started)
             pos = 0
             for i, j in zip(members, picked, strict=True):
                 images[i] = [

@@ -13,6 +13,8 @@ from gureum.schemas.datasets import MAX_FILES, FileEntry, RelPath
 JobKind = Literal["train", "evaluate", "predict"]
 JobState = Literal["queued", "starting", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+# A running job the budget stops (``Job.stop_state``): queued again, not ended.
+BUDGET_PAUSE = "budget"
 ACTIVE_STATES: frozenset[str] = frozenset({"starting", "running"})
 SCRIPT_RECIPE = "script"
 MAX_TIMEOUT_S = 30 * 24 * 3600.0

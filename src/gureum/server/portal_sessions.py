@@ -59,7 +59,9 @@ def csrf_token(session_token: str) -> str:
 
 
 def csrf_ok(session_token: str, sent: str | None) -> bool:
-    return bool(sent) and hmac.compare_digest(csrf_token(session_token), sent or "")
+    return bool(sent) and hmac.compare_digest(
+        csrf_token(session_token).encode(), (sent or "").encode()
+    )
 
 
 def _live_key(s: Session, key_id: str) -> tuple[ConsumerKey, Consumer] | None:

@@ -89,16 +89,33 @@ def get_blob(sha256: str, store: StoreDep, principal: Viewer) -> Response:
     return blob_response(store, principal.workspace_id, sha256, size)
 
 
+# Types a browser may show in place: pictures and plain data, never markup or script.
+INLINE_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/gif", "image/webp", "text/plain", "text/csv"}
+    | {"application/json"}
+)
+# Blobs are user content (uploads, job outputs) on the dashboard's origin: whatever they hold,
+# a browser runs none of it (no script, no plugin, no frame) and guesses no other type.
+UNTRUSTED_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; sandbox",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
 def blob_response(
     store: ArtifactStore, workspace_id: int, sha256: str, size: int, media_type: str | None = None
 ) -> Response:
-    """A blob's bytes: the file itself from a local store, else streamed from the object store."""
-    media_type = media_type or "application/octet-stream"
+    """A blob's bytes: the file itself from a local store, else streamed from the object store.
+    Anything but a picture or plain data (HTML, SVG, ...) is a download, never a page."""
+    headers = dict(UNTRUSTED_HEADERS)
+    if media_type not in INLINE_TYPES:
+        media_type = "application/octet-stream"
+        headers["Content-Disposition"] = "attachment"
     path = store.local_path(workspace_id, sha256)
     if path is not None:
-        return FileResponse(path, media_type=media_type)
+        return FileResponse(path, media_type=media_type, headers=headers)
     return StreamingResponse(
         store.iter_blob(workspace_id, sha256),
         media_type=media_type,
-        headers={"Content-Length": str(size)},
+        headers={**headers, "Content-Length": str(size)},
     )

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from gureum.schemas.budgets import BudgetState
 from gureum.schemas.consumers import Prices
 from gureum.schemas.endpoints import Autoscaling, EndpointConfig
-from gureum.schemas.jobs import ACTIVE_STATES
+from gureum.schemas.jobs import ACTIVE_STATES, BUDGET_PAUSE
 from gureum.server.db.base import utcnow
 from gureum.server.db.tables import Job
 from gureum.server.db.tables_budgets import BudgetEvent, JobBudget, WorkspaceBudget
@@ -31,7 +31,7 @@ from gureum.server.services.budget_ledger import Spend, classify, lock, measure
 from gureum.server.services.jobs import add_event
 
 # ``Job.stop_state`` of an attempt the budget stops: when it ends, the job is queued again.
-PAUSE = "budget"
+PAUSE = BUDGET_PAUSE
 
 
 def reconcile(s: Session, workspace_id: int, prices: Prices, now: datetime | None = None) -> bool:

@@ -26,6 +26,7 @@ from gureum.recipes.spec import RecipeSpec
 from gureum.schemas.common import NAME_PATTERN, Page
 from gureum.schemas.consumers import Prices
 from gureum.schemas.jobs import (
+    BUDGET_PAUSE,
     SCRIPT_RECIPE,
     TERMINAL_STATES,
     JobCreate,
@@ -358,8 +359,8 @@ def cancel(db: Database, principal: Principal, job_id: str) -> JobOut:
     principal.require("developer")
     with db.write() as s:
         job = find_job(s, principal.workspace_id, job_id, lock=True)
-        if job.state in TERMINAL_STATES or job.stop_state is not None:
-            return job_out(s, job)
+        if job.state in TERMINAL_STATES or job.stop_state not in (None, BUDGET_PAUSE):
+            return job_out(s, job)  # a budget's pause is overruled: cancelled, not queued again
         reason = f"cancelled by {principal.user_name}"
         if job.state == "queued":
             settle(s, job, "cancelled", reason)
