@@ -12,7 +12,11 @@ import pytest
 from gureum.recipes.base import InvalidParams, parse_params
 from gureum.recipes.registry import RECIPES
 
-MINIMAL: dict[str, dict[str, Any]] = {"tabular": {"target": "y"}}
+# What a recipe cannot do without: the column to predict, the base to adapt.
+MINIMAL: dict[str, dict[str, Any]] = {
+    "tabular": {"target": "y"},
+    "image-lora": {"base_model": "sd:1"},
+}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

@@ -98,6 +98,10 @@ class EndpointController(Looped):
 
     def live(self, name: str) -> ReplicaCounts:
         self._follow()
+        return self._counts(name)
+
+    def _counts(self, name: str) -> ReplicaCounts:
+        """Replicas running for ``name`` as the last look at Ray Serve saw them (no I/O)."""
         known = self._known.get(name)
         if known is None:
             return ReplicaCounts()
@@ -108,7 +112,8 @@ class EndpointController(Looped):
     def _follow(self) -> None:
         """A server that does not lead ticks nothing: it reads what runs itself (at most
         once a second) to answer for the endpoints' replicas all the same."""
-        if self.loop.gate is None or self.loop.current():
+        gate = self.loop.gate
+        if gate is None or gate.epoch is not None:  # leading (or between ticks of a term)
             return
         now = time.monotonic()
         if now - self._followed < FOLLOW_S:
@@ -410,20 +415,29 @@ class EndpointController(Looped):
             log.exception("the capture retention sweep failed")
 
     def _meter(self) -> None:
+        """Replica-seconds since the last meter. The counts are read before the write
+        transaction opens: nothing slow may run while it holds SQLite's one write lock."""
         now = utcnow()
+        with self.db.read() as s:
+            rows = s.execute(
+                select(Endpoint.id, Endpoint.name, Endpoint.workspace_id, Endpoint.config)
+            ).all()
+        spans = []
+        for r in rows:
+            start = self._metered_at.get(r.id)
+            self._metered_at[r.id] = now
+            counts = self._counts(r.name)
+            replicas = counts.primary + counts.canary + counts.shadow
+            if start is not None and replicas:
+                spans.append((r, start, replicas))
+        if not spans:
+            return
         with self.db.write() as s:
-            for ep in s.scalars(select(Endpoint)):
-                start = self._metered_at.get(ep.id)
-                self._metered_at[ep.id] = now
-                if start is None:
-                    continue
-                counts = self.live(ep.name)
-                replicas = counts.primary + counts.canary + counts.shadow
-                if replicas:
-                    config = EndpointConfig.model_validate(ep.config)
-                    costs.record_endpoint(
-                        s, ep.workspace_id, ep.name, start, now, replicas, config.resources
-                    )
+            for r, start, replicas in spans:
+                config = EndpointConfig.model_validate(r.config)
+                costs.record_endpoint(
+                    s, r.workspace_id, r.name, start, now, replicas, config.resources
+                )
 
 
 def _unrecorded(st: AppState) -> bool:
