@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -53,6 +54,18 @@ class BadInput(RecipeError):
     """A prediction input the model cannot take."""
 
     code = "invalid_request"
+
+    @classmethod
+    def naming_limits(
+        cls, exc: ValidationError, limits: Mapping[str, str], unknown: str = ""
+    ) -> BadInput:
+        """One message naming, for each field a request got wrong, the limit it must keep."""
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "input"
+            limit = limits.get(name, unknown)
+            problems.append(f'"{name}" must be {limit} (got {err.get("input")!r})')
+        return cls("; ".join(problems))
 
 
 class OverBudget(BadInput):

@@ -158,14 +158,8 @@ class DiffusionPredictor:
         try:
             req = DiffusionRequest.model_validate(item)
         except ValidationError as exc:
-            problems = []
-            for err in exc.errors():
-                field = str(err["loc"][0]) if err["loc"] else "input"
-                limit = LIMITS.get(field, "")
-                if field == "time_budget_s":
-                    limit = f"a number of seconds over 0, at most {d.time_budget_s:g}"
-                problems.append(f'"{field}" must be {limit} (got {err.get("input")!r})')
-            raise BadInput("; ".join(problems)) from None
+            longest = f"a number of seconds over 0, at most {d.time_budget_s:g}"
+            raise BadInput.naming_limits(exc, {**LIMITS, "time_budget_s": longest}) from None
         default = self.classes[0] if len(self.classes) == 1 else None
         cls = req.class_ if req.class_ is not None else default
         if cls is None:

@@ -234,12 +234,7 @@ class TextToImagePredictor:
         try:
             req = TextToImageRequest.model_validate(item)
         except ValidationError as exc:
-            problems = []
-            for err in exc.errors():
-                field = str(err["loc"][0]) if err["loc"] else "input"
-                limit = LIMITS.get(field, "left out (unknown field)")
-                problems.append(f'"{field}" must be {limit} (got {err.get("input")!r})')
-            raise BadInput("; ".join(problems)) from None
+            raise BadInput.naming_limits(exc, LIMITS, "left out (unknown field)") from None
         budget = self.budget_s if req.time_budget_s is None else req.time_budget_s
         if budget > self.budget_s:
             raise BadInput(
