@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from gureum.web import catalog, pages, portal, signin
+from gureum.web import catalog, pages, pages_admin, pages_costs, pages_ops, portal, signin
 from gureum.web.render import STATIC, SignInRequired, to_sign_in
 from gureum.web.security import SecureStatic
 
@@ -20,4 +20,7 @@ def install(app: FastAPI) -> None:
     app.include_router(signin.router)
     app.include_router(pages.router)
     app.include_router(catalog.router)
+    app.include_router(pages_ops.router)
+    app.include_router(pages_costs.router)
+    app.include_router(pages_admin.router)
     app.include_router(portal.router)
