@@ -403,8 +403,8 @@ def test_a_failing_canary_is_rolled_back_and_a_shadow_is_recorded(cloud: Cloud) 
             return api.get("/v1/endpoints/t-canary").json()["canary"] is None
 
         wait_for(rolled_back, 120, "automatic rollback")
-        assert 500 in statuses and 200 in statuses
         events = api.get("/v1/endpoints/t-canary/events").json()
+        assert 500 in statuses and 200 in statuses, (statuses, events)
         assert any("rolled back automatically" in e["message"] for e in events)
 
         r = api.post(

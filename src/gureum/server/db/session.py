@@ -8,6 +8,8 @@ instead of failing with "database is locked" when a read lock is upgraded.
 
 from __future__ import annotations
 
+import sqlite3
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,12 +22,35 @@ from sqlalchemy.orm import Session, sessionmaker
 _IMMEDIATE = "gureum_sqlite_immediate"
 
 
+class _TrackedConnection(sqlite3.Connection):
+    """A SQLite connection that remembers its open cursors. A result left half-read (a loop
+    that returned early, a frame kept alive by a traceback) keeps its statement, and with it
+    an old read snapshot, on the connection after it went back to the pool; the next write
+    transaction there then fails at once with SQLITE_BUSY_SNAPSHOT, which no busy timeout
+    waits out. Closing what is left when the connection is checked in ends that snapshot."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._open: weakref.WeakSet[sqlite3.Cursor] = weakref.WeakSet()
+
+    def cursor(self, factory: Any = sqlite3.Cursor) -> Any:
+        cur = super().cursor(factory)
+        self._open.add(cur)
+        return cur
+
+    def close_cursors(self) -> None:
+        for cur in list(self._open):
+            cur.close()
+
+
 def _sqlite_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
-        url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30, "factory": _TrackedConnection},
+        pool_size=20,
     )
 
     @event.listens_for(engine, "connect")
@@ -38,6 +63,11 @@ def _sqlite_engine(url: str) -> Engine:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_conn: Any, _record: Any) -> None:
+        if isinstance(dbapi_conn, _TrackedConnection):
+            dbapi_conn.close_cursors()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
