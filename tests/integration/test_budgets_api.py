@@ -420,6 +420,23 @@ def test_an_exceeded_budget_holds_endpoints_at_their_minimum_until_raised(
     shop = next(e for e in report["endpoints_at_minimum"] if e["endpoint"] == "shop")
     assert 0 < shop["cost_since_held"] <= 0.51
 
+    # Nothing may add replicas while held: a new endpoint, a higher minimum, a canary.
+    refused = [
+        http.post("/v1/endpoints", json={"name": "more", "model": "m:1"}),
+        http.patch(
+            "/v1/endpoints/shop",
+            json={"config": {"autoscaling": {"min_replicas": 2, "max_replicas": 4}}},
+        ),
+        http.post("/v1/endpoints", json={"name": "shop", "model": "m:1", "shadow": True}),
+    ]
+    for r in refused:
+        assert r.status_code == 409 and r.json()["error"]["code"] == "budget_exceeded", r.text
+        assert "budget is exceeded" in r.json()["error"]["message"]
+    assert http.get("/v1/endpoints/more").status_code == 404
+    # What costs no more stays allowed: a lower minimum.
+    lower = {"autoscaling": {"min_replicas": 0, "max_replicas": 4}}
+    assert http.patch("/v1/endpoints/shop", json={"config": lower}).status_code == 200
+
     raised = http.put("/v1/workspaces/default/budget", json={"monthly": 100}).json()
     assert raised["state"] == "ok" and raised["endpoints_at_minimum"] == []
     serving.tick()

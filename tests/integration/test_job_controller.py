@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from gureum import samples
 from gureum.client import Client
@@ -19,6 +21,9 @@ from gureum.compute.spec import Item, JobSpec, Report
 from gureum.config import Settings
 from gureum.server.app import create_app
 from gureum.server.controllers.jobs import JobController
+from gureum.server.db.base import utcnow
+from gureum.server.db.tables import Job
+from gureum.server.db.tables_serving import ResourceUsage
 from gureum.server.services.bootstrap import bootstrap
 
 
@@ -34,6 +39,7 @@ class FakeBackend:
     dead: set[tuple[str, int]] = field(default_factory=set)
     stopped: list[tuple[str, int]] = field(default_factory=list)
     released: list[tuple[str, int]] = field(default_factory=list)
+    swept: list[set[str]] = field(default_factory=list)
 
     def nodes(self) -> list[NodeInfo]:
         total = {"CPU": self.cpus, "memory": 8 * 1024**3, "accelerator_type:A100": 1.0}
@@ -69,6 +75,9 @@ class FakeBackend:
     def release(self, job_id: str, attempt: int) -> None:
         self.released.append((job_id, attempt))
         self.queues.pop((job_id, attempt), None)
+
+    def sweep(self, active: set[str]) -> None:
+        self.swept.append(active)
 
     def attempts(self) -> list[tuple[str, int]]:
         return list(self.queues)
@@ -254,6 +263,37 @@ def test_a_lost_attempt_is_retried_then_given_up(env: Env) -> None:
     env.controller.tick()
     failed = env.job(job["id"])
     assert failed["state"] == "failed" and "gave up after 1 retries" in failed["error"]
+
+
+def test_a_retried_job_is_not_running_while_it_waits(env: Env) -> None:
+    """The lost attempt's span is billed and taken off its time limit; the job then waits
+    with no start time, so it is neither billed nor timed out for the wait."""
+    job = env.submit(max_retries=1, timeout_s=100)
+    env.controller.tick()
+    env.fake.emit(job["id"], 1, {"type": "started", "node_id": "n"})
+    env.controller.tick()
+    db = env.controller.db
+    with db.write() as s:
+        row = s.get(Job, job["id"])
+        assert row is not None and row.started_at is not None
+        row.started_at = utcnow() - timedelta(seconds=30)
+    env.fake.dead.add((job["id"], 1))
+    env.fake.free = {"CPU": 0.0}  # no room: the retry waits in the queue
+    env.controller.tick()
+    with db.read() as s:
+        row = s.get(Job, job["id"])
+        assert row is not None and row.state == "queued" and row.started_at is None
+        assert row.timeout_s is not None and 69 <= row.timeout_s <= 71
+        spans = s.scalars(select(ResourceUsage).where(ResourceUsage.ref == job["id"])).all()
+        assert len(spans) == 1 and 29 <= spans[0].replica_seconds <= 31
+    env.fake.free = {}
+    env.controller.tick()
+    env.fake.emit(job["id"], 2, {"type": "started", "node_id": "n"})
+    env.fake.emit(job["id"], 2, {"type": "end", "outcome": "succeeded", "result": {}})
+    env.controller.tick()
+    with db.read() as s:
+        spans = s.scalars(select(ResourceUsage).where(ResourceUsage.ref == job["id"])).all()
+        assert len(spans) == 2 and sum(x.replica_seconds for x in spans) < 40
 
 
 def test_a_user_error_fails_at_once_without_retry(env: Env) -> None:

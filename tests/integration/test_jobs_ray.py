@@ -15,14 +15,19 @@ from typing import Any
 
 import psutil
 import pytest
+import ray
 from fastapi.testclient import TestClient
 
 from gureum import samples
 from gureum.client import Client
+from gureum.compute import fence
 from gureum.compute.ray_backend import RayBackend
+from gureum.compute.spec import NAMESPACE
+from gureum.compute.supervisor import JobSupervisor
 from gureum.config import Settings
 from gureum.schemas.jobs import JobOut
 from gureum.server.app import create_app
+from gureum.server.db.tables import Job
 from gureum.server.services.bootstrap import bootstrap
 
 pytestmark = pytest.mark.ray
@@ -182,6 +187,35 @@ def test_cancel_and_timeout_stop_the_work_within_seconds(rc: RayCloud, tmp_path:
     _wait_for(lambda: not psutil.pid_exists(pid), timeout=15, what="the worker to exit")
     late = _wait(rc.client, timed.id, timeout=60)
     assert late.state == "failed" and (late.error or "").startswith("timed out after 4s")
+
+
+def test_a_released_attempt_never_runs_again(rc: RayCloud, tmp_path: Path) -> None:
+    """A deposed leader may launch an attempt after the new leader declared it lost and
+    retried it: the cluster itself refuses it then, and stops it if it already runs."""
+    ticker = _script(
+        tmp_path, "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.3)\n"
+    )
+    job = rc.client.jobs.train("script", None, code_dir=ticker)
+    _wait_for(lambda: "tick" in rc.client.jobs.logs(job.id)[0], what="the ticker")
+    began = time.monotonic()
+    fence.supersede(job.id, 1)  # what another server's release of attempt 1 writes
+    out = _wait(rc.client, job.id, timeout=30)
+    assert out.state == "cancelled" and time.monotonic() - began < 15
+
+    db = rc.http.app.state.db  # type: ignore[attr-defined]
+    with db.read() as s:
+        spec = rc.http.app.state.jobs._spec(s, s.get(Job, job.id))  # type: ignore[attr-defined]
+    assert spec.attempt == 1
+    late = JobSupervisor.options(namespace=NAMESPACE).remote()  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(ray.exceptions.RayTaskError, match="superseded"):
+            ray.get(late.start.remote(spec), timeout=60)
+        assert ray.get(late.whoami.remote(), timeout=30) is None
+    finally:
+        ray.kill(late)
+    fence.sweep({job.id}, keep_s=0)  # an active job's marks stay
+    assert fence.superseded(job.id, 1)
+    assert fence.sweep(set(), keep_s=0) >= 1 and not fence.superseded(job.id, 1)
 
 
 def _running_pid(c: Client, job_id: str) -> int:

@@ -408,14 +408,23 @@ def test_a_job_reaching_a_final_state_records_its_resource_seconds(
     fake.emit(job["id"], 1, {"type": "started", "node_id": "n1", "pid": 1})
     controller.tick()
     time.sleep(0.05)
-    fake.dead.add((job["id"], 1))  # lost: retried, so not finished yet
+    fake.dead.add((job["id"], 1))  # lost: its span is recorded, the retry waits unbilled
     controller.tick()
 
     def rows() -> list[ResourceUsage]:
         with app.state.db.read() as s:  # type: ignore[attr-defined]
-            return list(s.scalars(select(ResourceUsage).where(ResourceUsage.ref == job["id"])))
+            return list(
+                s.scalars(
+                    select(ResourceUsage)
+                    .where(ResourceUsage.ref == job["id"])
+                    .order_by(ResourceUsage.start)
+                )
+            )
 
-    assert rows() == []
+    [lost] = rows()
+    assert lost.kind == "job" and lost.cpu_seconds >= 2 * 0.05
+    assert http.get(f"/v1/jobs/{job['id']}").json()["started_at"] is None
+    time.sleep(0.05)  # waiting in the queue: not billed
     controller.tick()
     fake.emit(job["id"], 2, {"type": "started", "node_id": "n1", "pid": 2})
     controller.tick()
@@ -423,7 +432,8 @@ def test_a_job_reaching_a_final_state_records_its_resource_seconds(
     controller.tick()
     final = http.get(f"/v1/jobs/{job['id']}").json()
     assert final["state"] == "failed"
-    [row] = rows()
+    first, row = rows()
+    assert first.id == lost.id and row.start > lost.end
     runtime = (
         datetime.fromisoformat(final["finished_at"]) - datetime.fromisoformat(final["started_at"])
     ).total_seconds()

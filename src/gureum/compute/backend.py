@@ -36,7 +36,13 @@ class ComputeBackend(Protocol):
         ...
 
     def release(self, job_id: str, attempt: int) -> None:
-        """Kill whatever is left of an attempt and free its resources (idempotent)."""
+        """Kill whatever is left of an attempt and free its resources (idempotent); the
+        attempt may never start again, not even from a deposed leader's late launch."""
+        ...
+
+    def sweep(self, active: set[str]) -> None:
+        """Drop what ``release`` kept to refuse the attempts of jobs no longer active, once
+        it is old enough that no late launch can come."""
         ...
 
     def attempts(self) -> list[tuple[str, int]]:

@@ -13,6 +13,7 @@ from typing import Any
 import ray
 from ray import exceptions as rex
 
+from gureum.compute import fence
 from gureum.compute.resources import NodeInfo
 from gureum.compute.spec import NAMESPACE, RUNNER_PREFIX, JobSpec, Report
 from gureum.compute.supervisor import JobSupervisor
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 POLL_WAIT_S = 0.2
 DISCOVER_WAIT_S = 5.0
 MAX_IDLE = 2
+# How long a released attempt's fence outlives its job (a late launch comes within seconds).
+FENCE_KEEP_S = 600.0
 _connect_lock = threading.Lock()
 
 
@@ -189,6 +192,8 @@ class RayBackend:
     def release(self, job_id: str, attempt: int) -> None:
         """The attempt's supervisor is reset and kept as a spare (up to ``MAX_IDLE``): it
         still holds the warm worker its task ran on, which the next job then gets."""
+        # Before anything else: the next attempt may be launched as soon as this returns.
+        fence.supersede(job_id, attempt)
         runner = self._runners.pop((job_id, attempt), None)
         self._pending.pop((job_id, attempt), None)
         if runner is None:
@@ -199,6 +204,12 @@ class RayBackend:
                 self._warm.append(runner)
         with contextlib.suppress(Exception):
             (runner[1].reset if keep else runner[1].close).remote()
+
+    def sweep(self, active: set[str]) -> None:
+        try:
+            fence.sweep(active, FENCE_KEEP_S)
+        except Exception:
+            log.warning("cannot sweep the attempts' fences", exc_info=True)
 
     def attempts(self) -> list[tuple[str, int]]:
         """Asked at the start of a term: what an earlier term of this process knew may be

@@ -10,9 +10,11 @@ actor asks for no CPU of its own, so it never takes resources from the work.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import tempfile
 import threading
+import time
 import traceback
 from collections import deque
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 import ray
 from ray import exceptions as rex
 
+from gureum.compute import fence
 from gureum.compute.entry import noop, run_one, train_loop
 from gureum.compute.resources import (
     NodeInfo,
@@ -59,6 +62,9 @@ _LOST = (
     rex.OutOfMemoryError,
 )
 MAX_ERROR_CHARS = 8000
+# How often a running attempt's reports look whether the control plane gave it up.
+FENCE_CHECK_S = 2.0
+log = logging.getLogger(__name__)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -117,6 +123,7 @@ class JobSupervisor:
         self._ref: ray.ObjectRef[Any] | None = None
         self._result: dict[str, Any] | None = None
         self._done = False
+        self._fence_at = 0.0  # when its work's next report looks at the fence
 
     def warm(self) -> None:
         """Run one no-op task so a worker process is already there, leased to this
@@ -124,6 +131,9 @@ class JobSupervisor:
         ray.get(noop.remote())
 
     def start(self, spec: JobSpec) -> None:
+        if fence.superseded(spec.job_id, spec.attempt):
+            # A deposed leader's late launch: the new leader already retried this attempt.
+            raise RuntimeError(f"{spec.attempt_name} was superseded; not starting it")
         with self._lock:
             if self.spec is not None and not self._done:
                 raise RuntimeError(f"this supervisor already runs {self.spec.attempt_name}")
@@ -146,6 +156,12 @@ class JobSupervisor:
             for item in items:
                 self._seq += 1
                 self._items.append({**item, "seq": self._seq})
+            check = spec is not None and time.monotonic() >= self._fence_at
+            if check:
+                self._fence_at = time.monotonic() + FENCE_CHECK_S
+        if check and spec is not None and fence.superseded(spec.job_id, spec.attempt):
+            log.warning("%s was superseded: stopping it", spec.attempt_name)
+            self.stop()
         return self._stop.is_set()
 
     def set_result(self, result: dict[str, Any], attempt: tuple[str, int]) -> None:

@@ -40,6 +40,8 @@ TICK_S = 0.25
 STOP_GRACE_S = 8.0
 PLACE_WAIT_S = 3.0
 CLUSTER_REFRESH_S = 2.0
+# How often released attempts' fences of ended jobs are swept off the cluster.
+SWEEP_S = 300.0
 
 
 @dataclass
@@ -60,6 +62,7 @@ class JobController(Looped):
     _nodes_at: float = 0.0
     _stopping: dict[tuple[str, int], float] = field(default_factory=dict)
     _launched: dict[tuple[str, int], float] = field(default_factory=dict)
+    _swept_at: float = 0.0
     home: Path | None = None  # GUREUM_HOME: where the key of workspace secrets lives
     loop: ControlLoop = field(init=False)
 
@@ -116,6 +119,9 @@ class JobController(Looped):
                 )
             }
             s.expunge_all()
+        if time.monotonic() - self._swept_at > SWEEP_S:
+            self._swept_at = time.monotonic()
+            self.backend.sweep({a[0] for a in active})
         if not active:
             return
         reports = self.backend.poll([(jid, att, seq) for jid, att, seq, *_ in active])
@@ -197,6 +203,8 @@ class JobController(Looped):
             job_results.register_outputs(
                 self.db, self.store, job_id, attempt, end.get("result") or {}
             )
+        # Released first: the attempt is refused on the cluster before a retry can exist.
+        self.backend.release(job_id, attempt)
         with self.db.write() as s:
             job = s.get(Job, job_id, with_for_update=True)
             if job is not None and job.attempt == attempt and job.state in ACTIVE_STATES:
@@ -204,7 +212,6 @@ class JobController(Looped):
                 costs.record_job(s, job)  # resource-seconds, once the job is terminal
         self._stopping.pop((job_id, attempt), None)
         self._launched.pop((job_id, attempt), None)
-        self.backend.release(job_id, attempt)
         self.wake()
 
     def _settle_attempt(self, s: Any, job: Job, outcome: str, end: Item) -> None:
@@ -222,6 +229,7 @@ class JobController(Looped):
         elif outcome == "lost":
             reason = error or "its Ray work is gone (the worker, its node or its supervisor died)"
             if job.attempt <= job.max_retries:
+                costs.end_span(s, job, utcnow())
                 job.state, job.wait_reason, job.report_seq = "queued", None, 0
                 add_event(
                     s,

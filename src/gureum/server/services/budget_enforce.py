@@ -17,7 +17,6 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gureum.schemas.budgets import BudgetState
 from gureum.schemas.consumers import Prices
 from gureum.schemas.endpoints import Autoscaling, EndpointConfig
 from gureum.schemas.jobs import ACTIVE_STATES, BUDGET_PAUSE
@@ -27,7 +26,7 @@ from gureum.server.db.tables_budgets import BudgetEvent, JobBudget, WorkspaceBud
 from gureum.server.db.tables_serving import Endpoint
 from gureum.server.services import costs
 from gureum.server.services import endpoints as endpoint_svc
-from gureum.server.services.budget_ledger import Spend, classify, lock, measure
+from gureum.server.services.budget_ledger import Spend, budget_state, classify, lock, measure
 from gureum.server.services.jobs import add_event
 
 # ``Job.stop_state`` of an attempt the budget stops: when it ends, the job is queued again.
@@ -132,12 +131,8 @@ def requeue(s: Session, job: Job) -> None:
     The span it ran is recorded now (its cost stays counted), its time limit keeps only what it
     has left, and its next attempt resumes from its last checkpoint."""
     now = utcnow()
-    costs.record_segment(s, job, now)
-    if job.started_at is not None and job.timeout_s is not None:
-        ran = (now - job.started_at).total_seconds()
-        job.timeout_s = max(1.0, job.timeout_s - ran)
+    costs.end_span(s, job, now)
     reason = job.stop_reason or "the workspace's monthly budget is exceeded"
-    job.started_at = None
     job.state, job.stop_state, job.stop_reason = "queued", None, None
     job.wait_reason, job.report_seq = reason, 0
     mark = s.get(JobBudget, job.id)
@@ -185,13 +180,6 @@ def held_reasons(s: Session, workspace_ids: set[int]) -> dict[int, str]:
 
 
 # -- endpoints ------------------------------------------------------------------------------------
-
-
-def budget_state(s: Session, workspace_id: int) -> BudgetState:
-    state = s.scalar(
-        select(WorkspaceBudget.state).where(WorkspaceBudget.workspace_id == workspace_id)
-    )
-    return "exceeded" if state == "exceeded" else "ok"
 
 
 def capped(autoscaling: Autoscaling) -> Autoscaling:

@@ -187,3 +187,25 @@ def admit(s: Session, job: Job, prices: Prices) -> None:
     )
     job.event_seq += 1
     s.add(JobEvent(job_id=job.id, seq=job.event_seq, kind="info", message=note, data={}))
+
+
+def budget_state(s: Session, workspace_id: int) -> BudgetState:
+    state = s.scalar(
+        select(WorkspaceBudget.state).where(WorkspaceBudget.workspace_id == workspace_id)
+    )
+    return "exceeded" if state == "exceeded" else "ok"
+
+
+def refuse_more_serving(s: Session, workspace_id: int, what: str) -> None:
+    """409 while the workspace's budget is exceeded: its endpoints are held at their minimum,
+    so nothing may add serving capacity (a new endpoint, a higher minimum, a canary or a
+    shadow). Changes that cost no more stay allowed: a new version, a lower minimum."""
+    if budget_state(s, workspace_id) != "exceeded":
+        return
+    budget = s.get(WorkspaceBudget, workspace_id)
+    assert budget is not None
+    raise BudgetExceeded(
+        f"{what} is refused: the workspace's budget is exceeded (spend {budget.spend:.4g} of "
+        f"{budget.monthly_limit or 0.0:.4g} a month, {budget.period}); its endpoints are held "
+        "at their minimum until the budget is raised"
+    )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import CompoundSelect, Select, func, select, union
+from sqlalchemy import CompoundSelect, Select, and_, func, select, union
 from sqlalchemy.orm import Session
 
 from gureum.config import Settings
@@ -81,19 +81,26 @@ def hourly(resources: Resources, workers: int, prices: Prices) -> float:
 
 def record_job(s: Session, job: Job) -> None:
     """A finished job's resource-seconds (every worker, start to finish); nothing if it never
-    started or is not finished (a lost attempt about to be retried). Called in the transaction
-    that makes the job terminal; a second call adds nothing. With retries the span runs from the
-    first start to the end, waits in between included."""
+    started or is not finished. Called in the transaction that makes the job terminal; a second
+    call adds nothing. Spans that ended earlier (a lost attempt, a budget pause) were recorded
+    by ``end_span``: the waits in between are not billed."""
     if job.started_at is None or job.state not in TERMINAL_STATES:
         return
     _record_span(s, job, job.finished_at or utcnow())
 
 
-def record_segment(s: Session, job: Job, end: datetime) -> None:
-    """The span a job ran until a budget stopped it (it resumes later with a new start): one
-    row per span, keyed by its start, so the job's cost is the sum of its spans."""
-    if job.started_at is not None:
-        _record_span(s, job, end)
+def end_span(s: Session, job: Job, end: datetime) -> None:
+    """A job goes back to the queue (its attempt was lost, or its budget stopped it): the span
+    it ran is recorded (one row per span, keyed by its start, so its cost is the sum of its
+    spans), its time limit keeps only what it has left, and it is not running while it waits
+    (neither billed nor timed out as if it were)."""
+    if job.started_at is None:
+        return
+    _record_span(s, job, end)
+    if job.timeout_s is not None:
+        ran = (end - job.started_at).total_seconds()
+        job.timeout_s = max(1.0, job.timeout_s - ran)
+    job.started_at = None
 
 
 def _record_span(s: Session, job: Job, end: datetime) -> None:
@@ -188,34 +195,50 @@ def _overlap(row: Span, start: datetime, end: datetime) -> float:
 def _compute(
     s: Session, workspace_id: int, start: datetime, end: datetime, prices: Prices
 ) -> dict[str, dict[str, _Use]]:
-    rows = s.scalars(
-        select(ResourceUsage).where(
-            ResourceUsage.workspace_id == workspace_id,
-            ResourceUsage.start < end,
-            ResourceUsage.end > start,
+    """Rows wholly inside [start, end) are summed by the database (a month holds one row per
+    endpoint per metering window: too many to load on every admission and budget tick); the
+    few that straddle a bound are loaded and prorated."""
+    u = ResourceUsage
+    mine = (u.workspace_id == workspace_id, u.start < end, u.end > start)
+    inside = (u.start >= start, u.end <= end)
+    sums = s.execute(
+        select(
+            u.kind,
+            u.ref,
+            u.accelerator_type,
+            func.sum(u.replica_seconds),
+            func.sum(u.cpu_seconds),
+            func.sum(u.gpu_seconds),
+            func.sum(u.memory_gb_seconds),
         )
-    )
+        .where(*mine, *inside)
+        .group_by(u.kind, u.ref, u.accelerator_type)
+    ).all()
     out: dict[str, dict[str, _Use]] = {"job": defaultdict(_Use), "endpoint": defaultdict(_Use)}
-    for row in rows:
-        share = _overlap(row, start, end)
-        if share <= 0 or row.kind not in out:
-            continue
-        use = out[row.kind][row.ref]
-        cpu_s, gpu_s, mem_s = (
-            row.cpu_seconds * share,
-            row.gpu_seconds * share,
-            row.memory_gb_seconds * share,
-        )
-        use.replica_s += row.replica_seconds * share
+
+    def add(kind: str, ref: str, accelerator: str | None, seconds: tuple[float, ...]) -> None:
+        if kind not in out:
+            return
+        replica_s, cpu_s, gpu_s, mem_s = seconds
+        use = out[kind][ref]
+        use.replica_s += replica_s
         use.cpu_s += cpu_s
         use.gpu_s += gpu_s
         use.mem_s += mem_s
-        use.accelerator_type = use.accelerator_type or row.accelerator_type
+        use.accelerator_type = use.accelerator_type or accelerator
         use.cost += (
             cpu_s / HOUR * prices.cpu_hour
-            + gpu_s / HOUR * gpu_hour_price(prices, row.accelerator_type)
+            + gpu_s / HOUR * gpu_hour_price(prices, accelerator)
             + mem_s / HOUR * prices.memory_gb_hour
         )
+
+    for kind, ref, accelerator, *totals in sums:
+        add(kind, ref, accelerator, tuple(float(v or 0.0) for v in totals))
+    for r in s.scalars(select(u).where(*mine, ~and_(*inside))):
+        share = _overlap(r, start, end)
+        seconds = (r.replica_seconds, r.cpu_seconds, r.gpu_seconds, r.memory_gb_seconds)
+        if share > 0:
+            add(r.kind, r.ref, r.accelerator_type, tuple(v * share for v in seconds))
     return out
 
 

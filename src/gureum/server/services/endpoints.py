@@ -37,7 +37,7 @@ from gureum.server.db.tables import Model, ModelVersion, Workspace
 from gureum.server.db.tables_serving import Endpoint, EndpointEvent
 from gureum.server.errors import Conflict, NotFound, Unauthorized, Unprocessable
 from gureum.server.pagination import PageParams, paginate
-from gureum.server.services import base_models, validations
+from gureum.server.services import base_models, budget_ledger, validations
 from gureum.server.services.audit import record
 from gureum.server.services.models import find_model, require_loadable, resolve_version_row
 from gureum.storage.store import ArtifactStore
@@ -196,6 +196,7 @@ def deploy(
             raise Conflict(f"endpoint {body.name!r} is being deleted; deploy again when it is gone")
         created = fresh = ep is None
         canary_before = ep.canary_version_id if ep is not None else None
+        _refuse_growth(s, principal.workspace_id, ep, body)
         if ep is None:
             if body.canary_percent is not None or body.shadow:
                 raise Unprocessable("a canary or shadow needs an endpoint that already serves")
@@ -219,6 +220,23 @@ def deploy(
             details["capture"] = body.capture.model_dump(mode="json")
         record(s, principal, "endpoint.deploy", "endpoint", ep.name, details)
         return endpoint_out(s, ep, data_url, live), created
+
+
+def _refuse_growth(
+    s: Session, workspace_id: int, ep: Endpoint | None, body: EndpointCreate
+) -> None:
+    """What the budget refuses while exceeded (409): anything that adds replicas."""
+    if ep is None:
+        budget_ledger.refuse_more_serving(s, workspace_id, "a new endpoint")
+    elif body.shadow or body.canary_percent is not None:
+        budget_ledger.refuse_more_serving(s, workspace_id, "a canary or shadow")
+    elif body.config is not None and _raises_minimum(ep, body.config):
+        budget_ledger.refuse_more_serving(s, workspace_id, "raising the minimum replicas")
+
+
+def _raises_minimum(ep: Endpoint, config: EndpointConfig) -> bool:
+    before = EndpointConfig.model_validate(ep.config).autoscaling.min_replicas
+    return config.autoscaling.min_replicas > before
 
 
 def _create(
@@ -306,6 +324,8 @@ def update(
     principal.require("developer")
     with db.write() as s:
         ep = find_endpoint(s, principal.workspace_id, name, lock=True)
+        if body.config is not None and _raises_minimum(ep, body.config):
+            budget_ledger.refuse_more_serving(s, ep.workspace_id, "raising the minimum replicas")
         if body.canary_percent is not None:
             if ep.canary_version_id is None or ep.rollout is not None:
                 raise Conflict(f"endpoint {name!r} has no canary to give traffic to")
