@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     # Seconds between sweeps that erase captured calls past their endpoint's retention.
     capture_sweep_interval_s: float = Field(default=600.0, gt=0)
 
+    # One pool, serving first (docs/operations.md, "Serving first: preemption"): a replica
+    # Ray cannot place waits this long (for room, or a node the autoscaler adds) before
+    # preemptible jobs are stopped for it; a job that has run less than `preempt_min_run_s` is
+    # left alone; a preempted job waits `preempt_hold_s` so the replica takes the room first.
+    preempt_after_s: float = Field(default=10.0, ge=0)
+    preempt_min_run_s: float = Field(default=60.0, ge=0)
+    preempt_hold_s: float = Field(default=30.0, ge=0)
+
     # Compute and storage prices for cost reports (GUREUM_PRICE_*; the dict is JSON).
     price_currency: str = "USD"
     price_cpu_hour: float = Field(default=0.05, ge=0)

@@ -265,7 +265,7 @@ def test_update_and_configure() -> None:
     assert patched[-1] == {"canary_percent": 25}
     eps.configure("garments", {"autoscaling": {"max_replicas": 8}})
     assert patched[-1]["config"]["autoscaling"] == {
-        **EndpointConfig().autoscaling.model_dump(),
+        **EndpointConfig().autoscaling.model_dump(exclude_none=True),
         "min_replicas": 1,
         "max_replicas": 8,
     }

@@ -114,7 +114,9 @@ def config_changes(args: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def state_text(ep: EndpointOut) -> str:
-    return f"{ep.state}: {ep.message}" if ep.message and ep.state != "ready" else ep.state
+    # A ready endpoint's message is shown only when pre-warm raised its minimum.
+    shown = ep.state != "ready" or ep.message.startswith("pre-warmed")
+    return f"{ep.state}: {ep.message}" if ep.message and shown else ep.state
 
 
 def replicas_text(ep: EndpointOut) -> str:
@@ -136,6 +138,12 @@ def config_text(c: EndpointConfig) -> dict[str, str]:
             f"{a.min_replicas}-{a.max_replicas} replicas at {a.target_ongoing_requests:g} "
             f"in flight each; up after {a.upscale_delay_s:g} s, down after "
             f"{a.downscale_delay_s:g} s, to zero after {a.idle_timeout_s:g} s idle"
+        ),
+        "pre-warm": (
+            f"on: min replicas raised {a.prewarm_lead_s:g} s ahead of the peaks of the last "
+            f"{a.prewarm_weeks} week(s)"
+            if a.prewarm
+            else "off"
         ),
         "batching": f"up to {b.max_batch_size} per call, waiting {b.max_wait_ms:g} ms",
         "cold start": f"requests wait up to {c.cold_start_timeout_s:g} s",

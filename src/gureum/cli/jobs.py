@@ -155,6 +155,7 @@ def _job_facts(j: JobOut) -> dict[str, Any]:
         "params": j.params or None,
         "resources": f"{resources_text(j.resources)} x {j.workers} worker(s)",
         "priority": j.priority,
+        "preemptible": "yes" if j.preemptible else "no (endpoints may not preempt it)",
         "attempt": f"{j.attempt} of {j.max_retries + 1}" if j.attempt else None,
         "max retries": j.max_retries,
         "timeout": _duration(j.timeout_s) if j.timeout_s else None,

@@ -247,6 +247,12 @@ def train(
     arg: Annotated[
         list[str] | None, typer.Option("--arg", help="script: an argument for it (repeatable)")
     ] = None,
+    no_preempt: Annotated[
+        bool,
+        typer.Option(
+            "--no-preempt", help="endpoints short of room may not preempt it (workspace admin)"
+        ),
+    ] = False,
     wait: WaitOpt = False,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -271,6 +277,7 @@ def train(
                 entrypoint=entrypoint,
                 args=arg,
                 progress=upload,
+                preemptible=not no_preempt,
             )
         _submitted(client, job, wait, output)
 

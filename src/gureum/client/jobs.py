@@ -198,11 +198,13 @@ class JobsAPI:
         entrypoint: str | None = None,
         args: builtins.list[str] | None = None,
         progress: Progress | None = None,
+        preemptible: bool = True,
     ) -> JobOut:
         """Train ``recipe`` on ``dataset`` ("NAME[:V]"), registering the result as ``model``.
 
         For ``recipe="script"`` the folder ``code_dir`` is uploaded first (only the blobs the
         server lacks) and ``entrypoint`` (default main.py, else train.py) is run with ``args``.
+        ``preemptible=False`` (a workspace admin's key) keeps endpoints from preempting it.
         """
         code: CodeSpec | None = None
         if recipe == SCRIPT_RECIPE:
@@ -231,6 +233,8 @@ class JobsAPI:
             "max_retries": max_retries,
             "timeout_s": timeout_s,
         }
+        if not preemptible:
+            body["preemptible"] = False
         if resources is not None:
             body["resources"] = resources
         return self.submit(body)

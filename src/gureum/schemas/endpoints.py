@@ -64,20 +64,36 @@ class ReplicaResources(In):
 
 
 class Autoscaling(In):
-    """Ray Serve's autoscaling: replicas follow in-flight requests per replica.
-    ``min_replicas`` 0 scales to zero after ``idle_timeout_s`` without traffic."""
+    """Ray Serve's autoscaling: replicas follow the requests in flight and queued per replica.
+    ``min_replicas`` 0 scales to zero after ``idle_timeout_s`` without traffic. The defaults
+    follow a bursty trace: up within a second or two of a burst, down 15 s after it (see
+    docs/serving.md). ``prewarm`` raises the minimum ahead of the peaks recorded in the
+    endpoint's usage history (a day-of-week / time-of-day profile) and lowers it after them."""
 
     min_replicas: int = Field(default=1, ge=0, le=1000)
     max_replicas: int = Field(default=1, ge=1, le=1000)
     target_ongoing_requests: float = Field(default=2.0, gt=0, le=10_000)
-    upscale_delay_s: float = Field(default=3.0, ge=0, le=3600)
-    downscale_delay_s: float = Field(default=60.0, ge=0, le=86_400)
+    # Requests one replica accepts at once; the rest wait where any free replica (a new one
+    # too) takes them. None: 2.5 x target_ongoing_requests, at least the batch size.
+    max_ongoing_requests: int | None = Field(default=None, ge=1, le=10_000)
+    upscale_delay_s: float = Field(default=1.0, ge=0, le=3600)
+    downscale_delay_s: float = Field(default=15.0, ge=0, le=86_400)
     idle_timeout_s: float = Field(default=300.0, ge=0, le=86_400)
+    prewarm: bool = False
+    # How long before a recorded peak the minimum is raised (a replica's start and then some).
+    prewarm_lead_s: float = Field(default=300.0, ge=0, le=86_400)
+    # How many past weeks of usage the profile averages.
+    prewarm_weeks: int = Field(default=4, ge=1, le=52)
 
     @model_validator(mode="after")
     def _bounds(self) -> Self:
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must not exceed max_replicas")
+        if (
+            self.max_ongoing_requests is not None
+            and self.max_ongoing_requests < self.target_ongoing_requests
+        ):
+            raise ValueError("max_ongoing_requests must be at least target_ongoing_requests")
         return self
 
 

@@ -15,6 +15,8 @@ JobState = Literal["queued", "starting", "running", "succeeded", "failed", "canc
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 # A running job the budget stops (``Job.stop_state``): queued again, not ended.
 BUDGET_PAUSE = "budget"
+# A running job preempted for an endpoint's replica (``Job.stop_state``): queued again too.
+PREEMPT = "preempt"
 ACTIVE_STATES: frozenset[str] = frozenset({"starting", "running"})
 SCRIPT_RECIPE = "script"
 MAX_TIMEOUT_S = 30 * 24 * 3600.0
@@ -95,6 +97,11 @@ class JobCreate(In):
     priority: int = Field(default=0, ge=-1000, le=1000)
     max_retries: int = Field(default=2, ge=0, le=50)
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
+    preemptible: bool = Field(
+        default=True,
+        description="an endpoint short of room may stop it (checkpoint kept, resumed later); "
+        "false needs a workspace admin",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -135,6 +142,7 @@ class JobOut(Out):
     priority: int
     max_retries: int
     timeout_s: float | None
+    preemptible: bool = True
     attempt: int = Field(description="1 for the first run, 2 after one retry, ...")
     wait_reason: str | None
     progress: JobProgress
@@ -150,7 +158,7 @@ class JobOut(Out):
 class JobEventOut(Out):
     seq: int
     time: datetime
-    kind: str = Field(description="state, wait, retry, resume, checkpoint, info, error")
+    kind: str = Field(description="state, wait, retry, resume, checkpoint, preempted, info, error")
     message: str
     data: dict[str, Any] = Field(default_factory=dict)
 

@@ -19,6 +19,7 @@ from gureum.server.controllers.budgets import BudgetController
 from gureum.server.controllers.endpoints import EndpointController
 from gureum.server.controllers.jobs import JobController
 from gureum.server.controllers.pipelines import PipelineController
+from gureum.server.controllers.pool import PoolController
 from gureum.server.db.migrate import upgrade
 from gureum.server.db.session import Database
 from gureum.server.deps import Serving
@@ -54,7 +55,13 @@ def create_app(
         connected = app.state.jobs is None and bool(settings.ray_address)
         if connected:
             backend = await to_thread.run_sync(RayBackend, settings.ray_address)
-            app.state.jobs = JobController(fenced, backend, app.state.store, home=settings.home)
+            app.state.jobs = JobController(
+                fenced,
+                backend,
+                app.state.store,
+                home=settings.home,
+                preempt_hold_s=settings.preempt_hold_s,
+            )
         if connected:
             ray_serve = await to_thread.run_sync(
                 RayServeBackend, settings.ray_address, settings.serve_host, settings.serve_port
@@ -63,7 +70,13 @@ def create_app(
             app.state.serving.cluster = True
         controller: JobController | None = app.state.jobs
         endpoints: EndpointController | None = app.state.serving.controller
-        running = [c for c in (controller, endpoints, app.state.pipelines, app.state.budgets) if c]
+        if controller is not None and endpoints is not None and app.state.pool is None:
+            app.state.pool = _pool(controller, endpoints, fenced, settings)
+        running = [
+            c
+            for c in (controller, endpoints, app.state.pipelines, app.state.budgets, app.state.pool)
+            if c
+        ]
         for started in running:
             # They tick only while this server leads (one leader per database).
             started.loop.gate = leadership
@@ -98,8 +111,13 @@ def create_app(
     app.state.auth = Authenticator(db)
     app.state.streams = StreamSlots()
     app.state.jobs = (
-        JobController(fenced, compute, store, home=settings.home) if compute is not None else None
+        JobController(
+            fenced, compute, store, home=settings.home, preempt_hold_s=settings.preempt_hold_s
+        )
+        if compute is not None
+        else None
     )
+    app.state.pool = None  # one pool, serving first: needs both a job and a serving cluster
     secret = load_secret(settings.home / "serving.key")
     app.state.serving = Serving(secret, LiveGauges())
     if serving is not None:
@@ -115,6 +133,13 @@ def create_app(
     web.install(app)  # the dashboard at /, signed in with a session cookie
     install_openapi(app)
     return app
+
+
+def _pool(
+    jobs: JobController, endpoints: EndpointController, db: Database, settings: Settings
+) -> PoolController:
+    """Serving first: endpoint replicas Ray cannot place preempt training jobs."""
+    return PoolController(db, lambda: endpoints.states, jobs.backend.available, settings, jobs.wake)
 
 
 def _pipeline_env(app: FastAPI, db: Database) -> Env:

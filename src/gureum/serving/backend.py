@@ -7,6 +7,7 @@ Serve in HAProxy mode (see compute.local_ray for the environment the cluster sta
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -31,9 +32,14 @@ DEPLOYMENT = "server"
 ROUTER_APP = "gureum-router"
 APP_PREFIX = "ep-"
 # How often replicas report load to the autoscaler and the window it averages over: short,
-# so that a burst is answered by new replicas within seconds.
-METRICS_INTERVAL_S = 1.0
-LOOK_BACK_S = 5.0
+# so that a burst is answered by new replicas within seconds, and the load of a burst that
+# ended stops counting soon after (the downscale delay then decides).
+METRICS_INTERVAL_S = 0.5
+LOOK_BACK_S = 3.0
+# Requests a replica accepts at once, as a multiple of its target (Ray Serve's own default is
+# 5 for a target of 2): a replica that accepts many more hoards a burst's requests while new
+# replicas start, and the autoscaler, which counts them, sees no queue to scale on.
+MAX_ONGOING_PER_TARGET = 2.5
 START_TRIES = 5
 
 
@@ -45,7 +51,8 @@ class AppSpec:
     traffic: TrafficConfig
     resources: ReplicaResources
     autoscaling: Autoscaling
-    max_ongoing_requests: int = 64
+    # None: from the autoscaling settings and the batch size (max_ongoing_requests()).
+    max_ongoing_requests: int | None = None
 
 
 @dataclass
@@ -61,6 +68,11 @@ class AppState:
     # (named like the endpoint, its user_config a TrafficConfig without endpoint_id).
     legacy: bool = False
     route_prefix: str | None = None
+    # Replicas Ray has not placed on a node yet (STARTING without a node: no room, or a node
+    # still to come), and since when the oldest waits (epoch seconds): the pool preempts
+    # training jobs for them (server/controllers/pool.py).
+    starting: int = 0
+    starting_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,14 @@ def actor_options(res: ReplicaResources) -> dict[str, object]:
     if res.accelerator_type is not None:
         opts["accelerator_type"] = res.accelerator_type
     return opts
+
+
+def max_ongoing_requests(a: Autoscaling, max_batch_size: int = 1) -> int:
+    """What one replica accepts at once: the setting, else 2.5 x the target (at least a full
+    batch, so that batching still fills its batches)."""
+    if a.max_ongoing_requests is not None:
+        return a.max_ongoing_requests
+    return max(math.ceil(MAX_ONGOING_PER_TARGET * a.target_ongoing_requests), max_batch_size, 1)
 
 
 def autoscaling_config(a: Autoscaling) -> dict[str, object]:
@@ -160,7 +180,8 @@ class RayServeBackend:
             ray_actor_options=actor_options(app.resources),
             autoscaling_config=autoscaling_config(app.autoscaling),
             user_config=app.traffic.model_dump(),
-            max_ongoing_requests=app.max_ongoing_requests,
+            max_ongoing_requests=app.max_ongoing_requests
+            or max_ongoing_requests(app.autoscaling, app.traffic.max_batch_size),
             graceful_shutdown_timeout_s=30.0,
             health_check_period_s=5.0,
             # Same version (what the replica loads): Ray Serve reconfigures the running
@@ -211,6 +232,11 @@ class RayServeBackend:
             user_config = dep.deployment_config.user_config if dep else None
             endpoint_id, owner = _recorded(user_config)
             legacy = _legacy(user_config)
+            waiting = [
+                r.start_time_s
+                for r in (dep.replicas if dep else [])
+                if state_name(r.state) == "STARTING" and r.node_id is None
+            ]
             out[name] = AppState(
                 state_name(app.status),
                 message,
@@ -219,6 +245,8 @@ class RayServeBackend:
                 owner,
                 legacy,
                 app.route_prefix,
+                len(waiting),
+                min(waiting, default=None),
             )
         return out
 

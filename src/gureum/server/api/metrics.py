@@ -18,6 +18,7 @@ from gureum.server.services.metrics import (
     exposition,
     workspace_endpoints,
 )
+from gureum.server.services.preemption import PreemptionCollector
 from gureum.server.services.usage import current_period
 
 router = APIRouter(tags=["metrics"])
@@ -37,8 +38,8 @@ def metrics(
     principal: Viewer,
 ) -> Response:
     """Request counts, latency and batch-size histograms, cold starts, replicas and queue depth
-    of the workspace's endpoints, the drift of those that capture, and the workspace's budget
-    (OpenMetrics when the scraper asks for it)."""
+    of the workspace's endpoints, the drift of those that capture, the workspace's budget and
+    its jobs preempted for serving (OpenMetrics when the scraper asks for it)."""
     with db.read() as s:
         endpoints = workspace_endpoints(s, principal.workspace_id)
     drift = DRIFT_GAUGES.read(db, store, endpoints)
@@ -46,5 +47,6 @@ def metrics(
     budget = budgets.for_report(db, principal, current_period(), prices_from(settings))
     accept = request.headers.get("accept")
     leader = LeaderCollector(request.app.state.leadership)
-    body, content_type = exposition(collector, accept, BudgetCollector(budget), leader)
+    preempted = PreemptionCollector(db, principal.workspace_id, principal.workspace_name)
+    body, content_type = exposition(collector, accept, BudgetCollector(budget), leader, preempted)
     return Response(body, media_type=content_type)

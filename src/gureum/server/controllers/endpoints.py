@@ -25,7 +25,7 @@ from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Model, ModelVersion
 from gureum.server.db.tables_serving import Endpoint
-from gureum.server.services import capture_erasure, costs, validations
+from gureum.server.services import capture_erasure, costs, prewarm, validations
 from gureum.server.services.budget_enforce import held_autoscaling
 from gureum.server.services.endpoint_stats import judge_canary
 from gureum.server.services.endpoints import (
@@ -84,6 +84,7 @@ class EndpointController(Looped):
         # what they record (a new application lists its deployment a moment later).
         self._applied: set[str] = set()
         self._followed = 0.0
+        self.prewarm = prewarm.Prewarmer(db)
 
     @property
     def data_url(self) -> str:
@@ -175,6 +176,7 @@ class EndpointController(Looped):
         if self._swept is None or now - self._swept >= self.settings.capture_sweep_interval_s:
             self._swept = now
             self._sweep_captured()
+        self.prewarm.step()
 
     # -- desired state -> Ray Serve ----------------------------------------------------------
 
@@ -264,7 +266,9 @@ class EndpointController(Looped):
                 traffic=traffic,
                 resources=config.resources,
                 # Held at its minimum while the workspace's budget is exceeded.
-                autoscaling=held_autoscaling(s, ep.workspace_id, config.autoscaling),
+                autoscaling=prewarm.autoscaling(
+                    s, ep, held_autoscaling(s, ep.workspace_id, config.autoscaling), primary
+                ),
             )
         return out
 

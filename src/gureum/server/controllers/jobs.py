@@ -24,12 +24,12 @@ from sqlalchemy import select
 from gureum.compute.backend import ComputeBackend
 from gureum.compute.resources import NodeInfo, demand, describe, scaled, shortfall
 from gureum.compute.spec import BlobFile, Item, JobSpec
-from gureum.schemas.jobs import ACTIVE_STATES, Resources
+from gureum.schemas.jobs import ACTIVE_STATES, PREEMPT, Resources
 from gureum.server.controllers.loop import ControlLoop, Looped, each
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Dataset, DatasetVersion, Job, Workspace
-from gureum.server.services import base_models, budget_enforce, costs, job_results
+from gureum.server.services import base_models, budget_enforce, costs, job_results, preemption
 from gureum.server.services.jobs import add_event, dataset_manifest, model_files, settle
 from gureum.server.services.secrets import values as secret_values
 from gureum.server.services.site_settings import allow_unsandboxed
@@ -64,6 +64,8 @@ class JobController(Looped):
     _launched: dict[tuple[str, int], float] = field(default_factory=dict)
     _swept_at: float = 0.0
     home: Path | None = None  # GUREUM_HOME: where the key of workspace secrets lives
+    # A preempted job waits this long before it may start again (Settings.preempt_hold_s).
+    preempt_hold_s: float = 30.0
     loop: ControlLoop = field(init=False)
 
     def __post_init__(self) -> None:
@@ -220,6 +222,8 @@ class JobController(Looped):
         error = end.get("error")
         if job.stop_state == budget_enforce.PAUSE and outcome != "succeeded":
             budget_enforce.requeue(s, job)  # stopped by its budget: queued, checkpoint kept
+        elif job.stop_state == PREEMPT and outcome != "succeeded":
+            preemption.requeue(s, job, self.preempt_hold_s)  # for serving: queued, checkpoint kept
         elif job.stop_state is not None and outcome != "succeeded":
             state = "failed" if job.stop_state == "failed" else "cancelled"
             settle(s, job, state, job.stop_reason)  # type: ignore[arg-type]
@@ -279,9 +283,15 @@ class JobController(Looped):
             u.jobs += 1
             if j.state == "starting":  # Ray has not given it its resources yet
                 _take(free, scaled(demand(r), j.workers))
+        now = utcnow()
         for job in queued:
             r = Resources.model_validate(job.resources)
             need = scaled(demand(r), job.workers)
+            if job.not_before is not None and job.not_before > now:
+                # Preempted: the replica it made room for takes the room first (held for
+                # it all the same: lower priorities do not jump the queue).
+                _take(free, need)
+                continue
             reason = held.get(job.workspace_id) or _quota_reason(
                 quotas.get(job.workspace_id), usage[job.workspace_id], r, job.workers
             )

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -276,6 +277,10 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     max_retries: Mapped[int] = mapped_column(Integer, default=0)
     timeout_s: Mapped[float | None] = mapped_column(Float, default=None)
+    # An endpoint short of room may stop it (queued again, checkpoint kept); false: admins.
+    preemptible: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # A preempted job waits until then: the room it left is the replica's to take first.
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     wait_reason: Mapped[str | None] = mapped_column(Text, default=None)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -37,7 +37,7 @@ from gureum.schemas.jobs import (
     JobProgress,
     Resources,
 )
-from gureum.server.auth import Principal
+from gureum.server.auth import Principal, at_least
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import (
@@ -53,7 +53,7 @@ from gureum.server.db.tables import (
     User,
     Workspace,
 )
-from gureum.server.errors import ApiError, NotFound, Unprocessable
+from gureum.server.errors import ApiError, Forbidden, NotFound, Unprocessable
 from gureum.server.pagination import PageParams, paginate
 from gureum.server.services import audit, base_models, budget_ledger, site_settings
 from gureum.server.services.blobs import MissingBlobs
@@ -164,6 +164,11 @@ def submit(
     crash it can tell whether the job was submitted. ``prices``: what the job's maximum cost is
     reserved at against its workspace's budget."""
     principal.require("developer")
+    if not body.preemptible and not (at_least(principal.role, "admin") or principal.is_site_admin):
+        raise Forbidden(
+            "only a workspace admin (or a site admin) may submit a job endpoints cannot "
+            f"preempt (preemptible: false); your key has {principal.role}"
+        )
     ws = principal.workspace_id
     with db.read() as s:
         dv, dataset_label, manifest = None, None, None
@@ -250,6 +255,7 @@ def submit(
             resources=body.resources.model_dump(),
             workers=body.workers,
             priority=body.priority,
+            preemptible=body.preemptible,
             max_retries=body.max_retries,
             timeout_s=body.timeout_s,
             created_by=principal.user_id,
@@ -311,6 +317,7 @@ def job_out(s: Session, job: Job) -> JobOut:
         priority=job.priority,
         max_retries=job.max_retries,
         timeout_s=job.timeout_s,
+        preemptible=job.preemptible,
         attempt=job.attempt,
         wait_reason=job.wait_reason,
         progress=JobProgress.model_validate(job.progress or {}),

@@ -1,0 +1,214 @@
+"""One pool, serving first: which running training jobs an endpoint's replica that Ray cannot
+place may preempt, marking them, and counting what was preempted.
+
+The decision (``choose_victims``) is pure: preemptible jobs that have run at least the minimum
+run time, lowest priority first and, among equals, the most recently started (it loses the
+least work), just enough of them to make room for one replica; none at all when even every
+candidate together would not. Marking (``preempt``) only writes the desired state: the job
+controller stops the attempt and, when it ends, queues the job again with its checkpoint kept
+(``requeue``), so the next attempt resumes from it.
+
+Free resources are summed over the cluster while Ray places per node: on several nodes a
+replica may still wait after its victims stopped (the pool then preempts no more for it while
+the room it counted is free).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from gureum.compute.resources import (
+    ACCELERATOR_AMOUNT,
+    ACCELERATOR_PREFIX,
+    demand,
+    describe,
+    scaled,
+)
+from gureum.schemas.endpoints import ReplicaResources
+from gureum.schemas.jobs import PREEMPT, Resources
+from gureum.server.db.base import utcnow
+from gureum.server.db.session import Database
+from gureum.server.db.tables import Job, JobEvent
+from gureum.server.db.tables_serving import Endpoint
+from gureum.server.services import costs
+from gureum.server.services import endpoints as endpoint_svc
+from gureum.server.services.jobs import add_event
+
+GiB = 1024**3
+EPS = 1e-9
+EVENT = "preempted"  # the job event kind (metrics count these)
+WAIT_REASON = "preempted: serving needed the capacity; resumes from its last checkpoint"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A running job as the pool sees it: ``need`` is what all its workers hold."""
+
+    job_id: str
+    priority: int
+    need: Mapping[str, float] = field(hash=False)
+    started_at: datetime | None
+    preemptible: bool = True
+
+
+def replica_demand(r: ReplicaResources) -> dict[str, float]:
+    """One replica's request as Ray resource names (as ``serving.backend.actor_options``)."""
+    out: dict[str, float] = {"CPU": r.cpus}
+    if r.gpus:
+        out["GPU"] = r.gpus
+    if r.memory_gb:
+        out["memory"] = r.memory_gb * GiB
+    if r.accelerator_type:
+        out[ACCELERATOR_PREFIX + r.accelerator_type] = ACCELERATOR_AMOUNT
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def fits(need: Mapping[str, float], free: Mapping[str, float]) -> bool:
+    return all(free.get(k, 0.0) + EPS >= v for k, v in need.items() if v > 0)
+
+
+def plus(free: Mapping[str, float], *more: Mapping[str, float]) -> dict[str, float]:
+    out = dict(free)
+    for m in more:
+        for k, v in m.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def choose_victims(
+    need: Mapping[str, float],
+    free: Mapping[str, float],
+    running: Sequence[Candidate],
+    now: datetime,
+    min_run_s: float,
+) -> list[Candidate] | None:
+    """The jobs to preempt so that ``need`` fits: [] when it fits already, None when no choice
+    of candidates makes room (nothing is preempted in vain)."""
+    if fits(need, free):
+        return []
+    short = {k for k, v in need.items() if v > 0 and free.get(k, 0.0) + EPS < v}
+    candidates = [
+        c
+        for c in running
+        if c.preemptible
+        and c.started_at is not None
+        and (now - c.started_at).total_seconds() >= min_run_s
+        and any(c.need.get(k, 0.0) > 0 for k in short)  # it holds something the replica lacks
+    ]
+    # Lowest priority first; among equals the latest started (the least work to redo).
+    candidates.sort(key=lambda c: (c.priority, -(c.started_at or now).timestamp(), c.job_id))
+    chosen: list[Candidate] = []
+    for c in candidates:
+        chosen.append(c)
+        if fits(need, plus(free, *(v.need for v in chosen))):
+            break
+    else:
+        return None
+    # Just enough: a victim taken early whose room the later ones made unneeded is spared
+    # (the highest priority first).
+    for c in list(reversed(chosen)):
+        rest = [v for v in chosen if v is not c]
+        if fits(need, plus(free, *(v.need for v in rest))):
+            chosen = rest
+    return chosen
+
+
+def preempt(
+    s: Session, victims: Sequence[Candidate], endpoint: Endpoint, need: Mapping[str, float]
+) -> list[str]:
+    """Ask the job controller to stop each victim for ``endpoint``'s replica (its attempt is
+    re-queued with its checkpoint when it ends); returns the jobs marked. A job that changed
+    meanwhile (ended, stopping already, made non-preemptible) is left alone."""
+    marked: list[str] = []
+    for v in victims:
+        job = s.get(Job, v.job_id, with_for_update=True)
+        if (
+            job is None
+            or job.state != "running"
+            or job.stop_state is not None
+            or not job.preemptible
+        ):
+            continue
+        reason = (
+            f"preempted for endpoint {endpoint.name}: a replica ({describe(need)}) had no room "
+            f"on the cluster; priority {job.priority} yields to serving"
+        )
+        job.stop_state, job.stop_reason = PREEMPT, reason
+        add_event(s, job, EVENT, reason, endpoint=endpoint.name, attempt=job.attempt)
+        marked.append(job.id)
+    if marked:
+        endpoint_svc.add_event(
+            s,
+            endpoint,
+            "preempt",
+            f"preempted job(s) {', '.join(marked)} to place a replica ({describe(need)})",
+            jobs=marked,
+        )
+    return marked
+
+
+def requeue(s: Session, job: Job, hold_s: float) -> None:
+    """A preempted attempt ended: the job is queued again (its span recorded, its time limit
+    keeping what is left) and waits ``hold_s`` before it may start, so the replica it made
+    room for takes the room first; its next attempt resumes from its last checkpoint."""
+    now = utcnow()
+    costs.end_span(s, job, now)
+    job.state, job.stop_state, job.stop_reason = "queued", None, None
+    job.wait_reason, job.report_seq = WAIT_REASON, 0
+    job.not_before = now + timedelta(seconds=hold_s)
+    add_event(
+        s,
+        job,
+        "state",
+        f"queued: preempted after attempt {job.attempt}; it resumes from its last checkpoint "
+        "when there is room",
+        attempt=job.attempt,
+    )
+
+
+def held(job: Job) -> dict[str, float]:
+    """What a job's workers hold on the cluster (Ray resource names)."""
+    return scaled(demand(Resources.model_validate(job.resources)), job.workers)
+
+
+def running_candidates(s: Session) -> tuple[list[Candidate], dict[str, float]]:
+    """Running jobs as candidates, and the room the running jobs already asked to stop hold
+    (about to be free: counted as free, so that no more is preempted for the same replica)."""
+    active = s.scalars(select(Job).where(Job.state == "running")).all()
+    candidates = [
+        Candidate(j.id, j.priority, held(j), j.started_at, j.preemptible)
+        for j in active
+        if j.stop_state is None
+    ]
+    stopping = plus({}, *(held(j) for j in active if j.stop_state is not None))
+    return candidates, stopping
+
+
+class PreemptionCollector(Collector):
+    """``gureum_preemptions_total``: the jobs of a workspace preempted for serving (from their
+    events, so every API server reports the same count and a restart loses none)."""
+
+    def __init__(self, db: Database, workspace_id: int, workspace: str) -> None:
+        self.db, self.workspace_id, self.workspace = db, workspace_id, workspace
+
+    def collect(self) -> Iterator[Metric]:
+        with self.db.read() as s:
+            count = s.scalar(
+                select(func.count(JobEvent.id))
+                .join(Job, Job.id == JobEvent.job_id)
+                .where(Job.workspace_id == self.workspace_id, JobEvent.kind == EVENT)
+            )
+        counter = CounterMetricFamily(
+            "gureum_preemptions",
+            "Training jobs preempted so that an endpoint's replica could be placed.",
+            labels=["workspace"],
+        )
+        counter.add_metric([self.workspace], float(count or 0))
+        yield counter
