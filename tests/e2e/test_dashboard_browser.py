@@ -10,7 +10,6 @@ No browser is downloaded: Playwright drives /usr/bin/chromium (``apt-get install
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,28 +25,12 @@ from gureum.server.services.bootstrap import bootstrap
 from tests.conftest import LiveServer, ThreadedServer, free_port
 from tests.e2e.browser_helpers import (
     PHONE,
-    Browser,
     Page,
     expect,
-    launched,
     shot,
     sign_in,
-    watched,
 )
 from tests.integration.web_helpers import key_of_role, queued_job, recorded_endpoint, ship_usage
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with launched() as chromium:
-        yield chromium
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh browser context (no cookies); console errors (a CSP violation is one) fail it."""
-    with watched(browser) as tab:
-        yield tab
 
 
 def test_sign_in_overview_jobs_and_a_job_page(

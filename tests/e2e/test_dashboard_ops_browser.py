@@ -8,8 +8,6 @@ ledger as the controllers write it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from gureum.server.services import endpoints as endpoints_service
@@ -17,31 +15,16 @@ from gureum.server.services import models as models_service
 from tests.conftest import LiveServer
 from tests.e2e.browser_helpers import (
     PHONE,
-    Browser,
     Page,
     expect,
     expect_refusals,
-    launched,
     shot,
     sign_in,
-    watched,
 )
 from tests.integration.test_consumers_api import member_key
 from tests.integration.test_web_pages_ops import spend
 from tests.integration.trained_models import mark_trained_by_job
 from tests.integration.web_helpers import key_of_role, recorded_endpoint
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with launched() as chromium:
-        yield chromium
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    with watched(browser) as tab:
-        yield tab
 
 
 @pytest.fixture

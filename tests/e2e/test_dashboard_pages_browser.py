@@ -7,7 +7,6 @@ replicas ship it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,11 @@ from gureum.serving.access import Denied
 from tests.conftest import LiveServer
 from tests.e2e.browser_helpers import (
     PHONE,
-    Browser,
     Page,
     expect,
     expect_refusals,
-    launched,
     shot,
     sign_in,
-    watched,
 )
 from tests.integration.page_helpers import gate, model_versions, push_table
 from tests.integration.portal_helpers import (
@@ -35,18 +31,6 @@ from tests.integration.portal_helpers import (
     ship_consumer_usage,
 )
 from tests.integration.web_helpers import recorded_endpoint
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with launched() as chromium:
-        yield chromium
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    with watched(browser) as tab:
-        yield tab
 
 
 def test_a_customer_signs_in_sees_its_usage_and_rotates_its_key(
