@@ -165,7 +165,7 @@ class RayBackend:
             if handle is None:
                 out[key] = Report(items=[], alive=self._unsure)
             else:
-                self._pending[key] = handle.poll.remote(ack)
+                self._pending[key] = handle.poll.remote(ack, key)
         wanted = {(j, a) for j, a, _ in attempts}
         refs = {k: r for k, r in self._pending.items() if k in wanted}
         if not refs:
@@ -203,7 +203,10 @@ class RayBackend:
             if keep:
                 self._warm.append(runner)
         with contextlib.suppress(Exception):
-            (runner[1].reset if keep else runner[1].close).remote()
+            if keep:
+                runner[1].reset.remote((job_id, attempt))
+            else:
+                runner[1].close.remote()
 
     def sweep(self, active: set[str]) -> None:
         try:

@@ -171,21 +171,32 @@ class JobSupervisor:
 
     # -- called by the control plane ---------------------------------------------------------
 
-    def poll(self, ack: int) -> list[Item]:
+    def poll(self, ack: int, attempt: tuple[str, int] | None = None) -> list[Item]:
+        """The reports after ``ack``; of ``attempt`` only. Calls to this threaded actor may run
+        out of order: a poll for a new attempt can overtake its ``start`` on a reused
+        supervisor, and must not be answered with the previous attempt's end."""
         with self._lock:
+            spec = self.spec
+            if attempt is not None and (spec is None or attempt != (spec.job_id, spec.attempt)):
+                return []
             self._items = [i for i in self._items if i["seq"] > ack]
             return list(self._items)
 
-    def reset(self) -> None:
+    def reset(self, attempt: tuple[str, int] | None = None) -> None:
         """Become idle again for the next attempt. A supervisor is reused rather than
         replaced because the workers its tasks ran on belong to it: a new one would wait for
-        a new worker process (a second or more), a reused one gets the warm worker back."""
-        self._stop.set()
-        if self._ref is not None:
-            with contextlib.suppress(Exception):
-                ray.cancel(self._ref, force=True)
+        a new worker process (a second or more), a reused one gets the warm worker back.
+        With ``attempt``, only that attempt is reset: a later ``start`` may have run first."""
         with self._lock:
+            spec = self.spec
+            if attempt is not None and spec is not None and attempt != (spec.job_id, spec.attempt):
+                return
+            stop, ref = self._stop, self._ref
             self._clear()
+        stop.set()
+        if ref is not None:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
 
     def _clear(self) -> None:
         self.spec, self._ref, self._result, self._done = None, None, None, False
