@@ -5,8 +5,6 @@ before it comes: Ray Serve runs them, the endpoint says so and its events record
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,38 +13,14 @@ from sqlalchemy import select
 
 from gureum import samples
 from gureum.client import Client
-from gureum.config import Settings
 from gureum.recipes import LocalDataset, LocalRunContext, train_and_evaluate
 from gureum.server.db.base import utcnow
 from gureum.server.db.tables_serving import Endpoint, UsageRecord
 from gureum.server.services.bootstrap import bootstrap
-from tests.conftest import free_port
-from tests.integration.test_serving_ray import Live, clear_apps, wait_for
+from tests.integration.test_serving_ray import live_on_ray, wait_for
 from tests.integration.trained_models import register_trained
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
-
-
-@contextmanager
-def live_server(root: Path, ray_cluster: str, database_url: str) -> Iterator[Live]:
-    """``live_on_ray``'s server on the test's database (SQLite, or PostgreSQL when
-    GUREUM_TEST_DATABASE_URL is set): the profile is aggregated in that database's SQL."""
-    clear_apps(ray_cluster)
-    live = Live(
-        Settings(
-            home=root / "home",
-            artifacts=str(root / "home" / "artifacts"),
-            database_url=database_url,
-            ray_address=ray_cluster,
-            port=free_port(),
-            serve_port=free_port(),
-        )
-    )
-    try:
-        yield live
-    finally:
-        live.stop()
-        clear_apps(ray_cluster)
 
 
 def test_prewarm_raises_min_replicas_ahead_of_a_recorded_peak(
@@ -59,7 +33,7 @@ def test_prewarm_raises_min_replicas_ahead_of_a_recorded_peak(
         {"max_iter": 10, "target": "returned"},
         LocalDataset.from_folder(tmp_path / "data"),
     )
-    with live_server(tmp_path, ray_cluster, database_url) as live:
+    with live_on_ray(tmp_path, ray_cluster, database_url) as live:
         db = live.app.state.db
         token = bootstrap(db)
         assert token is not None

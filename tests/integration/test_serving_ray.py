@@ -49,10 +49,12 @@ class Live(ThreadedServer):
 
 
 @contextmanager
-def live_on_ray(root: Path, ray_cluster: str) -> Iterator[Live]:
-    """A server of its own (home under ``root``, free ports) on the session's cluster; at the
-    end every Serve application but the router is deleted, leaving the shared cluster clean."""
+def live_on_ray(root: Path, ray_cluster: str, database_url: str | None = None) -> Iterator[Live]:
+    """A server of its own (home under ``root``, free ports; its SQLite file there unless
+    ``database_url`` names another) on the session's cluster; at the end every Serve
+    application but the router is deleted, leaving the shared cluster clean."""
     clear_apps(ray_cluster)  # what an earlier module left would be another endpoint's
+    database = {"database_url": database_url} if database_url else {}
     live = Live(
         Settings(
             home=root / "home",
@@ -60,6 +62,7 @@ def live_on_ray(root: Path, ray_cluster: str) -> Iterator[Live]:
             ray_address=ray_cluster,
             port=free_port(),
             serve_port=free_port(),
+            **database,  # type: ignore[arg-type]
         )
     )
     try:
