@@ -678,6 +678,20 @@ def test_cli_update_keeps_other_settings(fake: FakeCloud) -> None:
     assert result.exit_code == 1 and "nothing to change" in result.output
 
 
+def test_cli_prewarm_flags_turn_prewarm_on_and_off(fake: FakeCloud) -> None:
+    result = gureum("deploy", "garments:1", "-e", "garments", "--prewarm", "--prewarm-lead", "120")
+    assert result.exit_code == 0, result.output
+    posted = next(b for m, p, b in fake.requests if m == "POST")
+    autoscaling = posted["config"]["autoscaling"]
+    assert autoscaling["prewarm"] is True and autoscaling["prewarm_lead_s"] == 120
+    result = gureum("endpoints", "update", "garments", "--no-prewarm", "-o", "json")
+    assert result.exit_code == 0, result.output
+    patched = next(b for m, p, b in fake.requests if m == "PATCH")
+    assert patched["config"]["autoscaling"]["prewarm"] is False
+    result = gureum("endpoints", "update", "garments", "--prewarm-lead", "-5")
+    assert result.exit_code != 0 and not [r for r in fake.requests if r[0] == "PATCH"][1:]
+
+
 def test_cli_delete_wait_and_actions(fake: FakeCloud) -> None:
     result = gureum("endpoints", "delete", "garments", "--wait", "-o", "json")
     assert result.exit_code == 0, result.output

@@ -79,6 +79,17 @@ ColdOpt = Annotated[
     float | None,
     typer.Option("--cold-start-timeout", help="seconds a request may wait for a replica to start"),
 ]
+PrewarmOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--prewarm/--no-prewarm",
+        help="raise the minimum ahead of the peaks in the endpoint's usage history",
+    ),
+]
+PrewarmLeadOpt = Annotated[
+    float | None,
+    typer.Option("--prewarm-lead", min=0, help="seconds ahead of a recorded peak to pre-warm"),
+]
 
 
 # Which setting each config flag changes (group None: top level of EndpointConfig).
@@ -92,6 +103,8 @@ CONFIG_FLAGS: dict[str, tuple[str | None, str]] = {
     "max_batch_size": ("batching", "max_batch_size"),
     "batch_wait_ms": ("batching", "max_wait_ms"),
     "cold_start_timeout": (None, "cold_start_timeout_s"),
+    "prewarm": ("autoscaling", "prewarm"),
+    "prewarm_lead": ("autoscaling", "prewarm_lead_s"),
 }
 
 
@@ -306,6 +319,8 @@ def deploy(
     batch_wait_ms: BatchWaitOpt = None,
     idle_timeout: IdleOpt = None,
     cold_start_timeout: ColdOpt = None,
+    prewarm: PrewarmOpt = None,
+    prewarm_lead: PrewarmLeadOpt = None,
     canary: CanaryOpt = None,
     shadow: Annotated[
         bool, typer.Option("--shadow", help="mirror traffic to it; its answers are only recorded")
@@ -391,6 +406,8 @@ def update_cmd(
     batch_wait_ms: BatchWaitOpt = None,
     idle_timeout: IdleOpt = None,
     cold_start_timeout: ColdOpt = None,
+    prewarm: PrewarmOpt = None,
+    prewarm_lead: PrewarmLeadOpt = None,
     canary: CanaryOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
