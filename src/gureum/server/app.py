@@ -33,6 +33,7 @@ from gureum.server.services.endpoints import load_secret
 from gureum.server.services.pipeline_steps import Env
 from gureum.serving.backend import RayServeBackend, ServingBackend
 from gureum.storage.store import ArtifactStore
+from gureum.web import api_docs
 
 
 def create_app(
@@ -97,7 +98,7 @@ def create_app(
         description="A self-hostable AI cloud: datasets, training, registry, metered model APIs.",
         lifespan=lifespan,
         openapi_url="/v1/openapi.json",
-        docs_url="/v1/docs",
+        docs_url=None,  # web/api_docs.py serves it from local assets
         redoc_url=None,
     )
     app.state.settings = settings
@@ -132,6 +133,7 @@ def create_app(
         app.include_router(router, prefix="/v1")
     web.install(app)  # the dashboard at /, signed in with a session cookie
     install_openapi(app)
+    app.include_router(api_docs.router)
     return app
 
 
