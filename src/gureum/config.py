@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home)
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    # TLS-terminating proxies in front of the API (comma-separated addresses or networks, or
+    # "*"): their X-Forwarded-Proto/For are believed, so behind https the session cookie is
+    # Secure and the sign-in form's Origin check sees https. Nobody else's are.
+    forwarded_allow_ips: str = "127.0.0.1"
     # Empty means "derive from home": sqlite file and local artifact folder.
     database_url: str = ""
     artifacts: str = ""

@@ -263,6 +263,7 @@ def _serve(settings: Settings, ray_address: str) -> None:
         port=settings.port,
         log_level="info",
         server_header=False,
+        proxy_headers=False,  # create_app applies Settings.forwarded_allow_ips
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)

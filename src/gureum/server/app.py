@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from anyio import to_thread
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gureum import __version__, web
 from gureum.compute.backend import ComputeBackend
@@ -129,6 +130,9 @@ def create_app(
     app.state.budgets = BudgetController(fenced, lambda: prices_from(settings), wake)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
+    # Outermost: the scheme and client as the trusted proxy saw them (uvicorn's own copy of
+    # this middleware is off, so tests and every way of serving the app get the same).
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     for router in ROUTERS:
         app.include_router(router, prefix="/v1")
     web.install(app)  # the dashboard at /, signed in with a session cookie

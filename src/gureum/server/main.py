@@ -29,6 +29,7 @@ def main() -> None:
         port=settings.port,
         log_level="info",
         server_header=False,
+        proxy_headers=False,  # create_app applies Settings.forwarded_allow_ips
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 
