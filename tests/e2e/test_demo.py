@@ -48,6 +48,11 @@ def test_demo_runs_the_story_end_to_end(tmp_path: Path, ray_cluster: str) -> Non
         # was evaluated and registered, and its sample grid came back.
         train = result["train"]
         assert train["state"] == "succeeded"
+        # It said which generator and why: the recorded benchmark and step times measured here.
+        generator = result["generator"]
+        assert train["recipe"] == generator["recipe"] == "image-generator"
+        assert "docs/benchmarks.md" in generator["reason"], generator
+        assert generator["step_ms"]["image-diffusion"] > 0 and generator["steps_in_budget"]
         assert train["model_version"] == "garment-generator:1"
         assert train["params"]["epochs"] == 1
         assert {"mmd", "mmd_reference", "class_accuracy", "val_loss"} <= set(train["metrics"])
@@ -129,6 +134,7 @@ def test_demo_runs_the_story_end_to_end(tmp_path: Path, ray_cluster: str) -> Non
         out = again.stdout
         assert "already running" in out and "garments:3" in out and "curated garments:4" in out
         assert "succeeded" in out and "garment-generator:3" in out
+        assert "generator: image-generator (a conditional VAE)" in out
         # The pipeline's run printed its steps and its decision (either way) with the reason.
         assert "A pipeline retrains" in out and "run 2: by hand (admin)" in out
         assert re.search(r"(NOT )?PROMOTED: \S", out), out

@@ -178,6 +178,7 @@ def test_inputs_with_equal_steps_share_one_denoising_loop(predictor: DiffusionPr
         ({"class": "dress", "time_budget_s": 31}, '"time_budget_s" must be a number of seconds'),
         ({"class": "coat"}, "unknown class 'coat'; the model knows: dress"),
         ({"count": 2}, '"class" is required; one of: dress'),
+        ({"prompt": "a dress"}, '"prompt" needs a model trained with conditioning=caption'),
     ],
 )
 def test_out_of_range_requests_are_refused_with_the_limits(

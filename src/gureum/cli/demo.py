@@ -13,6 +13,7 @@ hardware bought for their peak. Run again, it adds versions and rolls the endpoi
 from __future__ import annotations
 
 import filecmp
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from rich.table import Table
 from gureum.cli.cloud import HomeOpt, render_up, settings_for
 from gureum.cli.datasets import progress_bar, render_version
 from gureum.cli.demo_flywheel import predict, rate, turn_the_loop
+from gureum.cli.demo_generator import DIFFUSION, Choice, choose, probe
 from gureum.cli.demo_plan import plan_summary
 from gureum.cli.output import Format, OutputOpt, console, emit, fail, kv_table, table
 from gureum.client import Client
@@ -48,6 +50,11 @@ MODEL = "garment-generator"
 TRAIN_PARAMS: dict[str, Any] = {"epochs": 40, "image_size": 32}
 # `--quick` (tests, smoke checks): seconds, and the pictures are noise.
 QUICK_PARAMS: dict[str, Any] = {"epochs": 1, "image_size": 8, "width": 8, "latent": 8}
+# What the demo would train if diffusion were the better choice here (see demo_generator).
+DIFFUSION_PARAMS: dict[str, Any] = {"epochs": 40, "image_size": 32}
+QUICK_DIFFUSION_PARAMS: dict[str, Any] = {"epochs": 1, "image_size": 16, "width": 8}
+VAE_BATCH = 32  # image-generator's default batch size
+DIFFUSION_BATCH = 8  # image-diffusion's
 SAMPLES_GRID = "samples/all.png"
 # Shown first, in this order, when the evaluation reports them.
 METRIC_ORDER = ("mmd", "mmd_reference", "class_accuracy", "val_loss", "bits_per_dim")
@@ -130,7 +137,8 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
 
     ref = f"{DATASET}:{version.version}"
     _step(output, f"5. Train an image generator on {ref} (on the cluster, one CPU)")
-    trained = train_generator(client, ref, workdir, output, quick)
+    choice = pick_generator(int(version.split.get("train", 0)), output, quick)
+    trained = train_generator(client, ref, workdir, output, quick, choice.recipe)
 
     _step(output, f"6. Deploy {trained['model_version']} as endpoint {ENDPOINT}")
     endpoint = deploy_generator(client, trained["model_version"], output)
@@ -180,6 +188,7 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
         "split": version.split,
         "key_id": key.key_id,
         "pulled_identical": identical,
+        "generator": choice.as_dict(),
         "train": trained,
         "endpoint": {
             "name": endpoint.name,
@@ -200,15 +209,46 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
 # -- chapter 5: training ---------------------------------------------------------------------
 
 
+def pick_generator(n_train: int, output: Format, quick: bool = False) -> Choice:
+    """The VAE or diffusion, whichever gives the better pictures in the demo's training
+    budget here: the recorded benchmark and a probe of this machine's step times decide."""
+    params = QUICK_PARAMS if quick else TRAIN_PARAMS
+    vae_steps = int(params["epochs"]) * max(1, math.ceil(n_train / VAE_BATCH))
+    choice = choose(vae_steps, probe(int(params["image_size"]), VAE_BATCH, DIFFUSION_BATCH))
+    if output is Format.table:
+        name = (
+            "image-diffusion (a diffusion UNet)"
+            if choice.recipe == DIFFUSION
+            else ("image-generator (a conditional VAE)")
+        )
+        verdict, _, rest = choice.reason.partition(": ")
+        recorded, _, here = rest.rpartition("; here ")
+        console.print(
+            f"generator: [bold]{name}[/bold], the better pictures in this budget "
+            f"({escape(verdict)})\n  measured {escape(recorded)}\n  here {escape(here)}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    return choice
+
+
 def train_generator(
-    client: Client, dataset: str, workdir: Path, output: Format, quick: bool = False
+    client: Client,
+    dataset: str,
+    workdir: Path,
+    output: Format,
+    quick: bool = False,
+    recipe: str = RECIPE,
 ) -> dict[str, Any]:
     """Train, follow, report: the job, its metrics, model version and sample grid."""
-    params = QUICK_PARAMS if quick else TRAIN_PARAMS
-    job = client.jobs.train(RECIPE, dataset, model=MODEL, params=params, resources={"cpus": 1})
+    if recipe == DIFFUSION:
+        params = QUICK_DIFFUSION_PARAMS if quick else DIFFUSION_PARAMS
+    else:
+        params = QUICK_PARAMS if quick else TRAIN_PARAMS
+    job = client.jobs.train(recipe, dataset, model=MODEL, params=params, resources={"cpus": 1})
     if output is Format.table:
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
-        console.print(f"job [bold]{job.id}[/bold]: {RECIPE} with {shown}", soft_wrap=True)
+        console.print(f"job [bold]{job.id}[/bold]: {recipe} with {shown}", soft_wrap=True)
     t0 = time.monotonic()
     try:
         with _follower(output) as follow:
@@ -243,6 +283,7 @@ def train_generator(
     return {
         "job": job.id,
         "state": job.state,
+        "recipe": recipe,
         "params": params,
         "model_version": job.model_version,
         "metrics": metrics,

@@ -2,7 +2,9 @@
 
 A ``UNet2DModel`` with a class embedding (one extra class is "no class": classifier-free
 guidance learns the unconditional model by label dropout), DDPM noising for training, DDIM or
-DPM-Solver for sampling. Everything is built from configs: nothing is downloaded.
+DPM-Solver for sampling. Everything is built from configs: nothing is downloaded. With
+``conditioning=caption`` the network is ``diffusion_text.CaptionUNet`` instead, called the same
+way with word ids for labels; its "no class" is the empty caption (all padding).
 
 The exponential moving average of the weights is a second UNet inside the same module, so the
 epoch checkpoints of ``training.fit`` carry it and a resumed run continues the average;
@@ -15,7 +17,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -30,6 +32,7 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 
 from gureum.recipes.base import OverBudget
+from gureum.recipes.diffusion_text import PAD, CaptionUNet
 
 
 def unet_config(params: Mapping[str, Any], n_classes: int) -> dict[str, Any]:
@@ -73,16 +76,18 @@ class Diffusion(nn.Module):
 
     ema_steps: torch.Tensor
 
-    def __init__(
-        self,
-        n_classes: int,
-        params: Mapping[str, Any],
-    ) -> None:
+    def __init__(self, n_classes: int, params: Mapping[str, Any], n_tokens: int = 0) -> None:
         super().__init__()
         self.n_classes = max(1, n_classes)
-        self.null_class = self.n_classes
+        self.captions = params.get("conditioning", "class") == "caption"
         self.label_dropout = float(params["label_dropout"])
-        self.net = UNet2DModel(**unet_config(params, self.n_classes))
+        self.net: UNet2DModel | CaptionUNet
+        if self.captions:
+            self.null_class = PAD  # a row of it is the empty caption
+            self.net = CaptionUNet(params, n_tokens)
+        else:
+            self.null_class = self.n_classes
+            self.net = UNet2DModel(**unet_config(params, self.n_classes))
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
         self.noise = DDPMScheduler(**scheduler_config(params))
@@ -94,16 +99,17 @@ class Diffusion(nn.Module):
         return {"loss": self.loss(self.net, x, y, self.label_dropout)}
 
     def loss(
-        self, net: UNet2DModel, x: torch.Tensor, y: torch.Tensor, label_dropout: float = 0.0
+        self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, label_dropout: float = 0.0
     ) -> torch.Tensor:
-        """The DDPM loss of ``net`` on pictures ``x`` in [0, 1] of classes ``y``: a random
-        noise level per picture, and the class made "no class" for ``label_dropout`` of them."""
+        """The DDPM loss of ``net`` on pictures ``x`` in [0, 1] of classes (or captions' word
+        ids) ``y``: a random noise level per picture, and the class made "no class" (the
+        caption empty) for ``label_dropout`` of them."""
         clean = x * 2 - 1
         noise = torch.randn_like(clean)
         steps = self.noise.config.num_train_timesteps
         t = torch.randint(0, steps, (len(x),), device=x.device)
         noisy = self.noise.add_noise(clean, noise, t)
-        drop = torch.rand(len(y), device=y.device) < label_dropout
+        drop = (torch.rand(len(y), device=y.device) < label_dropout).view(-1, *[1] * (y.dim() - 1))
         labels = torch.where(drop, torch.full_like(y, self.null_class), y)
         predicted = net(noisy, t, class_labels=labels).sample
         if self.noise.config.prediction_type == "v_prediction":
@@ -124,7 +130,7 @@ class Diffusion(nn.Module):
 
 @torch.no_grad()
 def generate(
-    net: UNet2DModel,
+    net: Callable[..., Any],
     config: Mapping[str, Any],
     *,
     labels: torch.Tensor,
@@ -134,11 +140,13 @@ def generate(
     steps: int,
     sampler: str,
     deadline: float | None = None,
+    uncond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pictures in [0, 1] from ``noise`` (on the CPU, one generator per caller, so a seed gives
     the same pictures alone or in a batch) with classifier-free guidance per picture:
-    ``uncond + g * (cond - uncond)``; a batch whose scales are all 1 skips the unconditional
-    half. Past ``deadline`` (``time.monotonic``) the loop stops with ``OverBudget``."""
+    ``uncond + g * (cond - uncond)``, where ``uncond`` is "no class" unless given (a negative
+    prompt's word ids); a batch whose scales are all 1 skips the unconditional half. Past
+    ``deadline`` (``time.monotonic``) the loop stops with ``OverBudget``."""
     dev = labels.device
     scheduler = sampling_scheduler(config, sampler)
     with warnings.catch_warnings():
@@ -148,7 +156,9 @@ def generate(
     x = noise.to(dev) * scheduler.init_noise_sigma
     g = guidance.to(dev).view(-1, 1, 1, 1)
     guided = bool((guidance != 1).any())
-    both = torch.cat([labels, torch.full_like(labels, null_class)]) if guided else labels
+    if uncond is None:
+        uncond = torch.full_like(labels, null_class)
+    both = torch.cat([labels, uncond.to(dev)]) if guided else labels
     for i, t in enumerate(scheduler.timesteps):
         if deadline is not None and time.monotonic() > deadline:
             raise OverBudget(

@@ -10,10 +10,17 @@ Evaluated exactly like image-generator (``recipes.sample_quality``: kernel MMD a
 held-out pictures, a classifier's accuracy on samples), so the two recipes compare; plus
 ``val_loss``, the EMA model's DDPM loss on the held-out pictures at fixed noise.
 
+With ``conditioning=caption`` the model is conditioned on the pictures' captions instead
+(``recipes.diffusion_text``: a word vocabulary of the training captions and a tiny text
+embedding trained with a ``UNet2DConditionModel``; guidance drops to the empty caption). Its
+grids and the shared metrics ask for each class by its name as the prompt.
+
 Served: ``{"class": "dress", "count": 4, "seed": 1, "steps": 25, "guidance": 2}`` -> base64
-PNGs, billed per image. Inputs with equal steps and sampler are denoised as one batch, also
-across the requests the replica batches together; a generation past its time budget stops
-with ``OverBudget`` (504, not billed).
+PNGs, billed per image; a caption model takes ``{"prompt": "a red checked dress",
+"negative_prompt": "blue"}`` (a prompt over ``max_caption_tokens`` words is truncated and the
+output says so, as image-lora's does). Inputs with equal steps and sampler are denoised as
+one batch, also across the requests the replica batches together; a generation past its time
+budget stops with ``OverBudget`` (504, not billed).
 """
 
 from __future__ import annotations
@@ -40,10 +47,12 @@ from gureum.recipes.base import (
     evaluation_report,
     export_files,
 )
-from gureum.recipes.dataset import LocalDataset
+from gureum.recipes.dataset import DataFile, LocalDataset
 from gureum.recipes.diffusion_nets import Diffusion, generate, scheduler_config
+from gureum.recipes.diffusion_text import SPECIAL, CaptionUNet, Vocab, build_vocab
 from gureum.recipes.images import load_split, png_bytes, to_image
-from gureum.recipes.io_schemas import MAX_IMAGES, DiffusionRequest
+from gureum.recipes.io_schemas import MAX_IMAGES, MAX_PROMPT_CHARS, DiffusionRequest
+from gureum.recipes.lora_captions import captioned
 from gureum.recipes.params import IMAGE_DIFFUSION as NAME
 from gureum.recipes.params import (
     MAX_GUIDANCE,
@@ -54,6 +63,7 @@ from gureum.recipes.params import (
 )
 from gureum.recipes.sample_quality import (
     EVAL_SEED,
+    SINGLE_CLASS,
     Sampler,
     class_grids,
     classes_of,
@@ -85,24 +95,35 @@ LIMITS = {
     "sampler": f"one of {', '.join(SAMPLERS)}",
     "class": "a class name",
     "size": "an integer",
+    "prompt": f"a string of at most {MAX_PROMPT_CHARS} characters",
+    "negative_prompt": f"a string of at most {MAX_PROMPT_CHARS} characters",
 }
 
 
 def _model(cfg: ModelConfig) -> Diffusion:
-    return Diffusion(len(cfg.info["classes"]), cfg.params)
+    words = cfg.info.get("vocab")
+    n_tokens = len(words) + SPECIAL if isinstance(words, list) else 0
+    return Diffusion(len(cfg.info["classes"]), cfg.params, n_tokens)
 
 
 @dataclass(frozen=True)
 class _Job:
-    """One input, checked, with the model's defaults filled in."""
+    """One input, checked, with the model's defaults filled in; a caption model's prompt
+    and negative prompt as word ids."""
 
-    cls: str
+    cls: str | None
     count: int
     seed: int
     steps: int
     guidance: float
     sampler: str
     budget_s: float
+    prompt: str | None = None
+    negative: str | None = None
+    ids: tuple[int, ...] = ()
+    negative_ids: tuple[int, ...] = ()
+    truncated: bool = False
+    unknown: tuple[str, ...] = ()
 
 
 class DiffusionPredictor:
@@ -111,6 +132,12 @@ class DiffusionPredictor:
         self.classes: list[str] = list(cfg.info["classes"])
         self.defaults = DiffusionParams.model_validate(cfg.params)
         self.scheduler = scheduler_config(cfg.params)
+        self.vocab: Vocab | None = None
+        if model.captions:
+            self.vocab = Vocab(cfg.info.get("vocab", []), self.defaults.max_caption_tokens)
+            # The grids and the metrics ask for a class by its name as the prompt.
+            names = ["" if c == SINGLE_CLASS else c for c in self.classes]
+            self.class_ids = self.vocab.tensor(names)
 
     def sample(
         self,
@@ -120,8 +147,10 @@ class DiffusionPredictor:
         steps: int,
         sampler: str,
         deadline: float | None = None,
+        uncond: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Pictures in [0, 1] from the EMA weights, ``CHUNK`` at a time."""
+        """Pictures in [0, 1] from the EMA weights, ``CHUNK`` at a time; ``labels`` are class
+        indices or (a caption model) word ids, ``uncond`` what guidance steers from."""
         out = []
         for i in range(0, len(labels), CHUNK):
             out.append(
@@ -135,6 +164,7 @@ class DiffusionPredictor:
                     steps=steps,
                     sampler=sampler,
                     deadline=deadline,
+                    uncond=None if uncond is None else uncond[i : i + CHUNK],
                 )
             )
         return torch.cat(out)
@@ -146,7 +176,8 @@ class DiffusionPredictor:
 
         def draw(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
             noise = torch.randn((len(y), 3, d.image_size, d.image_size), generator=gen)
-            return self.sample(y, noise, torch.full((len(y),), g), n, d.sampler)
+            cond = self.class_ids[y.cpu()] if self.vocab is not None else y
+            return self.sample(cond, noise, torch.full((len(y),), g), n, d.sampler)
 
         return draw
 
@@ -160,12 +191,6 @@ class DiffusionPredictor:
         except ValidationError as exc:
             longest = f"a number of seconds over 0, at most {d.time_budget_s:g}"
             raise BadInput.naming_limits(exc, {**LIMITS, "time_budget_s": longest}) from None
-        default = self.classes[0] if len(self.classes) == 1 else None
-        cls = req.class_ if req.class_ is not None else default
-        if cls is None:
-            raise BadInput(f'"class" is required; one of: {", ".join(self.classes)}')
-        if cls not in self.classes:
-            raise BadInput(f"unknown class {cls!r}; the model knows: {', '.join(self.classes)}")
         if req.size is not None and req.size != d.image_size:
             raise BadInput(
                 f'"size" must be {d.image_size}: this model generates '
@@ -177,6 +202,19 @@ class DiffusionPredictor:
                 f'"time_budget_s" must be a number of seconds over 0, at most '
                 f"{d.time_budget_s:g} (this model's; got {budget:g})"
             )
+        if self.vocab is not None:
+            return self._caption_job(req, budget)
+        if req.prompt is not None or req.negative_prompt is not None:
+            raise BadInput(
+                '"prompt" needs a model trained with conditioning=caption; this one is '
+                f'class-conditional: give "class", one of: {", ".join(self.classes)}'
+            )
+        default = self.classes[0] if len(self.classes) == 1 else None
+        cls = req.class_ if req.class_ is not None else default
+        if cls is None:
+            raise BadInput(f'"class" is required; one of: {", ".join(self.classes)}')
+        if cls not in self.classes:
+            raise BadInput(f"unknown class {cls!r}; the model knows: {', '.join(self.classes)}")
         return _Job(
             cls,
             req.count,
@@ -185,6 +223,34 @@ class DiffusionPredictor:
             d.guidance if req.guidance is None else req.guidance,
             req.sampler or d.sampler,
             budget,
+        )
+
+    def _caption_job(self, req: DiffusionRequest, budget: float) -> _Job:
+        """A caption model's input: ``prompt`` (or ``class``, read as the prompt) as word ids."""
+        assert self.vocab is not None
+        d = self.defaults
+        prompt = req.prompt if req.prompt is not None else req.class_
+        if prompt is None:
+            raise BadInput(
+                '"prompt" is required: this model is conditioned on captions, e.g. '
+                '{"prompt": "a red checked dress"}'
+            )
+        negative = req.negative_prompt or ""
+        pos, neg = self.vocab.encode(prompt), self.vocab.encode(negative)
+        return _Job(
+            None,
+            req.count,
+            req.seed,
+            req.steps or d.sample_steps,
+            d.guidance if req.guidance is None else req.guidance,
+            req.sampler or d.sampler,
+            budget,
+            prompt,
+            negative,
+            tuple(pos.ids),
+            tuple(neg.ids),
+            pos.truncated or neg.truncated,
+            tuple(dict.fromkeys(pos.unknown + neg.unknown)),
         )
 
     def predict(self, inputs: list[Any]) -> list[Any]:
@@ -199,9 +265,14 @@ class DiffusionPredictor:
         size = self.defaults.image_size
         for (steps, sampler), members in groups.items():
             picked = [jobs[i] for i in members]
-            labels = torch.tensor(
-                [self.classes.index(j.cls) for j in picked for _ in range(j.count)]
-            )
+            uncond = None
+            if self.vocab is not None:
+                labels = torch.tensor([j.ids for j in picked for _ in range(j.count)])
+                uncond = torch.tensor([j.negative_ids for j in picked for _ in range(j.count)])
+            else:
+                labels = torch.tensor(
+                    [self.classes.index(str(j.cls)) for j in picked for _ in range(j.count)]
+                )
             noise = torch.cat(
                 [
                     torch.randn(
@@ -212,23 +283,46 @@ class DiffusionPredictor:
             )
             guidance = torch.tensor([j.guidance for j in picked for _ in range(j.count)])
             deadline = started + min(j.budget_s for j in picked)
-            out = self.sample(labels, noise, guidance, steps, sampler, deadline)
+            out = self.sample(labels, noise, guidance, steps, sampler, deadline, uncond)
             pos = 0
             for i, j in zip(members, picked, strict=True):
                 images[i] = list(out[pos : pos + j.count])
                 pos += j.count
-        return [
-            {
-                "class": job.cls,
-                "seed": job.seed,
-                "steps": job.steps,
-                "guidance": job.guidance,
-                "sampler": job.sampler,
-                "format": "png",
-                "images": [base64.b64encode(png_bytes(to_image(t))).decode() for t in images[i]],
+        return [self._output(job, images[i]) for i, job in enumerate(jobs)]
+
+    def _output(self, job: _Job, pictures: list[torch.Tensor]) -> dict[str, Any]:
+        head: dict[str, Any] = {"class": job.cls}
+        if self.vocab is not None:
+            head = {
+                "prompt": job.prompt,
+                "negative_prompt": job.negative,
+                "truncated": job.truncated,
+                "warning": _warning(job, self.vocab.max_tokens),
             }
-            for i, job in enumerate(jobs)
-        ]
+        return {
+            **head,
+            "seed": job.seed,
+            "steps": job.steps,
+            "guidance": job.guidance,
+            "sampler": job.sampler,
+            "format": "png",
+            "images": [base64.b64encode(png_bytes(to_image(t))).decode() for t in pictures],
+        }
+
+
+def _warning(job: _Job, max_tokens: int) -> str | None:
+    """What the caller should know about how the prompt was read (image-lora's wording)."""
+    notes = []
+    if job.truncated:
+        notes.append(
+            f"the prompt is longer than the text encoder's {max_tokens} tokens and was truncated"
+        )
+    if job.unknown:
+        notes.append(
+            "words the model never saw in its training captions, read as unknown: "
+            + ", ".join(job.unknown[:20])
+        )
+    return "; ".join(notes) or None
 
 
 class ImageDiffusion(RecipeBase):
@@ -244,13 +338,24 @@ class ImageDiffusion(RecipeBase):
         seed_everything(params.seed)
         device = resolve_device(ctx.device)
         classes = classes_of(ds)
-        x, y = load_split(ds, ds.select("image", "train"), params.image_size, classes)
-        vx, vy = load_split(ds, ds.select("image", "validation"), params.image_size, classes)
+        train_files, val_files = ds.select("image", "train"), ds.select("image", "validation")
+        x, y = load_split(ds, train_files, params.image_size, classes)
+        vx, vy = load_split(ds, val_files, params.image_size, classes)
         ctx.log(f"{NAME}: {len(x)} training pictures in {len(classes)} classes")
-        model = Diffusion(len(classes), params.model_dump()).to(device)
+        info: dict[str, Any] = {"classes": classes}
+        n_tokens = 0
+        if params.conditioning == "caption":
+            texts = [text for _, text in captioned(ds, train_files, NAME)]
+            vocab = Vocab(build_vocab(texts, params.vocab_size), params.max_caption_tokens)
+            y, vy = vocab.tensor(texts), _caption_ids(ds, val_files, vocab)
+            info["vocab"], n_tokens = vocab.words, vocab.size
+            ctx.log(
+                f"{NAME}: conditioned on captions ({len(vocab.words)} words), e.g. {texts[0]!r}"
+            )
+        model = Diffusion(len(classes), params.model_dump(), n_tokens).to(device)
         ctx.log(f"{NAME}: UNet of {sum(p.numel() for p in model.net.parameters()):,} weights")
         opt = torch.optim.AdamW(model.net.parameters(), lr=params.lr, weight_decay=0.0)
-        cfg = ModelConfig(NAME, params.model_dump(), {"classes": classes})
+        cfg = ModelConfig(NAME, params.model_dump(), info)
         epoch_now = [0]
 
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -317,7 +422,12 @@ class ImageDiffusion(RecipeBase):
         pics = eval_pictures(NAME, ds, classes, d.image_size)
         began = time.perf_counter()
         metrics, details = sample_quality(ctx, predictor.sampler(), pics, classes, dev, CHUNK)
-        metrics["val_loss"] = _val_loss(model, pics.vx, pics.vy, dev)
+        vy = pics.vy
+        if predictor.vocab is not None:  # the validation pictures' own captions
+            keep = [f for f in ds.select("image", "validation") if f.label in classes]
+            keep = keep if len(keep) == len(vy) else ds.select("image", "validation")
+            vy = _caption_ids(ds, keep, predictor.vocab)
+        metrics["val_loss"] = _val_loss(model, pics.vx, vy, dev)
         folder = ctx.artifacts_dir / "samples"
         files = class_grids(predictor.sampler(), classes, d.samples_per_class, dev, folder)
         details["sampling"] = {
@@ -339,12 +449,19 @@ class ImageDiffusion(RecipeBase):
         folder (``UNet2DModel.from_pretrained(dest / "unet")``)."""
         files = export_files(model_dir, dest, [WEIGHTS_FILE, "config.json"])
         model, cfg, _ = self._load(model_dir, "cpu")
-        model.ema_net.save_pretrained(str(dest / "unet"))
+        net = model.ema_net
+        # A caption model's UNet; its text embedding is in the weights file.
+        unet = net.unet if isinstance(net, CaptionUNet) else net
+        unet.save_pretrained(str(dest / "unet"))
         scheduler = dest / "scheduler" / "scheduler_config.json"
         scheduler.parent.mkdir(parents=True, exist_ok=True)
         body = {"_class_name": "DDPMScheduler", **scheduler_config(cfg.params)}
         scheduler.write_text(json.dumps(body, indent=2))
         return [*files, *sorted((dest / "unet").iterdir()), scheduler]
+
+
+def _caption_ids(ds: LocalDataset, files: list[DataFile], vocab: Vocab) -> torch.Tensor:
+    return vocab.tensor([text for _, text in captioned(ds, files, NAME)])
 
 
 @torch.no_grad()

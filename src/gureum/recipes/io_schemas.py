@@ -106,15 +106,20 @@ class Images(BaseModel):
 # -- image-diffusion --------------------------------------------------------------------------
 
 MAX_BUDGET_S = 600.0  # the longest time budget a generation may ask for
+MAX_PROMPT_CHARS = 4000  # a caption model reads a few dozen words; longer text is not kept
 
 
 class DiffusionRequest(BaseModel):
     """One generation; ``steps``, ``guidance``, ``sampler`` and ``time_budget_s`` default to
     the model's (the training parameters of the same names). Inputs with equal ``steps`` and
-    ``sampler`` are denoised together, across requests batched by the replica."""
+    ``sampler`` are denoised together, across requests batched by the replica. A model trained
+    with ``conditioning=caption`` takes ``prompt`` (and ``negative_prompt``, what guidance
+    steers away from; default the empty caption) instead of ``class``."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     class_: str | None = Field(None, alias="class", description="required if the model knows 2+")
+    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="caption models")
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     count: int = Field(1, ge=1, le=MAX_IMAGES)
     seed: int = Field(0, ge=INT64_MIN, le=INT64_MAX)
     steps: int | None = Field(None, ge=1, le=MAX_SAMPLE_STEPS, description="denoising steps")
@@ -124,3 +129,21 @@ class DiffusionRequest(BaseModel):
     time_budget_s: float | None = Field(
         None, gt=0, le=MAX_BUDGET_S, description="at most the model's; over it: 504, not billed"
     )
+
+
+class DiffusionImages(BaseModel):
+    """``class`` from a class-conditional model; ``prompt``, ``truncated`` (the prompt was cut
+    to the model's caption length) and ``warning`` from a caption-conditional one."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    class_: str | None = Field(None, alias="class")
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    seed: int
+    steps: int
+    guidance: float
+    sampler: Sampler
+    truncated: bool | None = Field(None, description="the prompt was cut to the model's length")
+    warning: str | None = None
+    format: Literal["png"]
+    images: list[str] = Field(description="base64 PNG files")

@@ -15,8 +15,9 @@ from gureum.recipes.image_lora_params import CAPTION_FILES, NAME
 MAX_CAPTION_FILE_BYTES = 64 * 1024 * 1024
 
 
-def caption_map(ds: LocalDataset) -> dict[str, str]:
-    """Dataset path -> caption, from every caption file of the dataset."""
+def caption_map(ds: LocalDataset, recipe: str = NAME) -> dict[str, str]:
+    """Dataset path -> caption, from every caption file of the dataset (errors name
+    ``recipe``: image-diffusion reads captions too)."""
     out: dict[str, str] = {}
     for f in ds.files:
         p = PurePosixPath(f.path)
@@ -24,29 +25,31 @@ def caption_map(ds: LocalDataset) -> dict[str, str]:
             continue
         path = ds.path(f)
         if path.stat().st_size > MAX_CAPTION_FILE_BYTES:
-            raise DatasetMismatch(f"{NAME}: {f.path} is over {MAX_CAPTION_FILE_BYTES >> 20} MiB")
+            raise DatasetMismatch(f"{recipe}: {f.path} is over {MAX_CAPTION_FILE_BYTES >> 20} MiB")
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except ValueError:
-                raise DatasetMismatch(f"{NAME}: {f.path} line {n} is not JSON") from None
+                raise DatasetMismatch(f"{recipe}: {f.path} line {n} is not JSON") from None
             name, text = (
                 (row.get("file_name"), row.get("text")) if isinstance(row, dict) else (0, 0)
             )
             if not isinstance(name, str) or not isinstance(text, str):
                 raise DatasetMismatch(
-                    f'{NAME}: {f.path} line {n} must be {{"file_name": "...", "text": "..."}}'
+                    f'{recipe}: {f.path} line {n} must be {{"file_name": "...", "text": "..."}}'
                 )
             out[str(p.parent / name) if str(p.parent) != "." else name] = text
     return out
 
 
-def captioned(ds: LocalDataset, files: list[DataFile]) -> list[tuple[DataFile, str]]:
+def captioned(
+    ds: LocalDataset, files: list[DataFile], recipe: str = NAME
+) -> list[tuple[DataFile, str]]:
     """Each picture with its caption: the caption file's, else its class name; a picture with
     neither is refused (the model would learn nothing from it)."""
-    captions = caption_map(ds)
+    captions = caption_map(ds, recipe)
     out, bare = [], []
     for f in files:
         text = captions.get(f.path, f.label)
@@ -56,7 +59,7 @@ def captioned(ds: LocalDataset, files: list[DataFile]) -> list[tuple[DataFile, s
             out.append((f, text))
     if bare:
         raise DatasetMismatch(
-            f"{NAME}: {len(bare)} picture(s) have no caption ({', '.join(bare[:3])}): add a "
+            f"{recipe}: {len(bare)} picture(s) have no caption ({', '.join(bare[:3])}): add a "
             f'metadata.jsonl of {{"file_name", "text"}} rows, or put pictures in class folders'
         )
     return out

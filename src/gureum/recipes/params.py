@@ -86,11 +86,17 @@ Sampler = Literal["ddim", "dpm-solver"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 
 
+Conditioning = Literal["class", "caption"]
+
+
 class DiffusionParams(RecipeParams):
     """A small class-conditional UNet trained from scratch with DDPM; sampled with DDIM or
     DPM-Solver and classifier-free guidance. The defaults train usefully on 2 CPU cores in a
-    few minutes on the garments sample."""
+    few minutes on the garments sample. ``conditioning=caption`` conditions on the pictures'
+    captions instead (a ``captions.jsonl``/``metadata.jsonl``, else the class name) through a
+    tiny text embedding trained with the UNet over the training captions' words."""
 
+    conditioning: Conditioning = Field("class", description="class labels or captions")
     epochs: int = Field(40, ge=1, le=5000)
     # Small batches: on a CPU, optimizer steps are what a diffusion model is short of.
     batch_size: int = Field(8, ge=1, le=4096)
@@ -101,11 +107,12 @@ class DiffusionParams(RecipeParams):
     attention: bool = Field(True, description="self-attention in the UNet's middle block")
     train_timesteps: int = Field(1000, ge=10, le=4000, description="DDPM noise levels")
     beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = "squaredcos_cap_v2"
-    prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    # v-prediction and a short EMA: measured better at a few minutes of CPU (docs/benchmarks.md).
+    prediction: Literal["epsilon", "v_prediction"] = "v_prediction"
     label_dropout: float = Field(
         0.1, ge=0, lt=1, description="share of training pictures shown without their class"
     )
-    ema_decay: float = Field(0.999, ge=0, lt=1, description="ceiling of the EMA's decay")
+    ema_decay: float = Field(0.99, ge=0, lt=1, description="ceiling of the EMA's decay")
     sampler: Sampler = Field("ddim", description="default for serving")
     sample_steps: int = Field(25, ge=1, le=MAX_SAMPLE_STEPS, description="default steps")
     guidance: float = Field(2.0, ge=0, le=MAX_GUIDANCE, description="default guidance scale")
@@ -113,6 +120,15 @@ class DiffusionParams(RecipeParams):
     samples_per_class: int = Field(8, ge=1, le=64, description="pictures per class in a grid")
     time_budget_s: float = Field(
         60.0, gt=0, le=600, description="longest one served generation may take"
+    )
+    text_dim: int = Field(
+        32, ge=8, le=512, multiple_of=8, description="caption embedding width (captions)"
+    )
+    max_caption_tokens: int = Field(
+        16, ge=1, le=77, description="caption words read; longer prompts are truncated"
+    )
+    vocab_size: int = Field(
+        1000, ge=8, le=50_000, description="most frequent caption words kept (captions)"
     )
 
 

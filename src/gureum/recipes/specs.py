@@ -37,10 +37,14 @@ IMAGE_GENERATOR = RecipeSpec(
 )
 IMAGE_DIFFUSION = RecipeSpec(
     name="image-diffusion",
-    description="class-conditional diffusion UNet (DDPM, DDIM/DPM-Solver, guidance); kernel MMD",
+    description="class- or caption-conditional diffusion UNet (DDPM, DDIM/DPM-Solver, "
+    "guidance); kernel MMD",
     implementation="gureum.recipes.image_diffusion:ImageDiffusion",
     serving=ServingSpec(
-        unit="image", count=images, input_schema=io.DiffusionRequest, output_schema=io.Images
+        unit="image",
+        count=images,
+        input_schema=io.DiffusionRequest,
+        output_schema=io.DiffusionImages,
     ),
     params=p.DiffusionParams,
     check_dataset=p.check_diffusion_dataset,
