@@ -10,7 +10,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORT = 8080
@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     # Where the local Ray head `gureum up` starts listens (`--ray-host`); it always runs with
     # Ray's token authentication (the token in `ray_token_path`).
     ray_host: str = "127.0.0.1"
+    # Ray's GCS fault tolerance for that head (docs/deploy/README.md, "GCS fault tolerance"):
+    # its control state kept in this Redis (host:port, redis:// or rediss://) under a namespace
+    # of its own (default: one per home); the credentials only if Redis asks for them (never
+    # logged or recorded). Empty: Ray's default, in memory.
+    ray_redis_address: str = ""
+    ray_redis_namespace: str = ""
+    ray_redis_username: str = ""
+    ray_redis_password: SecretStr = SecretStr("")
     # HAProxy's limits on a consumer's connection: seconds to send the request head, idle
     # seconds, and the number of header fields.
     data_plane_request_timeout_s: int = Field(default=10, ge=1)
@@ -82,9 +90,19 @@ class Settings(BaseSettings):
     # Ray cannot place waits this long (for room, or a node the autoscaler adds) before
     # preemptible jobs are stopped for it; a job that has run less than `preempt_min_run_s` is
     # left alone; a preempted job waits `preempt_hold_s` so the replica takes the room first.
+    # A job chosen is first asked to save a checkpoint and stopped once it has (or ended), at
+    # most `preempt_grace_s` later.
     preempt_after_s: float = Field(default=10.0, ge=0)
     preempt_min_run_s: float = Field(default=60.0, ge=0)
     preempt_hold_s: float = Field(default=30.0, ge=0)
+    preempt_grace_s: float = Field(default=30.0, ge=0)
+    # Node autoscaling (docs/operations.md, "Node autoscaling"): queued jobs and replicas waiting
+    # for room ask Ray's autoscaler for nodes (request_resources), cleared when nothing waits.
+    # `autoscaling_config` names the cluster's autoscaler config (cluster launcher YAML, or any
+    # YAML with `available_node_types`): submission then accepts a job that fits a node type the
+    # autoscaler may add. Either setting turns node autoscaling on.
+    node_autoscaling: bool = False
+    autoscaling_config: str = ""
 
     # Compute and storage prices for cost reports (GUREUM_PRICE_*; the dict is JSON).
     price_currency: str = "USD"
@@ -123,6 +141,10 @@ class Settings(BaseSettings):
         wildcard = self.host in ("0.0.0.0", "::", "")  # noqa: S104 (a comparison, not a bind)
         host = "127.0.0.1" if wildcard else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def autoscales(self) -> bool:
+        return self.node_autoscaling or bool(self.autoscaling_config)
 
     @property
     def serving_dir(self) -> Path:

@@ -10,6 +10,8 @@
         run.save_checkpoint({"epoch": epoch + 1, "model": net.state_dict()})
         if run.should_stop():
             break
+        # Within a long epoch: the platform asks for a checkpoint before it preempts the job.
+        # if run.should_checkpoint(): run.save_checkpoint({...})
     torch.save(net.state_dict(), run.model_dir() / "model.pt")
     run.register_model(metrics={"accuracy": acc})
 
@@ -25,6 +27,8 @@ Run folder layout::
     resume.pt           the job's last checkpoint (written by the runner)
     model/              model_dir(): the files registered as the model version
     stop                present once the runner asks the script to stop
+    checkpoint          present once the runner asks for a checkpoint (before a preemption);
+                        save_checkpoint() removes it
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ __all__ = [
     "register_model",
     "run_dir",
     "save_checkpoint",
+    "should_checkpoint",
     "should_stop",
 ]
 
@@ -59,6 +64,7 @@ SPOOL_DIR = "spool"
 RESUME_FILE = "resume.pt"
 MODEL_DIR = "model"
 STOP_FILE = "stop"
+CHECKPOINT_FILE = "checkpoint"
 SPOOL_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 LOCAL_KEEP = 2  # spool files kept by hand-runs, where no runner takes them over
 
@@ -175,6 +181,7 @@ def save_checkpoint(state: dict[str, Any]) -> None:
         n = _last_number
     final = spool / f"ckpt-{n:06d}.pt"
     tmp = spool / f".ckpt-{n:06d}.pt.{os.getpid()}.tmp"
+    (run_dir() / CHECKPOINT_FILE).unlink(missing_ok=True)  # this one answers the request
     torch.save(state, tmp)
     os.replace(tmp, final)  # the runner sees the whole file or none of it
     _emit({"type": "checkpoint", "path": str(final.resolve())})
@@ -235,3 +242,11 @@ def register_model(metrics: dict[str, float] | None = None, path: str | Path | N
 def should_stop() -> bool:
     """True once the platform asked the job to stop (cancel, timeout): save and exit."""
     return (run_dir() / STOP_FILE).exists()
+
+
+def should_checkpoint() -> bool:
+    """True once the platform asked for a checkpoint: it is about to preempt the job (an
+    endpoint needs the room) and waits up to a grace period (``preempt_grace_s``, 30 s by
+    default) for one. Save one with ``save_checkpoint`` (which answers the request) at the next
+    step; the job is then stopped and later resumes from it (``load_checkpoint``)."""
+    return (run_dir() / CHECKPOINT_FILE).exists()

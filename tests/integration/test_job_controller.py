@@ -38,6 +38,7 @@ class FakeBackend:
     seq: dict[tuple[str, int], int] = field(default_factory=dict)
     dead: set[tuple[str, int]] = field(default_factory=set)
     stopped: list[tuple[str, int]] = field(default_factory=list)
+    graces: list[float] = field(default_factory=list)  # the grace_s of each stop
     released: list[tuple[str, int]] = field(default_factory=list)
     swept: list[set[str]] = field(default_factory=list)
 
@@ -69,8 +70,9 @@ class FakeBackend:
             out[key] = Report(items=list(self.queues[key]), alive=True)
         return out
 
-    def stop(self, job_id: str, attempt: int) -> None:
+    def stop(self, job_id: str, attempt: int, grace_s: float = 0.0) -> None:
         self.stopped.append((job_id, attempt))
+        self.graces.append(grace_s)
 
     def release(self, job_id: str, attempt: int) -> None:
         self.released.append((job_id, attempt))

@@ -1,7 +1,9 @@
 """One pool, serving first, against the fake compute engine (no Ray), on SQLite and PostgreSQL:
 only an admin may submit a job endpoints cannot preempt; a replica that waits for room past
 ``preempt_after_s`` preempts the lowest-priority running job (an event on both, a metric), the
-job goes back to the queue and stays there for the hold, then resumes as its next attempt."""
+job goes back to the queue and stays there for the hold, then resumes as its next attempt; the
+attempt is first given ``preempt_grace_s`` to checkpoint. Guaranteed shares: set by site admins
+only, checked, and what a workspace borrows beyond its share is preempted first."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from gureum import samples
+from gureum.client import Client
 from gureum.config import Settings
 from gureum.server.controllers.pool import PoolController
 from gureum.server.db.base import utcnow
@@ -101,8 +105,9 @@ def test_a_starving_replica_preempts_the_lowest_priority_job_which_resumes_later
     metrics = env.http.get("/v1/metrics").text
     assert 'gureum_preemptions_total{workspace="default"} 1.0' in metrics, metrics
 
-    env.jobs.tick()  # the controller stops the attempt...
+    env.jobs.tick()  # the controller stops the attempt, asking for a checkpoint first...
     assert (low["id"], 1) in env.fake.stopped
+    assert env.fake.graces[env.fake.stopped.index((low["id"], 1))] == settings.preempt_grace_s
     env.fake.emit(low["id"], 1, {"type": "end", "outcome": "cancelled", "error": None})
     env.fake.free = {}
     env.jobs.tick()  # ...and it is queued again, held back for the replica
@@ -120,3 +125,99 @@ def test_a_starving_replica_preempts_the_lowest_priority_job_which_resumes_later
     resumed = env.fake.launched[-1]
     assert (resumed.job_id, resumed.attempt) == (low["id"], 2)  # its checkpoints: same job
     assert env.job(high["id"])["state"] == env.job(pinned["id"])["state"] == "running"
+
+
+def test_a_cancel_stops_at_once_without_a_checkpoint_grace(env: Env) -> None:
+    job = env.submit()
+    env.jobs.tick()
+    env.fake.emit(job["id"], 1, {"type": "started", "node_id": "node-1"})
+    env.jobs.tick()
+    env.client.jobs.cancel(job["id"])
+    env.jobs.tick()
+    assert env.fake.stopped == [(job["id"], 1)] and env.fake.graces == [0.0]
+
+
+# -- guaranteed shares ---------------------------------------------------------------------------
+
+
+def test_guaranteed_shares_are_set_by_site_admins_and_bad_input_is_refused(env: Env) -> None:
+    empty = env.client.workspaces.get_share("default")
+    assert (empty.cpus, empty.gpus, empty.used_cpus, empty.borrowed_cpus) == (None, None, 0, 0)
+    out = env.client.workspaces.set_share("default", cpus=4, gpus=1)
+    assert (out.workspace, out.cpus, out.gpus) == ("default", 4, 1)
+
+    for bad in ({"cpus": -1}, {"gpus": -0.5}, {"cpus": "lots"}, {"cpus": 1e9}, {"memory": 1}):
+        r = env.http.put("/v1/workspaces/default/share", json=bad)
+        assert r.status_code == 422 and error(r)["code"] == "invalid_request", (bad, r.text)
+    r = env.http.put("/v1/workspaces/nowhere/share", json={"cpus": 1})
+    assert r.status_code == 404 and error(r)["code"] == "not_found"
+    assert env.http.get("/v1/workspaces/nowhere/share").status_code == 404
+    viewer = env.member("vera", "viewer")
+    assert viewer.get("/v1/workspaces/default/share").json()["cpus"] == 4  # members see it
+    for role in ("developer", "admin", "owner"):  # a workspace's own admins cannot raise it
+        who = env.member(f"u-{role}", role)
+        r = who.put("/v1/workspaces/default/share", json={"cpus": 64})
+        assert r.status_code == 403 and error(r)["code"] == "forbidden", (role, r.text)
+    assert "site admins" in error(r)["message"]
+    after = env.client.workspaces.get_share("default")
+    assert (after.cpus, after.gpus) == (4, 1)  # nothing half-written
+    cleared = env.client.workspaces.set_share("default")
+    assert (cleared.cpus, cleared.gpus) == (None, None)
+
+
+def _start(env: Env, *jobs: dict[str, object]) -> None:
+    env.jobs.tick()
+    for j in jobs:
+        env.fake.emit(str(j["id"]), 1, {"type": "started", "node_id": "node-1"})
+    env.jobs.tick()
+
+
+def test_borrowed_capacity_is_preempted_before_a_share_whatever_the_priority(
+    env: Env, settings: Settings, tmp_path: Path
+) -> None:
+    settings.preempt_after_s, settings.preempt_min_run_s = 5.0, 0.0
+    env.client.workspaces.create("research")
+    key = env.client.keys.create("research-key", workspace="research").token
+    research = Client("http://testserver", key, http=env.as_key(key))
+    samples.write("tabular", tmp_path / "rows", count=50)
+    research.datasets.push("orders", tmp_path / "rows")
+    env.client.workspaces.set_share("default", cpus=2)  # research has no share: all borrowed
+
+    # default's share covers its highest-priority job; its other job borrows beyond it.
+    guaranteed = env.submit(priority=-5, resources={"cpus": 2})
+    extra = env.submit(priority=-9, resources={"cpus": 2})
+    r = env.as_key(key).post(
+        "/v1/jobs",
+        json={
+            "recipe": "tabular",
+            "dataset": "orders",
+            "params": {"target": "returned"},
+            "priority": 9,
+            "resources": {"cpus": 2},
+        },
+    )
+    assert r.status_code == 201, r.text
+    borrower = r.json()
+    _start(env, guaranteed, extra, borrower)
+    share = env.client.workspaces.get_share("default")
+    assert (share.used_cpus, share.borrowed_cpus) == (4, 2)
+    assert research.workspaces.get_share("research").borrowed_cpus == 2
+
+    ep_id = _endpoint(env, cpus=4)
+    env.fake.free = {"CPU": 0.0}
+    since = utcnow().timestamp() - 6
+    states = {
+        app_name(ep_id): AppState("DEPLOYING", "", 0, ep_id, starting=1, starting_since=since)
+    }
+    pool = PoolController(env.app.state.db, lambda: states, env.fake.available, settings, list)
+    pool.tick()
+    with env.db.read() as s:
+        rows = {j["id"]: s.get(Job, j["id"]) for j in (guaranteed, extra, borrower)}
+        marked = {k: row.stop_state if row else "?" for k, row in rows.items()}
+    # The two borrowers make the room (4 CPUs): the job within its share is spared, though
+    # research's borrower has a far higher priority.
+    assert marked == {guaranteed["id"]: None, extra["id"]: "preempt", borrower["id"]: "preempt"}
+    message = next(e.message for e in research.jobs.events(borrower["id"]) if e.kind == "preempted")
+    assert "borrowed capacity" in message, message
+    pool.tick()  # the room the stopping jobs hold counts as free: nothing more
+    assert pool.preempted == 2

@@ -8,7 +8,14 @@ from datetime import UTC, datetime, timedelta
 from gureum.config import Settings
 from gureum.schemas.endpoints import ReplicaResources
 from gureum.server.controllers.pool import PoolController
-from gureum.server.services.preemption import Candidate, choose_victims, fits, replica_demand
+from gureum.server.services.preemption import (
+    Candidate,
+    Share,
+    borrowing,
+    choose_victims,
+    fits,
+    replica_demand,
+)
 from gureum.serving.backend import AppState
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -23,9 +30,10 @@ def job(
     ran_s: float = 600,
     preemptible: bool = True,
     gpus: float = 0,
+    ws: int = 1,
 ) -> Candidate:
     need = {"CPU": cpus} | ({"GPU": gpus} if gpus else {})
-    return Candidate(job_id, priority, need, NOW - timedelta(seconds=ran_s), preemptible)
+    return Candidate(job_id, priority, need, NOW - timedelta(seconds=ran_s), preemptible, ws)
 
 
 def ids(victims: list[Candidate] | None) -> list[str] | None:
@@ -85,6 +93,64 @@ def test_replica_demand_names_ray_resources() -> None:
         "accelerator_type:A100": 0.001,
     }
     assert fits(replica_demand(ReplicaResources(cpus=1)), {"CPU": 1.0})
+
+
+# -- guaranteed shares and borrowing -----------------------------------------------------------
+
+
+def borrowed(running: list[Candidate], shares: dict[int, Share]) -> set[str]:
+    return {c.job_id for c in borrowing(running, shares) if c.borrowed}
+
+
+def test_without_shares_everything_is_borrowed_and_the_order_is_unchanged() -> None:
+    running = [job("a", 2, ws=1), job("b", 2, ws=2, priority=-1)]
+    assert borrowed(running, {}) == {"a", "b"}
+    assert ids(choose_victims({"CPU": 2}, {}, borrowing(running, {}), NOW, 60)) == ["b"]
+
+
+def test_a_share_covers_the_highest_priority_then_the_oldest_jobs() -> None:
+    running = [
+        job("old", 2, ran_s=3600),
+        job("new", 2, ran_s=600),
+        job("vip", 2, ran_s=60, priority=9),
+        job("tiny", 1, ran_s=30),
+    ]
+    # 4 CPUs: vip (highest priority), then old (oldest); new does not fit, tiny would not
+    # either once old is in (5 > 4): both borrowed.
+    assert borrowed(running, {1: Share(cpus=4)}) == {"new", "tiny"}
+    # 5 CPUs: new still does not fit after vip and old, but the 1-CPU job does (first fit).
+    assert borrowed(running, {1: Share(cpus=5)}) == {"new"}
+    assert borrowed(running, {1: Share(cpus=100)}) == set()
+    assert borrowed(running, {2: Share(cpus=100)}) == {"old", "new", "vip", "tiny"}
+
+
+def test_gpus_beyond_the_share_are_borrowed_even_with_cpus_to_spare() -> None:
+    running = [job("g", 1, gpus=2), job("c", 1)]
+    assert borrowed(running, {1: Share(cpus=8, gpus=1)}) == {"g"}
+    assert borrowed(running, {1: Share(cpus=8, gpus=2)}) == set()
+
+
+def test_borrowed_jobs_are_preempted_before_jobs_within_a_share_whatever_their_priority() -> None:
+    running = borrowing(
+        [
+            job("guaranteed", 2, ws=1, priority=-9),  # lowest priority, but within its share
+            job("borrower", 2, ws=2, priority=5),  # workspace 2 has no share: all borrowed
+        ],
+        {1: Share(cpus=2)},
+    )
+    assert ids(choose_victims({"CPU": 2}, {}, running, NOW, 60)) == ["borrower"]
+
+
+def test_a_job_within_its_share_goes_only_when_borrowed_capacity_cannot_make_room() -> None:
+    shares = {1: Share(cpus=4)}
+    running = borrowing([job("mine", 4, ws=1), job("b1", 1, ws=2), job("b2", 1, ws=2)], shares)
+    assert ids(choose_victims({"CPU": 2}, {}, running, NOW, 60)) == ["b1", "b2"]
+    # 3 CPUs: both borrowers together hold 2, not enough: the guaranteed job must go, and
+    # then the borrowers are not needed (just enough).
+    assert ids(choose_victims({"CPU": 3}, {}, running, NOW, 60)) == ["mine"]
+    # Borrowers that cannot be preempted yet (minimum run time) do not shield anyone else.
+    young = borrowing([job("mine", 4, ws=1), job("b", 2, ws=2, ran_s=10)], shares)
+    assert ids(choose_victims({"CPU": 2}, {}, young, NOW, 60)) == ["mine"]
 
 
 # -- the controller ----------------------------------------------------------------------------

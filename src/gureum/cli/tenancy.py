@@ -146,6 +146,38 @@ def ws_quotas(
     emit(data, output, lambda _: console.print(kv_table(shown)))
 
 
+@workspaces.command("share")
+def ws_share(
+    name: str,
+    cpus: Annotated[
+        float | None, typer.Option("--cpus", min=0, help="CPUs guaranteed to its jobs")
+    ] = None,
+    gpus: Annotated[
+        float | None, typer.Option("--gpus", min=0, help="GPUs guaranteed to its jobs")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="guarantee nothing")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Show a workspace's guaranteed share of the pool and what its jobs borrow beyond it, or
+    set it (site admins; an option left out keeps its value). Borrowed capacity is what
+    serving preempts first."""
+    with api_errors(output), _client() as c:
+        if cpus is not None or gpus is not None or clear:
+            current = None if clear else c.workspaces.get_share(name)
+            out = c.workspaces.set_share(
+                name,
+                cpus=cpus if cpus is not None or current is None else current.cpus,
+                gpus=gpus if gpus is not None or current is None else current.gpus,
+            )
+        else:
+            out = c.workspaces.get_share(name)
+    data = _dump(out)
+    shown = {
+        k: "none" if v is None else f"{v:g}" if isinstance(v, float) else v for k, v in data.items()
+    }
+    emit(data, output, lambda _: console.print(kv_table(shown)))
+
+
 @users.command("add")
 def users_add(
     name: str,

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from gureum.client.base import Transport, pages, segment
-from gureum.schemas.jobs import WorkspaceQuotas
+from gureum.schemas.jobs import WorkspaceQuotas, WorkspaceShareOut
 from gureum.schemas.tenancy import (
     AuditEventOut,
     KeyCreated,
@@ -49,6 +49,19 @@ class WorkspacesAPI(_API):
         body = WorkspaceQuotas.model_validate(quotas).model_dump(mode="json")
         data = self._t.json("PUT", f"/v1/workspaces/{segment(name)}/quotas", json=body)
         return WorkspaceQuotas.model_validate(data)
+
+    def get_share(self, name: str) -> WorkspaceShareOut:
+        """Its guaranteed share of the pool, and what its running jobs use and borrow."""
+        data = self._t.json("GET", f"/v1/workspaces/{segment(name)}/share")
+        return WorkspaceShareOut.model_validate(data)
+
+    def set_share(
+        self, name: str, cpus: float | None = None, gpus: float | None = None
+    ) -> WorkspaceShareOut:
+        """Replace its guaranteed share (site admins); None is no guarantee."""
+        body = {"cpus": cpus, "gpus": gpus}  # checked by the server (422 on a negative)
+        data = self._t.json("PUT", f"/v1/workspaces/{segment(name)}/share", json=body)
+        return WorkspaceShareOut.model_validate(data)
 
 
 class UsersAPI(_API):

@@ -31,8 +31,10 @@ class ComputeBackend(Protocol):
         """For each (job id, attempt, last stored item seq): the items after it."""
         ...
 
-    def stop(self, job_id: str, attempt: int) -> None:
-        """Ask an attempt to stop; it reports ``end`` with outcome ``cancelled``."""
+    def stop(self, job_id: str, attempt: int, grace_s: float = 0.0) -> None:
+        """Ask an attempt to stop; it reports ``end`` with outcome ``cancelled``. With
+        ``grace_s`` (a preemption) it is first asked to save a checkpoint, and stopped once
+        it saved one, ended, or ``grace_s`` passed."""
         ...
 
     def release(self, job_id: str, attempt: int) -> None:

@@ -30,9 +30,10 @@ def started() -> Item:
 def sender(supervisor: Any, spec: JobSpec) -> Any:
     attempt = (spec.job_id, spec.attempt)
 
-    def send(items: list[Item]) -> bool:
-        stop: bool = ray.get(supervisor.report.remote(items, attempt), timeout=60)
-        return stop
+    def send(items: list[Item]) -> int:
+        """The supervisor's answer: stop (bit 0), checkpoints asked for (the rest)."""
+        signals: int = ray.get(supervisor.report.remote(items, attempt), timeout=60)
+        return signals
 
     return send
 

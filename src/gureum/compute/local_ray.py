@@ -25,11 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import psutil
 from pydantic import BaseModel
 
+from gureum.compute import gcs_storage
+from gureum.compute.gcs_storage import GcsStorage
 from gureum.local.procs import cmdline, free_port, port_open, session_members, tail, terminate
 
 START_TIMEOUT = 120.0
@@ -74,6 +77,8 @@ class RayHead(BaseModel):
     gcs_port: int
     # None for a head recorded before gureum pinned it to loopback (it listens everywhere).
     network: HeadNetwork | None = None
+    # Where its GCS keeps its tables when fault tolerant (Redis; never the password).
+    gcs_storage: GcsStorage | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -119,7 +124,8 @@ def reachable(address: str, timeout: float = 1.0) -> bool:
 
 def head_env(network: HeadNetwork | None = None) -> dict[str, str]:
     """The environment every Ray process of the head inherits (workers included)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    drop = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", *gcs_storage.ENV_KEYS)  # storage: start_head's own
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env.update(auth_env(network or HeadNetwork()))
     # The autoscaler's and dashboard's metrics servers take fixed default ports otherwise.
@@ -264,6 +270,7 @@ def _start_command(
     num_cpus: int | None,
     object_store_memory: int | None,
     network: HeadNetwork | None = None,
+    autoscaling_config: Path | None = None,
 ) -> list[str]:
     network = network or HeadNetwork()
     cmd = [
@@ -296,6 +303,8 @@ def _start_command(
         cmd.append(f"--num-cpus={num_cpus}")
     if object_store_memory is not None:
         cmd.append(f"--object-store-memory={object_store_memory}")
+    if autoscaling_config is not None:  # the head's monitor runs Ray's autoscaler with it
+        cmd.append(f"--autoscaling-config={autoscaling_config}")
     return cmd
 
 
@@ -307,23 +316,46 @@ def start_head(
     object_store_memory: int | None = None,
     timeout: float = START_TIMEOUT,
     network: HeadNetwork | None = None,
+    storage: GcsStorage | None = None,
+    redis_username: str = "",
+    redis_password: str = "",
+    autoscaling_config: Path | None = None,
+    gcs_port: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> RayHead:
     """Start a head in a new session and return once it accepts connections.
 
     A head that listens off loopback must have Ray's token auth (``network.auth_token_path``).
+    With ``storage`` its GCS is fault tolerant: its tables in Redis, under a namespace cleared
+    first (this head is a new cluster; see ``compute.gcs_storage``).
+    ``autoscaling_config``: a Ray autoscaler config (cluster launcher YAML) the head's monitor
+    adds and removes nodes by; ``gcs_port`` (a free one when None) and ``env`` (added to the
+    head's environment) serve configs that name the head's address (``compute.fake_cluster``).
     """
     network = network or HeadNetwork()
     if network.exposed and network.auth_token_path is None:
         raise RayStartError("a Ray head that listens off loopback needs token authentication")
     temp_dir.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    gcs_port = free_port()
-    cmd = _start_command(temp_dir, gcs_port, num_cpus, object_store_memory, network)
+    gcs_port = gcs_port or free_port()
+    cmd = _start_command(
+        temp_dir, gcs_port, num_cpus, object_store_memory, network, autoscaling_config
+    )
+    extra_env = dict(env or {})
+    if storage is not None:
+        try:
+            gcs_storage.check_reachable(storage)
+            gcs_storage.clear(storage, redis_username, redis_password)
+        except Exception as exc:
+            text = str(exc).replace(redis_password, "***") if redis_password else str(exc)
+            raise RayStartError(f"the GCS storage in Redis: {text}") from None
+        extra_env.update(gcs_storage.head_env(storage))
+        cmd += gcs_storage.start_flags(redis_username, redis_password)
     offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             cmd,
-            env={**head_env(network), **serve_env(temp_dir, network)},
+            env={**head_env(network), **serve_env(temp_dir, network), **extra_env},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -336,6 +368,7 @@ def start_head(
         temp_dir=str(temp_dir),
         gcs_port=gcs_port,
         network=network,
+        gcs_storage=storage,
     )
     try:
         rc = proc.wait(timeout=timeout)

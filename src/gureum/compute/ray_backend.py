@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 from ray import exceptions as rex
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from gureum.compute import fence
 from gureum.compute.resources import NodeInfo
@@ -25,6 +26,8 @@ MAX_IDLE = 2
 # How long a released attempt's fence outlives its job (a late launch comes within seconds).
 FENCE_KEEP_S = 600.0
 _connect_lock = threading.Lock()
+# The resource Ray gives the head node only.
+HEAD_RESOURCE = "node:__internal_head__"
 
 
 _connected: list[str] = []
@@ -59,6 +62,14 @@ def disconnect() -> None:
         _connected.clear()
 
 
+def head_node_id() -> str | None:
+    """The head node's id (None when Ray does not say which node is the head)."""
+    for n in ray.nodes():  # type: ignore[no-untyped-call]
+        if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {}):
+            return str(n["NodeID"])
+    return None
+
+
 class RayBackend:
     """Attempts run in ``JobSupervisor`` actors named ``gureum-run-<hex>``. One idle supervisor
     is kept started ahead, so a job reaches "running" without waiting for a new worker
@@ -78,6 +89,7 @@ class RayBackend:
         # Supervisors that did not say which attempt they run (still starting): an attempt
         # not found meanwhile may be theirs, so it is not declared lost.
         self._unsure = False
+        self._head = head_node_id()
 
     def nodes(self) -> list[NodeInfo]:
         return [
@@ -96,6 +108,12 @@ class RayBackend:
             namespace=NAMESPACE,
             lifetime="detached",
             max_concurrency=8,  # polls are answered while the attempt runs
+            # On the head, which Ray's autoscaler never removes: on a worker node an idle
+            # node's removal would take the attempts it supervises (running elsewhere) along,
+            # and the actor alone would keep some autoscalers from finding the node idle.
+            scheduling_strategy=NodeAffinitySchedulingStrategy(self._head, soft=True)
+            if self._head
+            else "DEFAULT",
         ).remote()
         handle.warm.remote()
         return name, handle
@@ -184,10 +202,10 @@ class RayBackend:
                 out[key] = Report(items=[], alive=False)
         return out
 
-    def stop(self, job_id: str, attempt: int) -> None:
+    def stop(self, job_id: str, attempt: int, grace_s: float = 0.0) -> None:
         handle = self._handle(job_id, attempt)
         if handle is not None:
-            handle.stop.remote()
+            handle.stop.remote(grace_s)
 
     def release(self, job_id: str, attempt: int) -> None:
         """The attempt's supervisor is reset and kept as a spare (up to ``MAX_IDLE``): it
@@ -221,6 +239,7 @@ class RayBackend:
             self._runners.clear()
             self._warm.clear()
             self._pending.clear()
+        self._head = head_node_id()  # a restarted head has a new id
         self._discover()
         self._refill()
         return list(self._runners)

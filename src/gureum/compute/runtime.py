@@ -4,7 +4,10 @@ Logs, metrics and progress are buffered and shipped to the attempt's supervisor 
 thread (never one call per line), so a recipe that logs a lot or a script that prints megabytes
 does not slow down on reporting. Checkpoints go to the artifact store under the job (not the
 attempt), so a retry on another node resumes from the last one. The supervisor's answer to each
-shipment says whether a stop was asked for, which is how cancel and timeout reach the recipe.
+shipment says whether a stop was asked for, which is how cancel and timeout reach the recipe,
+and how many checkpoints were asked for, which is how a preemption asks the recipe to save one
+before it is stopped (``should_checkpoint``). With nothing to ship, an empty shipment goes at
+least every ``HEARTBEAT_S``, so a quiet job hears the asks too.
 """
 
 from __future__ import annotations
@@ -23,19 +26,27 @@ from gureum.compute.spec import Item, checkpoint_prefix
 from gureum.storage.store import ArtifactStore
 
 FLUSH_S = 0.25
+HEARTBEAT_S = 1.0
 MAX_BATCH = 2000
 KEEP_CHECKPOINTS = 2
 _CKPT = re.compile(r"ckpt-(\d+)\.pt$")
 
-Send = Callable[[list[Item]], bool]
+# The supervisor's answer: bit 0 stop, the rest the checkpoint requests made (a bool: stop).
+Send = Callable[[list[Item]], int]
 
 
 class Reporter:
-    """Buffers items and sends them in batches; ``stop_requested`` mirrors the supervisor."""
+    """Buffers items and sends them in batches; ``stop_requested`` and ``checkpoints_asked``
+    mirror the supervisor."""
 
-    def __init__(self, send: Send, flush_s: float = FLUSH_S) -> None:
+    def __init__(
+        self, send: Send, flush_s: float = FLUSH_S, heartbeat_s: float = HEARTBEAT_S
+    ) -> None:
         self._send = send
         self._flush_s = flush_s
+        self._heartbeat_s = heartbeat_s
+        self._sent_at = time.monotonic()
+        self.checkpoints_asked = 0
         self._items: list[Item] = []
         self._progress: Item | None = None
         self._lock = threading.Lock()
@@ -55,17 +66,26 @@ class Reporter:
         if full:
             self._wake.set()
 
-    def flush(self) -> None:
+    def flush(self, heartbeat: bool = False) -> None:
+        """Send what is buffered; with ``heartbeat``, an empty batch when nothing is."""
         while True:
             with self._lock:
                 batch, self._items = self._items[:MAX_BATCH], self._items[MAX_BATCH:]
                 if self._progress is not None and not self._items:
                     batch.append(self._progress)
                     self._progress = None
+            if not batch and not heartbeat:
+                return
+            heartbeat = False
+            self._answer(int(self._send(batch)))
+            self._sent_at = time.monotonic()
             if not batch:
                 return
-            if self._send(batch):
-                self.stop_requested.set()
+
+    def _answer(self, signals: int) -> None:
+        if signals & 1:
+            self.stop_requested.set()
+        self.checkpoints_asked = max(self.checkpoints_asked, signals >> 1)
 
     def close(self) -> None:
         self._closed = True
@@ -78,13 +98,18 @@ class Reporter:
             self._wake.wait(self._flush_s)
             self._wake.clear()
             try:
-                self.flush()
+                self.flush(heartbeat=time.monotonic() - self._sent_at >= self._heartbeat_s)
             except Exception:
                 time.sleep(self._flush_s)
 
 
 class CheckpointStore:
-    """Numbered ``torch.save`` files of one job in the artifact store; the newest wins."""
+    """Numbered ``torch.save`` files of one job in the artifact store; the newest wins.
+
+    A checkpoint is written whole or not at all (``write_atomic``: a temporary file renamed,
+    or one object put): a worker that dies while writing one leaves the last good checkpoint
+    the newest, and the next attempt resumes from it and drops the half-written file.
+    """
 
     def __init__(self, store: ArtifactStore, workspace_id: int, job_id: str) -> None:
         self.store = store
@@ -106,7 +131,19 @@ class CheckpointStore:
             self.store.discard(f"{self.prefix}/ckpt-{old:06d}.pt")
         return n
 
+    def drop_partial(self) -> int:
+        """Remove what a worker that died while writing left (never read; returns how many)."""
+        if not self.store.fs.exists(self.prefix):
+            return 0
+        partial = [
+            p for p in self.store.fs.ls(self.prefix, detail=False) if str(p).endswith(".tmp")
+        ]
+        for path in partial:
+            self.store.discard(str(path))
+        return len(partial)
+
     def load(self) -> tuple[int, dict[str, Any]] | None:
+        self.drop_partial()  # at an attempt's start: no writer of this job is left
         numbers = self.numbers()
         if not numbers:
             return None
@@ -136,6 +173,7 @@ class ClusterRunContext:
         self._artifacts = workdir / "artifacts"
         self._artifacts.mkdir(parents=True, exist_ok=True)
         self.resumed: dict[str, Any] | None = None
+        self._checkpointed = 0  # the checkpoint requests a saved checkpoint answered
         # Registry models fetched for this run (``JobSpec.models``), by reference.
         self.models: dict[str, Path] = {}
 
@@ -167,6 +205,7 @@ class ClusterRunContext:
         self._reporter.add({"type": "event", "kind": kind, "message": message, "data": data})
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        self._checkpointed = self._reporter.checkpoints_asked  # this save answers them
         n = self._checkpoints.save(state)
         epoch = state.get("epoch")
         where = f" (epoch {epoch}, step {state.get('step')})" if epoch is not None else ""
@@ -186,3 +225,8 @@ class ClusterRunContext:
 
     def should_stop(self) -> bool:
         return self._reporter.stop_requested.is_set()
+
+    def should_checkpoint(self) -> bool:
+        """The platform asked for a checkpoint (it is about to preempt the job) that no
+        checkpoint saved since has answered: save one at the next step."""
+        return self._rank == 0 and self._reporter.checkpoints_asked > self._checkpointed

@@ -5,6 +5,11 @@ The actor is named after the job and attempt, so a restarted control plane finds
 stored it, so nothing is lost while no one is listening. The work itself runs with exactly the
 job's resources: one Ray task for one worker, a Ray Train ``TorchTrainer`` for N workers. The
 actor asks for no CPU of its own, so it never takes resources from the work.
+
+A stop may come with a grace (a preemption): the work is first asked to checkpoint, through
+the answer to its next report (``STOP`` and the checkpoint request's number, see ``signals``),
+and stopped once a checkpoint arrived, the work ended or the grace ran out, whichever is first.
+The supervisor keeps that wait itself, so a control plane that restarts meanwhile loses nothing.
 """
 
 from __future__ import annotations
@@ -62,6 +67,9 @@ _LOST = (
     rex.OutOfMemoryError,
 )
 MAX_ERROR_CHARS = 8000
+# The answer to a report: bit 0 asks the work to stop, the rest counts the checkpoint requests
+# (a work that has saved a checkpoint since the Nth request knows not to save again for it).
+STOP = 1
 # How often a running attempt's reports look whether the control plane gave it up.
 FENCE_CHECK_S = 2.0
 log = logging.getLogger(__name__)
@@ -109,6 +117,24 @@ def classify(exc: BaseException, stop_requested: bool) -> tuple[Outcome, str]:
     return "failed", text[-MAX_ERROR_CHARS:]
 
 
+def checkpoint_asked(grace_s: float) -> Item:
+    return {
+        "type": "event",
+        "kind": "checkpoint-ask",
+        "message": f"asked to save a checkpoint before it is stopped (grace {grace_s:g}s)",
+        "data": {"grace_s": grace_s},
+    }
+
+
+def checkpoint_answered(saved: bool, grace_s: float) -> Item:
+    message = (
+        "checkpoint saved on request: stopping"
+        if saved
+        else f"no checkpoint within {grace_s:g}s: stopping; it resumes from its last one"
+    )
+    return {"type": "event", "kind": "info", "message": message, "data": {"saved": saved}}
+
+
 @ray.remote(num_cpus=0, max_restarts=0)
 class JobSupervisor:
     """Created ahead of need (a worker process takes a second or more to start) and given
@@ -124,6 +150,8 @@ class JobSupervisor:
         self._result: dict[str, Any] | None = None
         self._done = False
         self._fence_at = 0.0  # when its work's next report looks at the fence
+        self._asked = 0  # checkpoint requests made of this attempt (a preemption's grace)
+        self._saved = threading.Event()  # a checkpoint arrived since the last request
 
     def warm(self) -> None:
         """Run one no-op task so a worker process is already there, leased to this
@@ -147,22 +175,29 @@ class JobSupervisor:
 
     # -- called by the work ----------------------------------------------------------------
 
-    def report(self, items: list[Item], attempt: tuple[str, int] | None = None) -> bool:
-        """``attempt`` names the sender: late items of an earlier attempt are dropped."""
+    def report(self, items: list[Item], attempt: tuple[str, int] | None = None) -> int:
+        """``attempt`` names the sender: late items of an earlier attempt are dropped. The
+        answer is ``signals``: whether to stop, and how many checkpoints were asked for."""
         with self._lock:
             spec = self.spec
             if attempt is not None and (spec is None or attempt != (spec.job_id, spec.attempt)):
-                return True  # that attempt is over: tell its work to stop
+                return STOP  # that attempt is over: tell its work to stop
             for item in items:
                 self._seq += 1
                 self._items.append({**item, "seq": self._seq})
+                if self._asked and item["type"] == "event" and item.get("kind") == "checkpoint":
+                    self._saved.set()
             check = spec is not None and time.monotonic() >= self._fence_at
             if check:
                 self._fence_at = time.monotonic() + FENCE_CHECK_S
         if check and spec is not None and fence.superseded(spec.job_id, spec.attempt):
             log.warning("%s was superseded: stopping it", spec.attempt_name)
             self.stop()
-        return self._stop.is_set()
+        return self.signals()
+
+    def signals(self) -> int:
+        """``STOP`` when the work should stop, plus twice the checkpoint requests made."""
+        return (STOP if self._stop.is_set() else 0) | (self._asked << 1)
 
     def set_result(self, result: dict[str, Any], attempt: tuple[str, int]) -> None:
         spec = self.spec
@@ -202,15 +237,51 @@ class JobSupervisor:
         self.spec, self._ref, self._result, self._done = None, None, None, False
         self._items, self._seq = [], 0
         self._stop = threading.Event()
+        self._asked, self._saved = 0, threading.Event()
 
     def close(self) -> None:
         ray.actor.exit_actor()  # type: ignore[no-untyped-call]
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Stop the attempt; with ``grace_s`` (a preemption), ask it to checkpoint first and
+        stop it once it saved one, ended, or ``grace_s`` passed. Asked again (a new leader
+        carrying out the same preemption), the wait already under way goes on."""
+        if grace_s > 0:
+            with self._lock:
+                spec, first = self.spec, self._asked == 0
+                if spec is not None and not self._done and not self._stop.is_set() and first:
+                    self._asked += 1
+                    self._saved.clear()
+                    self._add(checkpoint_asked(grace_s))
+                    threading.Thread(
+                        target=self._stop_after_checkpoint,
+                        args=(spec, grace_s),
+                        name="gureum-preempt",
+                        daemon=True,
+                    ).start()
+                    return
+                if spec is not None and not first and not self._stop.is_set():
+                    return  # the grace of the first request is running
         self._stop.set()
         if self._ref is not None:
             with contextlib.suppress(Exception):
                 ray.cancel(self._ref, force=True)
+
+    def _add(self, item: Item) -> None:
+        """An item of the supervisor's own (under ``_lock``)."""
+        self._seq += 1
+        self._items.append({**item, "seq": self._seq})
+
+    def _stop_after_checkpoint(self, spec: JobSpec, grace_s: float) -> None:
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and not self._done and self.spec is spec:
+            if self._saved.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+                break
+        with self._lock:
+            if self.spec is not spec or self._done:
+                return  # it ended by itself (or was reset): nothing to stop
+            self._add(checkpoint_answered(self._saved.is_set(), grace_s))
+        self.stop()
 
     # -- the attempt -------------------------------------------------------------------------
 

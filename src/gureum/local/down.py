@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+from gureum.compute import gcs_storage
 from gureum.compute.local_ray import remove_temp_dir, stop_head
 from gureum.config import Settings
 from gureum.local.procs import find, terminate, with_children
@@ -9,6 +12,7 @@ from gureum.local.results import DownResult
 from gureum.local.state import RayState, RunState, clear_state, load_state, run_lock
 
 STOP_TIMEOUT = 10.0
+log = logging.getLogger(__name__)
 
 
 def server_alive(state: RunState | None) -> bool:
@@ -22,12 +26,26 @@ def running(settings: Settings) -> RunState | None:
     return state if server_alive(state) else None
 
 
-def stop_ray(ray: RayState | None, timeout: float = STOP_TIMEOUT) -> bool:
-    """Stop the Ray head if `up` started it (an external cluster is never touched)."""
+def stop_ray(
+    ray: RayState | None, timeout: float = STOP_TIMEOUT, settings: Settings | None = None
+) -> bool:
+    """Stop the Ray head if `up` started it (an external cluster is never touched), and
+    delete the GCS tables it kept in Redis: that cluster is gone for good."""
     if ray is None or ray.head is None:
         return False
     stopped = stop_head(ray.head, timeout)
     remove_temp_dir(ray.head)
+    storage = ray.head.gcs_storage
+    if storage is not None:
+        try:
+            gcs_storage.check_reachable(storage)
+            gcs_storage.clear(
+                storage,
+                settings.ray_redis_username if settings else "",
+                settings.ray_redis_password.get_secret_value() if settings else "",
+            )
+        except Exception:
+            log.warning("cannot delete the Ray head's GCS tables in Redis (%s)", storage.address)
     return stopped
 
 
@@ -45,7 +63,7 @@ def down(settings: Settings, *, timeout: float = STOP_TIMEOUT) -> DownResult:
         if proc is not None:
             terminate(with_children(proc), timeout)
             stopped.append(f"server (pid {proc.pid})")
-        if stop_ray(state.ray, timeout):
+        if stop_ray(state.ray, timeout, settings):
             stopped.append(f"ray head ({state.ray.address if state.ray else ''})")
         clear_state(settings.run_dir)
         return DownResult(status="stopped" if stopped else "not_running", stopped=stopped)

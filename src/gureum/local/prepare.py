@@ -14,6 +14,8 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from gureum.compute import gcs_storage
+from gureum.compute.gcs_storage import GcsStorage, GcsStorageError
 from gureum.compute.local_ray import (
     HeadNetwork,
     RayHead,
@@ -145,9 +147,11 @@ def ensure_ray(settings: Settings, previous: RayState | None) -> tuple[RayState,
     """
     old_head = previous.head if previous else None
     address = requested_ray_address(settings)
+    storage = None if address else head_storage(settings)
     if old_head is not None:
         if not address and head_alive(old_head):
             _check_same_network(old_head, head_network(settings))
+            _check_same_storage(old_head, storage)
             return RayState(address=old_head.address, head=old_head), False
         # Ours, and no longer used (or half dead): stop what is left of it.
         stop_head(old_head)
@@ -159,6 +163,9 @@ def ensure_ray(settings: Settings, previous: RayState | None) -> tuple[RayState,
             default_temp_dir(settings.home),
             settings.log_dir / "ray.log",
             network=head_network(settings),
+            storage=storage,
+            redis_username=settings.ray_redis_username,
+            redis_password=settings.ray_redis_password.get_secret_value(),
         )
     except RayStartError as exc:
         raise UpError(f"cannot start a local Ray head: {exc}") from exc
@@ -177,6 +184,26 @@ def head_network(settings: Settings) -> HeadNetwork:
         client_timeout_s=settings.data_plane_client_timeout_s,
         max_headers=settings.data_plane_max_headers,
     )
+
+
+def head_storage(settings: Settings) -> GcsStorage | None:
+    """Where the local head's GCS keeps its tables (GUREUM_RAY_REDIS_*), or None."""
+    try:
+        return gcs_storage.storage_for(
+            settings.ray_redis_address, settings.ray_redis_namespace, settings.home
+        )
+    except GcsStorageError as exc:
+        raise UpError(str(exc)) from exc
+
+
+def _check_same_storage(head: RayHead, wanted: GcsStorage | None) -> None:
+    """A running head keeps the GCS storage it started with (see _check_same_network)."""
+    if head.gcs_storage != wanted:
+        raise UpError(
+            "the local Ray head still running was started with other GCS storage settings "
+            "(GUREUM_RAY_REDIS_ADDRESS / _NAMESPACE); run `gureum down` first "
+            "(it stops running jobs), then `gureum up` again"
+        )
 
 
 def ray_token(settings: Settings) -> Path:

@@ -183,7 +183,7 @@ def up(settings: Settings, *, timeout: float = START_TIMEOUT) -> UpResult:
                 proc.wait()
             state.server = None
             if ray_started:
-                stop_ray(state.ray)
+                stop_ray(state.ray, settings=settings)
                 state.ray = None
             _save_or_clear(settings, state)
             raise
@@ -236,7 +236,7 @@ def _foreground(settings: Settings, on_ready: Callable[[UpResult], None]) -> UpR
             result.pid = os.getpid()
             save_state(settings.run_dir, state)
         except BaseException:
-            stop_ray(state.ray)
+            stop_ray(state.ray, settings=settings)
             raise
     try:
         on_ready(result)
@@ -247,7 +247,7 @@ def _foreground(settings: Settings, on_ready: Callable[[UpResult], None]) -> UpR
     finally:
         # The head is this process's child in all but name: started (or taken over from a
         # crashed `up`) for it, it stops with it. An external cluster is never touched.
-        stop_ray(state.ray)
+        stop_ray(state.ray, settings=settings)
         _clear_if_ours(settings, state.server)
     return None
 

@@ -114,6 +114,14 @@ class RunContext(Protocol):
     def should_stop(self) -> bool: ...
 
 
+def checkpoint_requested(ctx: RunContext) -> bool:
+    """Whether the platform asked ``ctx``'s run to save a checkpoint now (it is about to be
+    preempted for serving): a recipe saves one at its next step. Contexts that never ask (a
+    run by hand, a helper model's scratch context) have no ``should_checkpoint``."""
+    ask = getattr(ctx, "should_checkpoint", None)
+    return bool(ask()) if callable(ask) else False
+
+
 class RecipeParams(BaseModel):
     """Base of every recipe's parameters: unknown names are refused, not silently ignored."""
 

@@ -40,6 +40,7 @@ from gureum.recipes.base import (
     RecipeError,
     RunContext,
     TrainOutput,
+    checkpoint_requested,
 )
 from gureum.recipes.dataset import LocalDataset
 from gureum.recipes.params import SCRIPT as NAME
@@ -502,7 +503,7 @@ class ScriptRecipe(RecipeBase):
         events = _Events(ctx, run_dir)
         output = _Output(proc.stdout, tuple(v for _, v in policy.secrets) if policy else ())
         stop_at: float | None = None
-        term_sent = False
+        term_sent = asked = False
         exit_at: float | None = None
         next_poll = next_watch = 0.0
         killed: str | None = None
@@ -526,6 +527,11 @@ class ScriptRecipe(RecipeBase):
                     for folder in [run_dir, *(run_dir / RANKS_DIR).glob("*")]:
                         _touch_nofollow(folder / job_api.STOP_FILE)
                     ctx.log(f"{NAME}: stop requested; asking the script to stop")
+                if not asked and exit_at is None and checkpoint_requested(ctx):
+                    asked = True  # a preemption: gureum.run.should_checkpoint() says so
+                    for folder in [run_dir, *(run_dir / RANKS_DIR).glob("*")]:
+                        _touch_nofollow(folder / job_api.CHECKPOINT_FILE)
+                    ctx.log(f"{NAME}: checkpoint requested; asking the script to save one")
             if stop_at is not None and exit_at is None:
                 if not term_sent and now - stop_at >= STOP_GRACE_S:
                     term_sent = True

@@ -3,7 +3,10 @@
 Written once so every recipe resumes the same way: a checkpoint is taken at the end of every
 epoch (model, optimizer, RNG state, the epoch and the global step) and a restarted run carries on
 from the epoch after it. Data order depends only on (seed, epoch), so a resumed run sees the same
-batches an uninterrupted one would have.
+batches an uninterrupted one would have. When the platform asks for a checkpoint mid-epoch (it
+is about to preempt the job, ``checkpoint_requested``), one is saved after the current step,
+with how far into the epoch it got (``within``); a run resumed from it skips the batches of
+that epoch already trained on and carries on with the next.
 
 Data-parallel: under Ray Train's TorchTrainer (or torchrun) a process group is already set up;
 ``fit`` then wraps the model in DistributedDataParallel, ``epoch_order`` gives each rank its
@@ -12,6 +15,7 @@ shard, and only rank 0 logs metrics and writes checkpoints.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -28,7 +32,7 @@ from torch import distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gureum.recipes.base import Cancelled, RecipeError, RunContext
+from gureum.recipes.base import Cancelled, RecipeError, RunContext, checkpoint_requested
 
 WEIGHTS_FILE = "model.safetensors"
 B = TypeVar("B")
@@ -162,6 +166,7 @@ def fit(
     main = is_main()
     start, global_step, resumed = 1, 0, None
     last: dict[str, float] = {}
+    within: dict[str, Any] = {}  # how far into epoch ``start`` a mid-epoch checkpoint got
     ckpt = ctx.load_checkpoint()
     if ckpt is not None:
         unwrap(model).load_state_dict(ckpt["model"], strict=not trainable_only)
@@ -170,11 +175,27 @@ def fit(
         resumed = int(ckpt["epoch"])
         start, global_step = resumed + 1, int(ckpt["step"])
         last = {k: float(v) for k, v in ckpt.get("metrics", {}).items()}
+        within = dict(ckpt.get("within") or {})
         if main:
+            into = f", {int(within['steps'])} steps into it" if within else ""
             ctx.log(
                 f"resuming from checkpoint: epoch {resumed} of {epochs} done at step "
-                f"{global_step}; starting epoch {start}"
+                f"{global_step}; starting epoch {start}{into}"
             )
+
+    def save(epoch: int, metrics: dict[str, float], **more: Any) -> None:
+        ctx.save_checkpoint(
+            {
+                "model": _model_state(unwrap(model), trainable_only),
+                "optimizer": optimizer.state_dict(),
+                "rng": _rng_state(),
+                "epoch": epoch,
+                "step": global_step,
+                "metrics": metrics,
+                **more,
+            }
+        )
+
     _, size = world()
     runner: nn.Module = DistributedDataParallel(model) if size > 1 else model
     total = epochs * steps_per_epoch
@@ -182,7 +203,14 @@ def fit(
         runner.train()
         began = time.perf_counter()
         loss_sum, samples, steps = 0.0, 0, 0
-        for batch in batches(epoch):
+        todo = iter(batches(epoch))
+        if within and epoch == start:  # the batches trained on before the checkpoint
+            steps = int(within["steps"])
+            loss_sum, samples = float(within["loss_sum"]), int(within["samples"])
+            for _ in itertools.islice(todo, steps):
+                pass
+            _restore_rng(ckpt["rng"] if ckpt is not None else _rng_state())
+        for batch in todo:
             if ctx.should_stop():
                 if main:
                     ctx.log(f"stop requested during epoch {epoch} at step {global_step}")
@@ -198,6 +226,10 @@ def fit(
                 )
             if main:
                 ctx.progress(epoch, global_step, total)
+            if main and checkpoint_requested(ctx):  # about to be preempted: keep this step
+                ctx.log(f"checkpoint requested: saving at step {global_step} of epoch {epoch}")
+                part = {"steps": steps, "loss_sum": loss_sum, "samples": samples}
+                save(epoch - 1, last, within=part)
         elapsed = max(time.perf_counter() - began, 1e-9)
         metrics = {
             "train_loss": loss_sum / max(steps, 1),
@@ -213,16 +245,7 @@ def fit(
             ctx.log_metrics(global_step, metrics, epoch)
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
             ctx.log(f"epoch {epoch}/{epochs}: {shown}")
-            ctx.save_checkpoint(
-                {
-                    "model": _model_state(unwrap(model), trainable_only),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": _rng_state(),
-                    "epoch": epoch,
-                    "step": global_step,
-                    "metrics": metrics,
-                }
-            )
+            save(epoch, metrics)
     model.eval()
     return FitResult(
         epochs_run=max(0, epochs - start + 1),

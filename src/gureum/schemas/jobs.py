@@ -158,7 +158,9 @@ class JobOut(Out):
 class JobEventOut(Out):
     seq: int
     time: datetime
-    kind: str = Field(description="state, wait, retry, resume, checkpoint, preempted, info, error")
+    kind: str = Field(
+        description="state, wait, retry, resume, checkpoint, checkpoint-ask, preempted, info, error"
+    )
     message: str
     data: dict[str, Any] = Field(default_factory=dict)
 
@@ -193,3 +195,22 @@ class WorkspaceQuotas(In):
         description="GB (2^30 bytes, as cost reports count) its datasets, models and job "
         "outputs may hold; uploads and pushes past it are refused (413 storage_quota_exceeded)",
     )
+
+
+class WorkspaceShare(In):
+    """A workspace's guaranteed share of the pool (Kueue's nominal quota in a cohort): its
+    running jobs may hold more while the pool has room, but what they hold beyond the share
+    is borrowed and preempted first when serving needs the room. ``null``: no guarantee."""
+
+    cpus: float | None = Field(default=None, ge=0, le=1e6)
+    gpus: float | None = Field(default=None, ge=0, le=1e6)
+
+
+class WorkspaceShareOut(WorkspaceShare):
+    """The share, and what the workspace's running jobs hold within it and borrow beyond it."""
+
+    workspace: str
+    used_cpus: float = 0.0
+    used_gpus: float = 0.0
+    borrowed_cpus: float = 0.0
+    borrowed_gpus: float = 0.0

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gureum import __version__, web
+from gureum.compute import node_demand
 from gureum.compute.backend import ComputeBackend
 from gureum.compute.ray_backend import RayBackend, disconnect
 from gureum.compute.resources import NodeInfo
@@ -19,6 +20,7 @@ from gureum.server.auth import Authenticator
 from gureum.server.controllers.budgets import BudgetController
 from gureum.server.controllers.endpoints import EndpointController
 from gureum.server.controllers.jobs import JobController
+from gureum.server.controllers.nodes import NodeController, ray_request
 from gureum.server.controllers.pipelines import PipelineController
 from gureum.server.controllers.pool import PoolController
 from gureum.server.db.migrate import upgrade
@@ -48,6 +50,12 @@ def create_app(
     the Ray cluster at ``settings.ray_address`` does both, and without one jobs wait in the
     queue and endpoints are recorded but not served."""
     settings = settings or Settings()
+    # Nodes Ray's autoscaler may add (a config that cannot be read stops the server here).
+    may_add = (
+        node_demand.possible_nodes(node_demand.load_node_types(settings.autoscaling_config))
+        if settings.autoscaling_config
+        else []
+    )
     db = Database(settings.resolved_database_url)
     if migrate:
         upgrade(db.engine)
@@ -63,6 +71,7 @@ def create_app(
                 app.state.store,
                 home=settings.home,
                 preempt_hold_s=settings.preempt_hold_s,
+                preempt_grace_s=settings.preempt_grace_s,
             )
         if connected:
             ray_serve = await to_thread.run_sync(
@@ -74,9 +83,20 @@ def create_app(
         endpoints: EndpointController | None = app.state.serving.controller
         if controller is not None and endpoints is not None and app.state.pool is None:
             app.state.pool = _pool(controller, endpoints, fenced, settings)
+        if controller is not None and settings.autoscales:
+            controller.may_add = may_add
+            if app.state.nodes is None:
+                app.state.nodes = _nodes(controller, endpoints, fenced)
         running = [
             c
-            for c in (controller, endpoints, app.state.pipelines, app.state.budgets, app.state.pool)
+            for c in (
+                controller,
+                endpoints,
+                app.state.pipelines,
+                app.state.budgets,
+                app.state.pool,
+                app.state.nodes,
+            )
             if c
         ]
         for started in running:
@@ -114,12 +134,18 @@ def create_app(
     app.state.streams = StreamSlots()
     app.state.jobs = (
         JobController(
-            fenced, compute, store, home=settings.home, preempt_hold_s=settings.preempt_hold_s
+            fenced,
+            compute,
+            store,
+            home=settings.home,
+            preempt_hold_s=settings.preempt_hold_s,
+            preempt_grace_s=settings.preempt_grace_s,
         )
         if compute is not None
         else None
     )
     app.state.pool = None  # one pool, serving first: needs both a job and a serving cluster
+    app.state.nodes = None  # node autoscaling (Settings.autoscales): needs a job cluster
     secret = load_secret(settings.home / "serving.key")
     app.state.serving = Serving(secret, LiveGauges())
     if serving is not None:
@@ -146,6 +172,14 @@ def _pool(
 ) -> PoolController:
     """Serving first: endpoint replicas Ray cannot place preempt training jobs."""
     return PoolController(db, lambda: endpoints.states, jobs.backend.available, settings, jobs.wake)
+
+
+def _nodes(
+    jobs: JobController, endpoints: EndpointController | None, db: Database
+) -> NodeController:
+    """Node autoscaling: queued jobs and waiting replicas ask Ray's autoscaler for nodes."""
+    replicas = (lambda: endpoints.states) if endpoints is not None else None
+    return NodeController(db, ray_request, replicas=replicas, nodes=jobs.nodes)
 
 
 def _pipeline_env(app: FastAPI, db: Database) -> Env:

@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 
 from gureum.schemas.common import ErrorBody, Page
-from gureum.schemas.jobs import WorkspaceQuotas
+from gureum.schemas.jobs import WorkspaceQuotas, WorkspaceShare, WorkspaceShareOut
 from gureum.schemas.tenancy import WorkspaceCreate, WorkspaceOut
 from gureum.server.deps import AuthDep, DbDep, JobsDep, Viewer
 from gureum.server.pagination import PageParams, page_params
+from gureum.server.services import shares
 from gureum.server.services import workspaces as svc
 
 router = APIRouter(prefix="/workspaces", tags=["workspaces"], responses={404: {"model": ErrorBody}})
@@ -53,3 +54,15 @@ def set_quotas(
     if jobs is not None:
         jobs.wake()  # a raised ceiling may let queued jobs start
     return out
+
+
+@router.get("/{name}/share")
+def get_share(name: str, db: DbDep, principal: Viewer) -> WorkspaceShareOut:
+    """The workspace's guaranteed share of the pool and what its running jobs borrow."""
+    return shares.get_share(db, principal, name)
+
+
+@router.put("/{name}/share", responses={403: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+def set_share(name: str, body: WorkspaceShare, db: DbDep, principal: Viewer) -> WorkspaceShareOut:
+    """Set the workspace's guaranteed share of the pool (site admins)."""
+    return shares.set_share(db, principal, name, body)

@@ -66,6 +66,10 @@ class JobController(Looped):
     home: Path | None = None  # GUREUM_HOME: where the key of workspace secrets lives
     # A preempted job waits this long before it may start again (Settings.preempt_hold_s).
     preempt_hold_s: float = 30.0
+    # ...and is first given this long to save a checkpoint (Settings.preempt_grace_s).
+    preempt_grace_s: float = 30.0
+    # Nodes Ray's autoscaler may add (node_demand.possible_nodes): what could run counts them.
+    may_add: list[NodeInfo] = field(default_factory=list)
     loop: ControlLoop = field(init=False)
 
     def __post_init__(self) -> None:
@@ -82,13 +86,14 @@ class JobController(Looped):
         self.reconcile()
 
     def nodes(self) -> list[NodeInfo] | None:
-        """The cluster's nodes as last seen (submission refuses what none could hold)."""
+        """The cluster's nodes as last seen, and those the autoscaler may add (submission
+        refuses what none could hold)."""
         if self._nodes is None or time.monotonic() - self._nodes_at > CLUSTER_REFRESH_S:
             try:
                 self._nodes, self._nodes_at = self.backend.nodes(), time.monotonic()
             except Exception:
                 log.warning("cannot list the cluster's nodes", exc_info=True)
-        return self._nodes
+        return None if self._nodes is None else [*self._nodes, *self.may_add]
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -160,10 +165,11 @@ class JobController(Looped):
                 self._request_stop(jid, "failed", f"timed out after {timeout_s:g}s")
         elif stop_state is not None:
             sent = self._stopping.get((jid, att))
+            grace = self.preempt_grace_s if stop_state == PREEMPT else 0.0  # checkpoint first
             if sent is None:
-                self.backend.stop(jid, att)
+                self.backend.stop(jid, att, grace)
                 self._stopping[(jid, att)] = now
-            elif now - sent > STOP_GRACE_S:
+            elif now - sent > STOP_GRACE_S + grace:
                 end_item = {"type": "end", "outcome": "cancelled", "error": None}
                 self._finish(jid, att, end_item)
 

@@ -35,6 +35,10 @@ class Workspace(Base):
     max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
     # Bytes the workspace's datasets, models and job outputs may hold (None: no limit).
     max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # Its guaranteed share of the pool (services.preemption.Share); what its running jobs hold
+    # beyond it is borrowed, and preempted first. None: no guarantee.
+    share_cpus: Mapped[float | None] = mapped_column(Float, default=None)
+    share_gpus: Mapped[float | None] = mapped_column(Float, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

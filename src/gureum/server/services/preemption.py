@@ -2,11 +2,16 @@
 place may preempt, marking them, and counting what was preempted.
 
 The decision (``choose_victims``) is pure: preemptible jobs that have run at least the minimum
-run time, lowest priority first and, among equals, the most recently started (it loses the
-least work), just enough of them to make room for one replica; none at all when even every
-candidate together would not. Marking (``preempt``) only writes the desired state: the job
-controller stops the attempt and, when it ends, queues the job again with its checkpoint kept
-(``requeue``), so the next attempt resumes from it.
+run time, those running on borrowed capacity first (``borrowing``: beyond their workspace's
+guaranteed share of the pool, Kueue's cohorts as the model), then lowest priority first and,
+among equals, the most recently started (it loses the least work), just enough of them to make
+room for one replica; none at all when even every candidate together would not. A job within
+its workspace's share is thus preempted only when borrowed capacity cannot make the room.
+
+Marking (``preempt``) only writes the desired state: the job controller asks the attempt for a
+checkpoint, stops it once it has one (or ended, or ``preempt_grace_s`` passed) and, when it
+ends, queues the job again with its checkpoint kept (``requeue``), so the next attempt resumes
+from it.
 
 Free resources are summed over the cluster while Ray places per node: on several nodes a
 replica may still wait after its victims stopped (the pool then preempts no more for it while
@@ -15,8 +20,9 @@ the room it counted is free).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
@@ -35,7 +41,7 @@ from gureum.schemas.endpoints import ReplicaResources
 from gureum.schemas.jobs import PREEMPT, Resources
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
-from gureum.server.db.tables import Job, JobEvent
+from gureum.server.db.tables import Job, JobEvent, Workspace
 from gureum.server.db.tables_serving import Endpoint
 from gureum.server.services import costs
 from gureum.server.services import endpoints as endpoint_svc
@@ -49,13 +55,50 @@ WAIT_REASON = "preempted: serving needed the capacity; resumes from its last che
 
 @dataclass(frozen=True)
 class Candidate:
-    """A running job as the pool sees it: ``need`` is what all its workers hold."""
+    """A running job as the pool sees it: ``need`` is what all its workers hold; ``borrowed``:
+    it runs beyond its workspace's guaranteed share (with no shares set, every job does)."""
 
     job_id: str
     priority: int
     need: Mapping[str, float] = field(hash=False)
     started_at: datetime | None
     preemptible: bool = True
+    workspace_id: int = 0
+    borrowed: bool = True
+
+
+@dataclass(frozen=True)
+class Share:
+    """A workspace's guaranteed share of the pool (0: none; all it runs is borrowed)."""
+
+    cpus: float = 0.0
+    gpus: float = 0.0
+
+    def holds(self, used: Mapping[str, float]) -> bool:
+        return used.get("CPU", 0.0) <= self.cpus + EPS and used.get("GPU", 0.0) <= self.gpus + EPS
+
+
+def borrowing(running: Sequence[Candidate], shares: Mapping[int, Share]) -> list[Candidate]:
+    """``running`` with ``borrowed`` set: per workspace, its jobs fill its guaranteed share
+    highest priority first, then oldest first (the work it cares most about, and the most of
+    it, is what the share protects); a job that does not fit in what is left is borrowed."""
+    by_workspace: dict[int, list[Candidate]] = defaultdict(list)
+    for c in running:
+        by_workspace[c.workspace_id].append(c)
+    marked: dict[str, bool] = {}
+    for ws, jobs in by_workspace.items():
+        share = shares.get(ws, Share())
+        used: dict[str, float] = {}
+        for c in sorted(jobs, key=lambda c: (-c.priority, _started(c), c.job_id)):
+            more = plus(used, c.need)
+            marked[c.job_id] = not share.holds(more)
+            if not marked[c.job_id]:
+                used = more
+    return [replace(c, borrowed=marked[c.job_id]) for c in running]
+
+
+def _started(c: Candidate) -> float:
+    return c.started_at.timestamp() if c.started_at is not None else float("inf")
 
 
 def replica_demand(r: ReplicaResources) -> dict[str, float]:
@@ -102,8 +145,11 @@ def choose_victims(
         and (now - c.started_at).total_seconds() >= min_run_s
         and any(c.need.get(k, 0.0) > 0 for k in short)  # it holds something the replica lacks
     ]
-    # Lowest priority first; among equals the latest started (the least work to redo).
-    candidates.sort(key=lambda c: (c.priority, -(c.started_at or now).timestamp(), c.job_id))
+    # Borrowed capacity first; then the lowest priority; among equals the latest started (the
+    # least work to redo).
+    candidates.sort(
+        key=lambda c: (not c.borrowed, c.priority, -(c.started_at or now).timestamp(), c.job_id)
+    )
     chosen: list[Candidate] = []
     for c in candidates:
         chosen.append(c)
@@ -112,7 +158,7 @@ def choose_victims(
     else:
         return None
     # Just enough: a victim taken early whose room the later ones made unneeded is spared
-    # (the highest priority first).
+    # (the last taken first: a job within its share before a borrowing one).
     for c in list(reversed(chosen)):
         rest = [v for v in chosen if v is not c]
         if fits(need, plus(free, *(v.need for v in rest))):
@@ -136,12 +182,22 @@ def preempt(
             or not job.preemptible
         ):
             continue
+        share = "borrowed capacity (beyond its workspace's guaranteed share)"
         reason = (
             f"preempted for endpoint {endpoint.name}: a replica ({describe(need)}) had no room "
-            f"on the cluster; priority {job.priority} yields to serving"
+            f"on the cluster; priority {job.priority} on "
+            f"{share if v.borrowed else 'its workspace guaranteed share'} yields to serving"
         )
         job.stop_state, job.stop_reason = PREEMPT, reason
-        add_event(s, job, EVENT, reason, endpoint=endpoint.name, attempt=job.attempt)
+        add_event(
+            s,
+            job,
+            EVENT,
+            reason,
+            endpoint=endpoint.name,
+            attempt=job.attempt,
+            borrowed=v.borrowed,
+        )
         marked.append(job.id)
     if marked:
         endpoint_svc.add_event(
@@ -178,17 +234,28 @@ def held(job: Job) -> dict[str, float]:
     return scaled(demand(Resources.model_validate(job.resources)), job.workers)
 
 
+def shares(s: Session) -> dict[int, Share]:
+    """The guaranteed shares set (workspaces without one guarantee nothing)."""
+    rows = s.execute(
+        select(Workspace.id, Workspace.share_cpus, Workspace.share_gpus).where(
+            (Workspace.share_cpus.is_not(None)) | (Workspace.share_gpus.is_not(None))
+        )
+    ).all()
+    return {ws: Share(cpus or 0.0, gpus or 0.0) for ws, cpus, gpus in rows}
+
+
 def running_candidates(s: Session) -> tuple[list[Candidate], dict[str, float]]:
-    """Running jobs as candidates, and the room the running jobs already asked to stop hold
-    (about to be free: counted as free, so that no more is preempted for the same replica)."""
+    """Running jobs as candidates (borrowing or not), and the room the running jobs already
+    asked to stop hold (about to be free: counted as free, so that no more is preempted for
+    the same replica)."""
     active = s.scalars(select(Job).where(Job.state == "running")).all()
     candidates = [
-        Candidate(j.id, j.priority, held(j), j.started_at, j.preemptible)
+        Candidate(j.id, j.priority, held(j), j.started_at, j.preemptible, j.workspace_id)
         for j in active
         if j.stop_state is None
     ]
     stopping = plus({}, *(held(j) for j in active if j.stop_state is not None))
-    return candidates, stopping
+    return borrowing(candidates, shares(s)), stopping
 
 
 class PreemptionCollector(Collector):
