@@ -21,6 +21,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "serving": ("benchmarks.bench_serving", [], ["--quick"]),
     "sandbox": ("benchmarks.bench_sandbox", [], ["--rounds", "4"]),
     "models": ("benchmarks.bench_models", [], ["--quick"]),
+    "dashboard": ("benchmarks.bench_dashboard", [], ["--runs", "5"]),
+    "pool": ("benchmarks.bench_pool", [], ["--quick"]),
 }
 
 

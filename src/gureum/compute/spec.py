@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from gureum.schemas.jobs import JobKind, Resources
 
 Outcome = Literal["succeeded", "failed", "cancelled", "lost"]
-# Item types a supervisor reports: started, log, metrics, progress, event, end.
+# Item types a supervisor reports: started, log, metrics, progress, event, output, end.
 Item = dict[str, Any]
 
 

@@ -20,6 +20,7 @@ import torch
 
 from gureum.compute import sandbox
 from gureum.compute.runtime import CheckpointStore, ClusterRunContext, Reporter, Send
+from gureum.compute.samples import SamplePublisher
 from gureum.compute.spec import BlobFile, JobSpec
 from gureum.config import default_home
 from gureum.datasets.readers import TABLE_EXTENSIONS, extension, table_rows
@@ -151,6 +152,10 @@ def execute(
         device=device or ("cuda" if spec.resources.gpus > 0 else "cpu"),
         rank=rank,
     )
+    # Rank 0's sample grids show on the job page as they are written (compute/samples.py).
+    samples = SamplePublisher(store, spec.workspace_id, ctx.artifacts_dir, reporter.add)
+    if rank == 0 and spec.kind == "train":
+        samples.start()
     try:
         ds = None
         if spec.dataset is not None:
@@ -175,6 +180,7 @@ def execute(
             ]
         return result
     finally:
+        samples.close()
         reporter.close()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -185,8 +185,9 @@ class UsageRow(Out):
     unit: str
     amount: float
     currency: str
-    latency_p50_ms: float
-    latency_p95_ms: float
+    # None when the report was asked without percentiles (``percentiles=false``).
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
     cold_starts: int
 
 

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from gureum.web import catalog, pages, pages_admin, pages_costs, pages_ops, portal, signin
+from gureum.web import (
+    catalog,
+    downloads,
+    pages,
+    pages_admin,
+    pages_compare,
+    pages_costs,
+    pages_ops,
+    portal,
+    signin,
+)
 from gureum.web.render import STATIC, SignInRequired, to_sign_in
 from gureum.web.security import SecureStatic
 
@@ -18,6 +28,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(SignInRequired, to_sign_in)
     app.mount("/static", SecureStatic(directory=STATIC), name="static")
     app.include_router(signin.router)
+    app.include_router(pages_compare.router)  # before /jobs/{job_id}
+    app.include_router(downloads.router)
     app.include_router(pages.router)
     app.include_router(catalog.router)
     app.include_router(pages_ops.router)

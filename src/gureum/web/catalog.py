@@ -243,7 +243,7 @@ def consumers(
     try:
         start, end = usage.period_bounds(month)
         listed = consumer_svc.list_consumers(db, p, PageParams(limit=PAGE_SIZE, cursor=cursor))
-        report = usage.report(db, p, since=start, until=end, group_by="consumer")
+        report = usage.report(db, p, since=start, until=end, group_by="consumer", percentiles=False)
         bills = invoices.invoices(db, p, month)
     except ApiError as exc:
         return error_page(request, signed, exc.status, exc.message)

@@ -70,7 +70,9 @@ def costs_page(
     try:
         start, end = usage.period_bounds(month)
         report = costs.report(db, p, month, prices)
-        by_consumer = usage.report(db, p, since=start, until=end, group_by="consumer")
+        by_consumer = usage.report(
+            db, p, since=start, until=end, group_by="consumer", percentiles=False
+        )
         budget = budgets.get(db, p, p.workspace_name, prices)
         events = budgets.events(db, p, p.workspace_name)
     except ApiError as exc:

@@ -17,6 +17,7 @@ from gureum import __version__
 from gureum.server import sessions
 from gureum.server.auth import Authenticator, Principal, at_least
 from gureum.server.errors import Unauthorized
+from gureum.web.forms import train_recipes, try_kind
 from gureum.web.security import secure
 
 HERE = Path(__file__).parent
@@ -73,6 +74,7 @@ _env = jinja2.Environment(
 )
 _env.filters.update(when=_when, duration=_duration, money=_money, size=_size, metric=_metric)
 _env.globals.update(took=_took, version=__version__)
+_env.globals.update(train_recipes=train_recipes, try_kind=try_kind)  # the action forms
 templates = Jinja2Templates(env=_env)
 
 

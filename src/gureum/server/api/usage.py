@@ -34,6 +34,13 @@ def usage_report(
     group_by: Annotated[
         str | None, Query(max_length=64, description="consumer,endpoint,day (any of them)")
     ] = None,
+    percentiles: Annotated[
+        bool,
+        Query(
+            description="false: no latency percentiles (null); by day and/or endpoint the "
+            "report then reads per-day totals, fast over months of records"
+        ),
+    ] = True,
 ) -> UsageReport:
     """Requests, errors, units, amounts and latency grouped by consumer, endpoint and/or
     day (UTC); rows are also split by unit and currency."""
@@ -45,6 +52,7 @@ def usage_report(
         since=since,
         until=until,
         group_by=group_by,
+        percentiles=percentiles,
     )
 
 

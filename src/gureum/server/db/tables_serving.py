@@ -6,12 +6,13 @@ reports stay whole after an endpoint or consumer is deleted.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
+    Date,
     Float,
     ForeignKey,
     Index,
@@ -172,6 +173,8 @@ class UsageRecord(Base):
     __table_args__ = (
         Index("ix_usage_ws_time", "workspace_id", "time"),
         Index("ix_usage_consumer_time", "consumer_id", "time"),
+        # An endpoint's traffic (its dashboard page) without reading the others' records.
+        Index("ix_usage_ws_endpoint_time", "workspace_id", "endpoint_name", "time"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -200,6 +203,27 @@ class UsageRecord(Base):
     # Charged at ingestion from the consumer's plan then (0 for errors): invoices sum this.
     amount: Mapped[float] = mapped_column(Float, default=0.0)
     currency: Mapped[str] = mapped_column(String(8), default="USD")
+
+
+class UsageDay(Base):
+    """A UTC day's totals of the usage ledger per endpoint, unit and currency, added to in the
+    transaction that stores each batch: reports over months (the dashboard's charts) read a
+    row per day instead of every record. No latency here: percentiles need the records."""
+
+    __tablename__ = "usage_days"
+    __table_args__ = (UniqueConstraint("workspace_id", "day", "endpoint_name", "unit", "currency"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    day: Mapped[date] = mapped_column(Date)
+    endpoint_name: Mapped[str] = mapped_column(String(63))
+    unit: Mapped[str] = mapped_column(String(16))
+    currency: Mapped[str] = mapped_column(String(8))
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    units: Mapped[float] = mapped_column(Float, default=0.0)
+    amount: Mapped[float] = mapped_column(Float, default=0.0)
+    cold_starts: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ShadowRecord(Base):

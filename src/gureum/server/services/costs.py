@@ -35,7 +35,7 @@ from gureum.server.db.session import Database
 from gureum.server.db.tables import (
     Job,
 )
-from gureum.server.db.tables_serving import ResourceUsage, UsageRecord
+from gureum.server.db.tables_serving import ResourceUsage, UsageDay
 from gureum.server.services.blobs import dataset_content, model_content
 from gureum.server.services.usage import period_bounds
 
@@ -283,19 +283,20 @@ def report(db: Database, principal: Principal, period: str, prices: Prices) -> C
     ws = principal.workspace_id
     with db.read() as s:
         compute = _compute(s, ws, start, end, prices)
+        # A month is whole UTC days: its per-day totals, not its (millions of) records.
         revenue_rows = s.execute(
             select(
-                UsageRecord.endpoint_name,
-                UsageRecord.currency,
-                func.count(),
-                func.sum(UsageRecord.amount),
+                UsageDay.endpoint_name,
+                UsageDay.currency,
+                func.sum(UsageDay.requests),
+                func.sum(UsageDay.amount),
             )
             .where(
-                UsageRecord.workspace_id == ws,
-                UsageRecord.time >= start,
-                UsageRecord.time < end,
+                UsageDay.workspace_id == ws,
+                UsageDay.day >= start.date(),
+                UsageDay.day < end.date(),
             )
-            .group_by(UsageRecord.endpoint_name, UsageRecord.currency)
+            .group_by(UsageDay.endpoint_name, UsageDay.currency)
         ).all()
         storage = _storage(s, ws, start, end, prices)
     revenue: dict[str, float] = defaultdict(float)

@@ -53,6 +53,8 @@ def apply(s: Session, job: Job, items: list[Item], max_log_bytes: int) -> None:
                 str(item.get("message", "")),
                 **dict(item.get("data") or {}),
             )
+        elif kind == "output":  # a sample grid published while training (compute/samples.py)
+            _output(s, job, item)
         elif kind == "started" and job.state == "starting":
             job.state, job.wait_reason = "running", None
             if job.started_at is None:
@@ -69,6 +71,16 @@ def apply(s: Session, job: Job, items: list[Item], max_log_bytes: int) -> None:
             )
     if texts:
         _append_log(s, job, "".join(texts), max_log_bytes)
+
+
+def _output(s: Session, job: Job, f: Item) -> None:
+    """Record (or update, when the file was written again) one output of the running job."""
+    path, sha256, size = str(f["path"]), str(f["sha256"]), int(f["size"])
+    row = s.scalar(select(JobOutput).where(JobOutput.job_id == job.id, JobOutput.path == path))
+    if row is None:
+        s.add(JobOutput(job_id=job.id, path=path, sha256=sha256, size=size))
+    else:
+        row.sha256, row.size = sha256, size
 
 
 def _append_log(s: Session, job: Job, text: str, limit: int) -> None:
@@ -174,10 +186,13 @@ def register_outputs(
 def apply_success(s: Session, job: Job, result: dict[str, Any]) -> None:
     job.metrics = dict(result.get("metrics") or {})
     job.details = dict(result.get("details") or {})
-    known = set(s.scalars(select(JobOutput.path).where(JobOutput.job_id == job.id)))
+    known = {o.path: o for o in s.scalars(select(JobOutput).where(JobOutput.job_id == job.id))}
     for f in result.get("outputs") or []:
-        if f["path"] not in known:
+        existing = known.get(f["path"])
+        if existing is None:
             s.add(JobOutput(job_id=job.id, path=f["path"], sha256=f["sha256"], size=f["size"]))
+        else:  # a grid published while training: its last bytes
+            existing.sha256, existing.size = f["sha256"], f["size"]
     row = s.execute(
         select(Model.name, ModelVersion.version)
         .join(Model, Model.id == ModelVersion.model_id)

@@ -8,24 +8,22 @@ again is a record of its own (its id shares the first 20 characters with the fir
 ingestion, from its consumer's plan then; errors (status >= 400) and a team member's own calls
 (no consumer) are free.
 
-Reports aggregate in the server's memory over the selected records (counts and sums exact,
-latency percentiles exact over the rows read): fine up to about 10^6 records per query; a
-longer window should be narrowed with ``since``/``until`` or filters.
+Reports aggregate in the database (``usage_sql``): counts and sums exact, latency percentiles
+exact (nearest rank). A report without percentiles grouped by day and/or endpoint reads the
+per-day totals each stored batch adds to (``usage_days``): months of records in milliseconds.
 """
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from gureum.schemas.consumers import GROUP_KEYS, GroupKey, UsageReport, UsageRow
+from gureum.schemas.consumers import GROUP_KEYS, GroupKey, UsageReport
 from gureum.schemas.metering import UsageAccepted, UsageBatch
 from gureum.server.auth import Principal
 from gureum.server.db.base import utcnow
@@ -33,6 +31,7 @@ from gureum.server.db.session import Database
 from gureum.server.db.tables import ModelVersion
 from gureum.server.db.tables_serving import Consumer, Endpoint, Plan, ShadowRecord, UsageRecord
 from gureum.server.errors import Unprocessable
+from gureum.server.services import usage_sql
 
 DEFAULT_WINDOW = timedelta(days=30)
 READ_BATCH = 5000
@@ -54,16 +53,16 @@ _COLUMNS = (
 # -- ingestion -----------------------------------------------------------------------------------
 
 
-def _insert(s: Session, table: Any, rows: list[dict[str, Any]]) -> int:
-    """Insert ``rows``, skipping ids already stored; how many were new."""
+def _insert(s: Session, table: Any, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert ``rows``, skipping ids already stored; the ids that were new."""
     if not rows:
-        return 0
+        return set()
     dialect = s.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
     # One statement per row set, batched by SQLAlchemy ("insertmanyvalues") within the
     # driver's parameter limits; RETURNING yields the ids actually inserted.
-    return len(s.execute(stmt, rows).all())
+    return set(s.scalars(stmt, rows))
 
 
 def _plans(s: Session, workspace_id: int, consumer_ids: set[int]) -> dict[int, Plan]:
@@ -119,8 +118,11 @@ def ingest(s: Session, endpoint: Endpoint, batch: UsageBatch) -> UsageAccepted:
         }
         for r in batch.shadow
     ]
-    accepted = _insert(s, UsageRecord.__table__, rows)
-    shadow_new = _insert(s, ShadowRecord.__table__, shadow)
+    stored = _insert(s, UsageRecord.__table__, rows)
+    first = {r["id"]: r for r in reversed(rows)}  # an id twice in a batch: stored once
+    usage_sql.add_days(s, [r for i, r in first.items() if i in stored])
+    accepted = len(stored)
+    shadow_new = len(_insert(s, ShadowRecord.__table__, shadow))
     total = len(rows) + len(shadow)
     return UsageAccepted(accepted=accepted + shadow_new, duplicates=total - accepted - shadow_new)
 
@@ -130,26 +132,6 @@ def _utc(t: datetime) -> datetime:
 
 
 # -- reports -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Group:
-    """Running totals of one group of usage records."""
-
-    requests: int = 0
-    errors: int = 0
-    units: float = 0.0
-    amount: float = 0.0
-    cold_starts: int = 0
-    latencies: array[float] = field(default_factory=lambda: array("d"))
-
-    def add(self, status: int, units: float, amount: float, latency: float, cold: bool) -> None:
-        self.requests += 1
-        self.errors += status >= 400
-        self.units += units
-        self.amount += amount
-        self.cold_starts += bool(cold)
-        self.latencies.append(latency)
 
 
 def percentile(values: Iterable[float], q: float) -> float:
@@ -235,45 +217,23 @@ def report(
     since: datetime | None = None,
     until: datetime | None = None,
     group_by: str | None = None,
+    percentiles: bool = True,
 ) -> UsageReport:
     """Usage of the caller's workspace grouped by consumer, endpoint and/or day (UTC).
 
-    Without ``since`` the window is the 30 days before ``until`` (default: now).
+    Without ``since`` the window is the 30 days before ``until`` (default: now). Without
+    ``percentiles`` the rows' latency is None, and a report by day and/or endpoint comes from
+    the per-day totals (fast over months).
     """
     principal.require("viewer")
     keys = parse_group_by(group_by)
     start, end = _window(since, until)
-    groups: dict[tuple[Any, ...], Group] = {}
+    ws = principal.workspace_id
     with db.read() as s:
-        for r in scan(s, principal.workspace_id, start, end, consumer, endpoint):
-            values = {"consumer": r.consumer_name, "endpoint": r.endpoint_name}
-            values["day"] = r.time.astimezone(UTC).date()
-            key = (*[values[k] for k in keys], r.unit, r.currency)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = Group()
-            group.add(r.status, r.units, r.amount, r.latency_ms, r.cold_start)
-    rows = [_row(keys, key, g) for key, g in sorted(groups.items(), key=lambda kv: _order(kv[0]))]
+        if not percentiles and consumer is None and "consumer" not in keys:
+            rows = usage_sql.day_rows(s, ws, keys, start, end, endpoint)
+        else:
+            rows = usage_sql.rows(
+                s, ws, keys, start, end, consumer, endpoint, percentiles=percentiles
+            )
     return UsageReport(since=start, until=end, group_by=keys, rows=rows)
-
-
-def _order(key: tuple[Any, ...]) -> tuple[str, ...]:
-    return tuple(v.isoformat() if isinstance(v, date) else str(v) for v in key)
-
-
-def _row(keys: list[GroupKey], key: tuple[Any, ...], g: Group) -> UsageRow:
-    named = dict(zip(keys, key, strict=False))
-    return UsageRow(
-        consumer=named.get("consumer"),
-        endpoint=named.get("endpoint"),
-        day=named.get("day"),
-        requests=g.requests,
-        errors=g.errors,
-        units=g.units,
-        unit=key[-2],
-        amount=round(g.amount, 6),
-        currency=key[-1],
-        latency_p50_ms=percentile(g.latencies, 50),
-        latency_p95_ms=percentile(g.latencies, 95),
-        cold_starts=g.cold_starts,
-    )

@@ -11,6 +11,7 @@
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
   let lastEvent = 0;
+  let preemptions = 0;
   let lastMetric = 0;
   let logOffset = 0;
   let finalRound = false;
@@ -52,7 +53,9 @@
         body.append(G.el("tr", {}, G.el("td", {}, e.seq), G.el("td", {}, G.when(e.time)),
           G.el("td", {}, e.kind), G.el("td", {}, e.message)));
         lastEvent = e.seq;
+        if (e.kind === "preempted") preemptions++;
       }
+      document.getElementById("job-preempted").textContent = preemptions ? preemptions + " time(s): see the events" : "never";
       if (!page.next_cursor) return;
     }
   }
