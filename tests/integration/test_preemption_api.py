@@ -114,6 +114,14 @@ def test_a_starving_replica_preempts_the_lowest_priority_job_which_resumes_later
     queued = env.job(low["id"])
     assert queued["state"] == "queued" and queued["error"] is None
     assert queued["wait_reason"].startswith("preempted: serving needed the capacity")
+    # Ray placed the replica in that room; the endpoint controller's view still says it waits
+    # (a tick behind): the room was made for it, so nobody else is preempted.
+    env.fake.free = {"CPU": 0.0}
+    pool.tick()
+    assert pool.preempted == 1
+    with env.db.read() as s:
+        spared = s.get(Job, high["id"])
+        assert spared is not None and spared.stop_state is None
     env.fake.free = {"CPU": 4.0}
     env.jobs.tick()
     assert len(env.fake.launched) == 3  # held: the replica takes the room first
@@ -125,6 +133,33 @@ def test_a_starving_replica_preempts_the_lowest_priority_job_which_resumes_later
     resumed = env.fake.launched[-1]
     assert (resumed.job_id, resumed.attempt) == (low["id"], 2)  # its checkpoints: same job
     assert env.job(high["id"])["state"] == env.job(pinned["id"])["state"] == "running"
+
+
+def test_the_room_a_preempted_job_frees_is_not_given_to_the_queue(
+    env: Env, settings: Settings
+) -> None:
+    settings.preempt_after_s, settings.preempt_min_run_s = 5.0, 0.0
+    low = env.submit(priority=-1, resources={"cpus": 2})
+    env.jobs.tick()
+    env.fake.emit(low["id"], 1, {"type": "started", "node_id": "node-1"})
+    env.jobs.tick()
+    ep_id = _endpoint(env, cpus=2)
+    env.fake.free = {"CPU": 0.0}
+    since = utcnow().timestamp() - 6
+    states = {
+        app_name(ep_id): AppState("DEPLOYING", "", 0, ep_id, starting=1, starting_since=since)
+    }
+    pool = PoolController(env.app.state.db, lambda: states, env.fake.available, settings, list)
+    pool.tick()
+    assert pool.preempted == 1
+    # The preempted attempt has ended on Ray (its CPUs show free) before its end reaches the
+    # controller: a job queued meanwhile does not take the replica's room.
+    late = env.submit(priority=3, resources={"cpus": 2})
+    env.fake.free = {"CPU": 2.0}
+    env.jobs.tick()
+    assert [(r.job_id, r.attempt) for r in env.fake.launched] == [(low["id"], 1)]
+    assert env.job(late["id"])["state"] == "queued"
+    assert env.job(late["id"])["wait_reason"].startswith("waiting for 2 CPUs")
 
 
 def test_a_cancel_stops_at_once_without_a_checkpoint_grace(env: Env) -> None:

@@ -287,7 +287,10 @@ class JobController(Looped):
             u.cpus += r.cpus * j.workers
             u.gpus += r.gpus * j.workers
             u.jobs += 1
-            if j.state == "starting":  # Ray has not given it its resources yet
+            # Starting: Ray has not given it its resources yet. Being preempted: what it frees
+            # is the waiting replica's, not the next queued job's (its end may reach Ray before
+            # it reaches us; counted twice until then, which only delays the queue).
+            if j.state == "starting" or j.stop_state == PREEMPT:
                 _take(free, scaled(demand(r), j.workers))
         now = utcnow()
         for job in queued:

@@ -29,6 +29,9 @@ from gureum.serving.backend import AppState, app_name
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0
+# After room is made for a replica, how long (beyond the victims' checkpoint grace) Ray and the
+# endpoint controller's view get to show it placed before that replica may preempt again.
+SETTLE_S = 15.0
 ROLES = ("primary", "canary", "shadow")
 
 
@@ -47,6 +50,9 @@ class PoolController(Looped):
         self.db, self.states, self.available = db, states, available
         self.settings, self.wake_jobs = settings, wake
         self.preempted = 0  # jobs this server's pool preempted (for logs and tests)
+        # Per application, when room was made for each of its waiting replicas: the view of
+        # Ray Serve lags a tick, and a replica already placed must not preempt twice.
+        self._granted: dict[str, list[float]] = {}
         self.loop = ControlLoop("gureum-pool", self.tick, tick_s)
 
     def starving(self, now_s: float | None = None) -> dict[str, AppState]:
@@ -62,7 +68,14 @@ class PoolController(Looped):
         }
 
     def tick(self) -> None:
-        starving = self.starving()
+        now_s = time.time()
+        starving = self.starving(now_s)
+        window = self.settings.preempt_grace_s + SETTLE_S
+        self._granted = {
+            name: recent
+            for name, times in self._granted.items()
+            if name in starving and (recent := [t for t in times if now_s - t < window])
+        }
         if not starving:
             return
         with self.db.read() as s:
@@ -84,7 +97,8 @@ class PoolController(Looped):
                 continue  # not one of this control plane's endpoints
             ep_id, config = known
             need = preemption.replica_demand(EndpointConfig.model_validate(config).resources)
-            for _ in range(st.starting):
+            granted = self._granted.setdefault(name, [])
+            for _ in range(max(0, st.starting - len(granted))):
                 victims = preemption.choose_victims(
                     need, free, candidates, now, self.settings.preempt_min_run_s
                 )
@@ -96,6 +110,7 @@ class PoolController(Looped):
                 free = preemption.plus(free, {k: -v for k, v in need.items()})
                 if victims:
                     self._preempt(ep_id, victims, need)
+                    granted.append(now_s)
 
     def _preempt(
         self, ep_id: int, victims: list[preemption.Candidate], need: Mapping[str, float]
