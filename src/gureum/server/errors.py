@@ -55,6 +55,18 @@ class Unprocessable(ApiError):
     status, code = 422, "invalid_request"
 
 
+class RateLimited(ApiError):
+    status, code = 429, "rate_limited"
+
+
+class BadGateway(ApiError):
+    status, code = 502, "bad_gateway"
+
+
+class Unavailable(ApiError):
+    status, code = 503, "unavailable"
+
+
 def error_response(
     status: int,
     code: str,

@@ -28,7 +28,15 @@ from gureum.server.auth import Principal, new_key
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import ApiKey
-from gureum.server.errors import ApiError, Conflict, NotFound, Unprocessable
+from gureum.server.errors import (
+    ApiError,
+    BadGateway,
+    Conflict,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    Unprocessable,
+)
 from gureum.server.services.audit import record
 from gureum.server.services.endpoints import find_endpoint
 
@@ -38,18 +46,6 @@ RENEW_BEFORE = timedelta(minutes=3)  # a key with less left is replaced, not reu
 WAIT_S = 60.0  # how long a try waits in all for a replica (scale from zero, a rollover)
 CALL_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 IN_PROGRESS = "request_in_progress"
-
-
-class BadGateway(ApiError):
-    status, code = 502, "bad_gateway"
-
-
-class Unavailable(ApiError):
-    status, code = 503, "unavailable"
-
-
-class RateLimited(ApiError):
-    status, code = 429, "rate_limited"
 
 
 @dataclass(frozen=True)

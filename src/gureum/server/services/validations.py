@@ -26,7 +26,7 @@ from gureum.server.db.session import Database
 from gureum.server.db.tables import Model, ModelVersion
 from gureum.server.db.tables_serving import Endpoint
 from gureum.server.db.tables_validation import ModelValidation
-from gureum.server.errors import ApiError, Conflict, NotFound
+from gureum.server.errors import Conflict, NotFound, Unavailable
 from gureum.server.services import endpoints as eps
 from gureum.server.services import validation_samples
 from gureum.server.services.audit import record
@@ -45,10 +45,6 @@ from gureum.storage.store import ArtifactStore
 log = logging.getLogger(__name__)
 # Runs a manual validation to its report (a Ray task in the product).
 Runner = Callable[[int, ModelRef, ValidationSpec], ValidationReport]
-
-
-class Unavailable(ApiError):
-    status, code = 503, "unavailable"
 
 
 def open_for_deploy(
