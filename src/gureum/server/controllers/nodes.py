@@ -28,16 +28,14 @@ from gureum.schemas.jobs import ACTIVE_STATES, Resources
 from gureum.server.controllers.loop import ControlLoop, Looped
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Job, Workspace
-from gureum.server.db.tables_serving import Endpoint
 from gureum.server.services import budget_enforce
-from gureum.server.services.preemption import replica_demand
-from gureum.serving.backend import AppState, app_name
+from gureum.server.services.preemption import endpoint_apps, replica_demand
+from gureum.serving.backend import AppState
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0
 # The request is sent again this often even unchanged (a restarted head forgot it).
 RESEND_S = 60.0
-ROLES = ("primary", "canary", "shadow")
 Request = Callable[[list[Bundle]], None]
 
 
@@ -93,18 +91,7 @@ class NodeController(Looped):
                 for w in s.scalars(select(Workspace).where(Workspace.id.in_(workspaces)))
             }
             held = budget_enforce.held_reasons(s, workspaces)
-            endpoints = (
-                {
-                    app_name(ep_id, role): (ep_id, config)
-                    for ep_id, config, state in s.execute(
-                        select(Endpoint.id, Endpoint.config, Endpoint.state)
-                    ).all()
-                    if state != "deleting"
-                    for role in ROLES
-                }
-                if self.replicas is not None
-                else {}
-            )
+            endpoints = endpoint_apps(s) if self.replicas is not None else {}
         jobs = [
             JobLoad(
                 job_id=r.id,

@@ -16,8 +16,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from sqlalchemy import select
-
 from gureum.config import Settings
 from gureum.schemas.endpoints import EndpointConfig
 from gureum.server.controllers.loop import ControlLoop, Looped
@@ -25,14 +23,13 @@ from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables_serving import Endpoint
 from gureum.server.services import preemption
-from gureum.serving.backend import AppState, app_name
+from gureum.serving.backend import AppState
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0
 # After room is made for a replica, how long (beyond the victims' checkpoint grace) Ray and the
 # endpoint controller's view get to show it placed before that replica may preempt again.
 SETTLE_S = 15.0
-ROLES = ("primary", "canary", "shadow")
 
 
 class PoolController(Looped):
@@ -79,14 +76,7 @@ class PoolController(Looped):
         if not starving:
             return
         with self.db.read() as s:
-            endpoints = {
-                app_name(ep_id, role): (ep_id, config)
-                for ep_id, config, state in s.execute(
-                    select(Endpoint.id, Endpoint.config, Endpoint.state)
-                ).all()
-                if state != "deleting"
-                for role in ROLES
-            }
+            endpoints = preemption.endpoint_apps(s)
             candidates, stopping = preemption.running_candidates(s)
         free = preemption.plus(self.available(), stopping)
         now = utcnow()

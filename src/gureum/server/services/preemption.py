@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -46,11 +47,15 @@ from gureum.server.db.tables_serving import Endpoint
 from gureum.server.services import costs
 from gureum.server.services import endpoints as endpoint_svc
 from gureum.server.services.jobs import add_event
+from gureum.serving.backend import app_name
 
 GiB = 1024**3
 EPS = 1e-9
 EVENT = "preempted"  # the job event kind (metrics count these)
 WAIT_REASON = "preempted: serving needed the capacity; resumes from its last checkpoint"
+
+# The Serve applications one endpoint may have.
+APP_ROLES = ("primary", "canary", "shadow")
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,19 @@ def replica_demand(r: ReplicaResources) -> dict[str, float]:
     if r.accelerator_type:
         out[ACCELERATOR_PREFIX + r.accelerator_type] = ACCELERATOR_AMOUNT
     return {k: v for k, v in out.items() if v > 0}
+
+
+def endpoint_apps(s: Session) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Ray Serve application name -> (endpoint id, its config) of every live endpoint, each
+    role's application included: what a waiting replica is matched against."""
+    return {
+        app_name(ep_id, role): (ep_id, config)
+        for ep_id, config, state in s.execute(
+            select(Endpoint.id, Endpoint.config, Endpoint.state)
+        ).all()
+        if state != "deleting"
+        for role in APP_ROLES
+    }
 
 
 def fits(need: Mapping[str, float], free: Mapping[str, float]) -> bool:
