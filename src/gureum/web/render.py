@@ -89,6 +89,10 @@ class Signed:
     def can_act(self) -> bool:
         return at_least(self.principal.role, "developer")
 
+    @property
+    def can_admin(self) -> bool:
+        return at_least(self.principal.role, "admin")
+
 
 class SignInRequired(Exception):
     """A page needs a session: back to ``form`` (the members' or the portal's sign-in), and

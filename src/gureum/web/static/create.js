@@ -1,4 +1,5 @@
-// Create forms: a member and an API key (admin pages), a retrain pipeline (pipelines page).
+// Create forms: a member and an API key (admin pages), a consumer (consumers page), a retrain
+// pipeline (pipelines page).
 // Each <form data-post="/v1/..."> is sent as JSON with the page's CSRF token (G.api); empty
 // fields are left out so the API's defaults apply. The API decides who may: a viewer gets its
 // 403 in words. A new key's secret is put in the page once, never in a URL or storage.
@@ -72,6 +73,9 @@
       try {
         const out = await (await G.api("POST", form.dataset.post, payload)).json();
         if (form.id === "key-form") return showKey(form, out);
+        if (form.id === "consumer-form") {
+          return showSecret(form, out.token, "Consumer " + out.name + " added with key " + out.key_id + ".");
+        }
         G.say(form.dataset.done || "Done.");
         if (form.dataset.go) setTimeout(() => location.assign(form.dataset.go + encodeURIComponent(out.name)), 400);
         else setTimeout(() => location.reload(), 600);
@@ -83,15 +87,19 @@
     });
   }
 
-  function showKey(form, out) {
-    const box = document.getElementById("new-key");
+  // A secret shown once, in the page only (an API key's or a new consumer's first key).
+  function showSecret(form, secret, message) {
     const token = document.getElementById("new-key-token");
-    token.textContent = out.token;
-    box.hidden = false;
+    token.textContent = secret;
+    document.getElementById("new-key").hidden = false;
     form.reset();
     form.querySelector("button[type=submit]").disabled = false;
-    G.say("Key " + out.key_id + " created for " + out.user + " (" + out.role + ").");
+    G.say(message);
     token.focus();
+  }
+
+  function showKey(form, out) {
+    showSecret(form, out.token, "Key " + out.key_id + " created for " + out.user + " (" + out.role + ").");
     const body = document.querySelector("#keys tbody");
     if (body) {
       body.prepend(G.el("tr", { "data-key": out.key_id },
