@@ -14,12 +14,16 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from gureum.schemas.models import ModelVersionOut, Stage
-from gureum.server.errors import ApiError
+from gureum.schemas.validations import ValidationOut
+from gureum.server.auth import Principal
+from gureum.server.db.session import Database
+from gureum.server.errors import ApiError, NotFound
 from gureum.server.pagination import PageParams
 from gureum.server.services import consumers as consumer_svc
 from gureum.server.services import datasets as dataset_svc
 from gureum.server.services import invoices, usage, web_views
 from gureum.server.services import models as model_svc
+from gureum.server.services import validations as validation_svc
 from gureum.web.pages import PAGE_SIZE, Cursor, SignedIn, _next_href
 from gureum.web.render import error_page, page
 
@@ -116,6 +120,7 @@ def model_version(request: Request, signed: SignedIn, name: str, version: str) -
         files = model_svc.list_files(
             db, signed.principal, out.name, str(v.version), PageParams(limit=PAGE_SIZE, cursor=None)
         )
+        validation = _last_validation(db, signed.principal, out.name, v.version)
     except ApiError as exc:
         return error_page(request, signed, exc.status, exc.message)
     dataset = v.dataset.rsplit(":", 1) if v.dataset else None
@@ -131,7 +136,18 @@ def model_version(request: Request, signed: SignedIn, name: str, version: str) -
         more_files=files.next_cursor is not None,
         dataset=dataset,
         metrics=_metric_table([v]),
+        validation=validation,
     )
+
+
+def _last_validation(
+    db: Database, principal: Principal, name: str, version: int
+) -> ValidationOut | None:
+    """The version's newest validation report (a deploy's first replica, or a manual one)."""
+    try:
+        return validation_svc.latest(db, principal, name, str(version))
+    except NotFound:
+        return None
 
 
 @router.get("/datasets")
