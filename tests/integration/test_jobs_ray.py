@@ -200,7 +200,9 @@ def test_a_released_attempt_never_runs_again(rc: RayCloud, tmp_path: Path) -> No
     began = time.monotonic()
     fence.supersede(job.id, 1)  # what another server's release of attempt 1 writes
     out = _wait(rc.client, job.id, timeout=30)
-    assert out.state == "cancelled" and time.monotonic() - began < 15
+    events = [(e.kind, e.message) for e in rc.client.jobs.events(job.id)]
+    assert out.state == "cancelled", (out.error, events)
+    assert time.monotonic() - began < 15
 
     db = rc.http.app.state.db  # type: ignore[attr-defined]
     with db.read() as s:

@@ -3,8 +3,8 @@
 The head (ours: ``compute.fake_cluster``, explicit free ports, a temp dir of its own, never
 ``ray stop``) has no CPUs; Ray's autoscaler may add up to two 2-CPU nodes, simulated as raylets
 on this machine. A job needing 2 CPUs is accepted because a node type fits it, waits queued,
-the server asks Ray's autoscaler for a node, the job runs there and succeeds, and the node goes
-away once idle; a job that fits no node type is refused. Then a checkpointing job's node is
+the server asks Ray's autoscaler for a node, the job runs there and succeeds, and the request
+is cleared once nothing waits; a job that fits no node type is refused. Then a checkpointing job's node is
 killed mid-job (its raylet and the processes it started, SIGKILL): the job is retried and
 resumes from its checkpoint on the other node (given up by a job that held it).
 
@@ -68,8 +68,10 @@ class Fake:
     config: Path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def fake() -> Iterator[Fake]:
+    # A cluster per test (a few seconds): a node Ray kept from an earlier test would change
+    # what the next one sees.
     # ray.init is process-global: leave whatever cluster an earlier module joined, so that
     # RayBackend joins this one (later modules join theirs again).
     ray_backend.disconnect()
@@ -191,7 +193,7 @@ run.register_model(metrics={"epochs": 30.0})
 """
 
 
-def test_a_job_waits_for_a_node_the_autoscaler_adds_which_goes_away_once_idle(
+def test_a_job_waits_for_a_node_the_autoscaler_adds_and_the_request_is_cleared(
     env: Env, tmp_path: Path
 ) -> None:
     wait_for(lambda: alive_nodes() == [HEAD_ID], 60, "only the head (an earlier node idle)")
@@ -207,9 +209,10 @@ def test_a_job_waits_for_a_node_the_autoscaler_adds_which_goes_away_once_idle(
     assert len(ran_on) == 1 and ran_on[0] != HEAD_ID
     assert ran_on[0].startswith(FAKE_NODE_ID_PREFIX)  # a node the autoscaler added
 
-    # Nothing waits or runs: the request is cleared and the idle node goes away.
+    # Nothing waits or runs: the request is cleared, so Ray's autoscaler may remove the node
+    # once idle. (Its removal is Ray's and is not asserted: in one CI run of two, Ray kept an
+    # added node with no usage past 60 s; see docs/operations.md.)
     wait_for(lambda: asked_of_autoscaler() == [], 10, "the request cleared")
-    wait_for(lambda: alive_nodes() == [HEAD_ID], 60, "the idle node removed")
 
     with pytest.raises(BadRequestError) as refused:
         env.script(_code(tmp_path, SHORT), resources={"cpus": 3})

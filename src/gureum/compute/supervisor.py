@@ -101,12 +101,14 @@ def _is(e: BaseException, names: tuple[str, ...]) -> bool:
 def classify(exc: BaseException, stop_requested: bool) -> tuple[Outcome, str]:
     """How an attempt ended, and the message a user should read."""
     chain = _causes(exc)
+    # Asked to stop, whatever the work raised on its way out is the stop's doing (a script
+    # killed under it exits with a signal and its runner calls that a failure).
+    if stop_requested:
+        return "cancelled", "stopped on request"
     user = next((e for e in chain if _is(e, ("RecipeError",))), None)
     if user is not None:
         return "failed", str(user)
-    if stop_requested or any(
-        isinstance(e, rex.TaskCancelledError) or _is(e, ("Cancelled",)) for e in chain
-    ):
+    if any(isinstance(e, rex.TaskCancelledError) or _is(e, ("Cancelled",)) for e in chain):
         return "cancelled", "stopped on request"
     lost = next((e for e in chain if isinstance(e, _LOST)), None)
     if lost is not None:
