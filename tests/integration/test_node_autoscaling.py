@@ -4,9 +4,9 @@ The head (ours: ``compute.fake_cluster``, explicit free ports, a temp dir of its
 ``ray stop``) has no CPUs; Ray's autoscaler may add up to two 2-CPU nodes, simulated as raylets
 on this machine. A job needing 2 CPUs is accepted because a node type fits it, waits queued,
 the server asks Ray's autoscaler for a node, the job runs there and succeeds, and the request
-is cleared once nothing waits; a job that fits no node type is refused. Then a checkpointing job's node is
-killed mid-job (its raylet and the processes it started, SIGKILL): the job is retried and
-resumes from its checkpoint on the other node (given up by a job that held it).
+is cleared once nothing waits; a job that fits no node type is refused. Then a checkpointing
+job's node is killed mid-job (its raylet and the processes it started, SIGKILL): the job is
+retried and resumes from its checkpoint on the other node (given up by a job that held it).
 
 Every simulated node shares this machine's two cores: the jobs only sleep.
 """
