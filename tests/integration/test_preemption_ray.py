@@ -221,7 +221,9 @@ def test_a_worker_killed_while_writing_the_asked_checkpoint_resumes_from_the_pre
         assert any(m.startswith("resume: resuming from checkpoint 1") for m in messages), messages
         assert not any("checkpoint 2 saved" in m for m in messages), messages
         log = client.jobs.logs(job.id)[0]
-        assert "checkpoint requested: saving epoch 2" in log and "resumed at epoch 1" in log, log
+        # The script's last lines of attempt 1 may die with its worker (they are shipped in
+        # batches); what it printed before the first checkpoint and after the resume may not.
+        assert "starting fresh" in log and "resumed at epoch 1" in log, log
         assert done.metrics.get("resumed_epoch") == 1.0, done.metrics
         assert not [p for p in os.listdir(store.prefix) if p.endswith(".tmp")]
 
