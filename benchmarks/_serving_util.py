@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Self, cast
 
 import httpx
 import psutil
@@ -310,17 +310,16 @@ def replica_counts(apps: Sequence[str]) -> dict[str, tuple[int, int]]:
     return out
 
 
-class ReplicaSampler:
-    """Samples Ray Serve's replica counts of some apps every ``interval`` s on a thread."""
+class Ticker:
+    """Calls ``tick`` every ``interval`` s on a daemon thread while entered (a benchmark's
+    background sampler or driver); a tick that raises is skipped, the next one still runs."""
 
-    def __init__(self, apps: Sequence[str], interval: float = 0.5) -> None:
-        self.apps = list(apps)
+    def __init__(self, interval: float, name: str) -> None:
         self.interval = interval
-        self.samples: list[tuple[float, dict[str, tuple[int, int]]]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="replica-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def __enter__(self) -> ReplicaSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -328,11 +327,26 @@ class ReplicaSampler:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def tick(self) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(Exception):
-                self.samples.append((time.time(), replica_counts(self.apps)))
+                self.tick()
             self._stop.wait(self.interval)
+
+
+class ReplicaSampler(Ticker):
+    """Samples Ray Serve's replica counts of some apps every ``interval`` s on a thread."""
+
+    def __init__(self, apps: Sequence[str], interval: float = 0.5) -> None:
+        super().__init__(interval, "replica-sampler")
+        self.apps = list(apps)
+        self.samples: list[tuple[float, dict[str, tuple[int, int]]]] = []
+
+    def tick(self) -> None:
+        self.samples.append((time.time(), replica_counts(self.apps)))
 
     def replica_seconds(self, app: str, t0: float, t1: float, running_only: bool = False) -> float:
         """The integral of the replica count over [t0, t1] (epoch seconds), each sample held

@@ -45,7 +45,7 @@ from ray import serve
 from ray.serve import Deployment
 
 from benchmarks._serving_load import Sent, open_loop
-from benchmarks._serving_util import JSON, ReplicaSampler, med, pct, rnd, wait_route
+from benchmarks._serving_util import JSON, ReplicaSampler, Ticker, med, pct, rnd, wait_route
 from benchmarks._util import OUT, ROOT, free_port, load_average
 from gureum.compute.local_ray import remove_temp_dir, start_head, stop_head
 from gureum.schemas.endpoints import Autoscaling
@@ -171,33 +171,22 @@ def history_profile(cfg: dict[str, Any], start: datetime) -> Any:
     return build_profile(rows, 1.0)
 
 
-class PrewarmDriver:
+class PrewarmDriver(Ticker):
     """What the endpoint controller does for an endpoint with ``prewarm`` on, every second."""
 
     def __init__(self, name: str, cfg: dict[str, Any], scaling: Autoscaling, profile: Any) -> None:
+        super().__init__(1.0, "prewarm-driver")
         self.name, self.cfg, self.scaling, self.profile = name, cfg, scaling, profile
         self.current = scaling.min_replicas
         self.changes: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> PrewarmDriver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            d = decide(self.profile, datetime.now(UTC), self.scaling)
-            if d.min_replicas != self.current:
-                self.current = d.min_replicas
-                self.changes.append((time.time(), d.min_replicas))
-                raised = self.scaling.model_copy(update={"min_replicas": d.min_replicas})
-                deploy(self.name, self.cfg, raised)
-            self._stop.wait(1.0)
+    def tick(self) -> None:
+        d = decide(self.profile, datetime.now(UTC), self.scaling)
+        if d.min_replicas != self.current:
+            self.current = d.min_replicas
+            self.changes.append((time.time(), d.min_replicas))
+            raised = self.scaling.model_copy(update={"min_replicas": d.min_replicas})
+            deploy(self.name, self.cfg, raised)
 
 
 # -- a run ----------------------------------------------------------------------------------------
