@@ -13,17 +13,16 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Query, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from gureum.schemas.consumers import PERIOD_PATTERN, InvoiceList, UsageReport
 from gureum.server import portal_sessions as ps
-from gureum.server.db.base import utcnow
 from gureum.server.errors import ApiError, Forbidden, Unauthorized
 from gureum.server.services import portal as svc
-from gureum.web.render import SignInRequired, error_page, page, safe_next
+from gureum.web.render import SignInRequired, page, safe_next
 from gureum.web.security import secure
-from gureum.web.signin import MAX_KEY_CHARS, _same_origin
+from gureum.web.signin import refused, signed_in_to, signed_out
 
 router = APIRouter(prefix="/portal", include_in_schema=False)
 PLAIN = (
@@ -110,40 +109,20 @@ async def login(
     next: Annotated[str, Form()] = "/portal",
 ) -> Response:
     next_path = _portal_next(next)
-    if not _same_origin(request):
-        return _form(request, "This sign-in did not come from this site's form.", next_path, 403)
     key = consumer_key.strip()
-    if not key:
-        return _form(request, "Enter your consumer key to sign in.", next_path, 422)
-    if len(key) > MAX_KEY_CHARS:
-        return _form(request, PLAIN, next_path, 401)
+    refusal = refused(request, key, "Enter your consumer key to sign in.", PLAIN)
+    if refusal is not None:
+        return _form(request, refusal[0], next_path, refusal[1])
     try:
         opened = await run_in_threadpool(ps.open_session, request.app.state.db, key)
     except Unauthorized:
         return _form(request, PLAIN, next_path, 401)
-    response = RedirectResponse(next_path, status_code=303)
-    response.set_cookie(
-        ps.COOKIE,
-        opened.token,
-        max_age=int((opened.expires_at - utcnow()).total_seconds()),
-        path="/portal",
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
-    return secure(response)
+    return signed_in_to(request, next_path, ps.COOKIE, opened.token, opened.expires_at, "/portal")
 
 
 @router.post("/logout")
 async def logout(request: Request, csrf_token: Annotated[str, Form()] = "") -> Response:
-    token = request.cookies.get(ps.COOKIE)
-    if token:
-        if not ps.csrf_ok(token, csrf_token):
-            return error_page(request, None, 403, "Sign-out needs the page's form: reload it.")
-        await run_in_threadpool(ps.close_session, request.app.state.db, token)
-    response = RedirectResponse("/portal/login?out=1", status_code=303)
-    response.delete_cookie(ps.COOKIE, path="/portal")
-    return secure(response)
+    return await signed_out(request, ps.COOKIE, "/portal", csrf_token, ps.csrf_ok, ps.close_session)
 
 
 @router.get("")
