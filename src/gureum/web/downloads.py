@@ -11,11 +11,13 @@ workspace's job or version is a 404, as in the REST API.
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from gureum.server.api.blobs import UNTRUSTED_HEADERS, blob_response
 from gureum.server.db.tables import DatasetFile, ModelFile
@@ -29,6 +31,7 @@ from gureum.web.security import secure
 
 router = APIRouter(include_in_schema=False)
 MAX_PATH = 1024
+VersionFile = TypeVar("VersionFile", ModelFile, DatasetFile)
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\;]')
 
 
@@ -48,6 +51,16 @@ def _send(request: Request, workspace_id: int, sha256: str, size: int, path: str
     response.headers["Content-Disposition"] = disposition(path)
     response.headers["Cache-Control"] = "private, no-store"
     return response
+
+
+def _version_file(
+    s: Session, table: type[VersionFile], version_id: int, path: str, label: str
+) -> tuple[str, int, str]:
+    """A version's file by its exact path (sha256, size, path); 404 in words when it has none."""
+    row = s.scalar(select(table).where(table.version_id == version_id, table.path == path))
+    if row is None:
+        raise NotFound(f"{label} has no file {path[:200]!r}")
+    return row.sha256, row.size, row.path
 
 
 def _refused(request: Request, signed: SignedIn, exc: ApiError) -> Response:
@@ -74,15 +87,10 @@ def model_file(request: Request, signed: SignedIn, name: str, version: str, path
         with request.app.state.db.read() as s:
             model = model_svc.find_model(s, ws, name[:128])
             v = model_svc.resolve_version_row(s, model, version[:32])
-            row = s.scalar(
-                select(ModelFile).where(ModelFile.version_id == v.id, ModelFile.path == path)
-            )
-            if row is None:
-                raise NotFound(f"{model.name}:{v.version} has no file {path[:200]!r}")
-            sha256, size, stored = row.sha256, row.size, row.path
+            found = _version_file(s, ModelFile, v.id, path, f"{model.name}:{v.version}")
     except ApiError as exc:
         return _refused(request, signed, exc)
-    return _send(request, ws, sha256, size, stored)
+    return _send(request, ws, *found)
 
 
 @router.get("/download/datasets/{name}/versions/{version}/{path:path}")
@@ -94,12 +102,7 @@ def dataset_file(
     try:
         with request.app.state.db.read() as s:
             v = dataset_svc.resolve_version(s, ws, name[:128], version[:32])
-            row = s.scalar(
-                select(DatasetFile).where(DatasetFile.version_id == v.id, DatasetFile.path == path)
-            )
-            if row is None:
-                raise NotFound(f"{name[:128]}:{v.version} has no file {path[:200]!r}")
-            sha256, size, stored = row.sha256, row.size, row.path
+            found = _version_file(s, DatasetFile, v.id, path, f"{name[:128]}:{v.version}")
     except ApiError as exc:
         return _refused(request, signed, exc)
-    return _send(request, ws, sha256, size, stored)
+    return _send(request, ws, *found)
