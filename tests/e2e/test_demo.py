@@ -112,6 +112,10 @@ def test_demo_runs_the_story_end_to_end(tmp_path: Path, ray_cluster: str) -> Non
         if flywheel["state"] == "promoted":
             assert steps["canary"] == steps["decide"] == "succeeded"
             assert flywheel["canary_calls"] > 0
+        # The budget the demo set before training, and the month's spend against it.
+        budget = result["budget"]
+        assert (budget["monthly"], budget["per_job"]) == (50.0, 5.0)
+        assert budget["state"] == "ok" and 0 < budget["spend"] < 50 and budget["percent"] < 80
         # The story's CPU hours replayed on a fleet bought for their peak: a verdict, a chart.
         plan = result["plan"]
         assert plan["hours"] >= 1 and plan["cheaper"] in ("cloud", "fleet")
@@ -137,6 +141,7 @@ def test_demo_runs_the_story_end_to_end(tmp_path: Path, ray_cluster: str) -> Non
         assert "generator: image-generator (a conditional VAE)" in out
         # The pipeline's run printed its steps and its decision (either way) with the reason.
         assert "A pipeline retrains" in out and "run 2: by hand (admin)" in out
+        assert "50 USD a month, 5 USD at most per job (already set: kept)" in out
         assert re.search(r"(NOT )?PROMOTED: \S", out), out
         assert "mmd_reference" in out and str(grid) in out.replace("\n", "")
         # The endpoint rolled over to the new version; the consumer got a new key and its

@@ -31,7 +31,7 @@ from gureum.cli.cloud import HomeOpt, render_up, settings_for
 from gureum.cli.datasets import progress_bar, render_version
 from gureum.cli.demo_flywheel import predict, rate, turn_the_loop
 from gureum.cli.demo_generator import DIFFUSION, Choice, choose, probe
-from gureum.cli.demo_plan import plan_summary
+from gureum.cli.demo_plan import budget_summary, ensure_budget, plan_summary
 from gureum.cli.output import Format, OutputOpt, console, emit, fail, kv_table, table
 from gureum.client import Client
 from gureum.client.base import load_credentials
@@ -117,7 +117,8 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
     if output is Format.table:
         render_version(version)
 
-    _step(output, "3. A key for a teammate's CI: developer role, 30 days")
+    _step(output, "3. A budget, and a key for a teammate's CI: developer role, 30 days")
+    ensure_budget(client, output)
     key = client.keys.create(name="demo-ci", role="developer", expires_in_days=30)
     if output is Format.table:
         console.print(
@@ -169,7 +170,8 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
     _step(output, "11. A pipeline retrains: curate, train, evaluate, canary, decide")
     loop = turn_the_loop(client, endpoint.url, token, ENDPOINT, MODEL, DATASET, output, quick)
 
-    _step(output, "12. The same hours on hardware bought for the peak")
+    _step(output, "12. Spend against the budget; the same hours on hardware bought for the peak")
+    budget = budget_summary(client, output)
     plan = plan_summary(client, workdir, output)
 
     if output is Format.table:
@@ -201,6 +203,7 @@ def run_demo(client: Client, workdir: Path, output: Format, quick: bool = False)
         "calls": served,
         **money,
         "flywheel": {"ratings": ratings, **loop},
+        "budget": budget,
         "plan": plan,
         "workdir": str(workdir),
     }
