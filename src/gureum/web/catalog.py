@@ -1,8 +1,10 @@
 """Dashboard pages for models, datasets and consumers (with their usage and invoices).
 
 Lists filter and page by cursor as the jobs list does; each model version and dataset version
-has its own URL. Rendered from the services the REST routes call; the model page's chart and
-the promote button's gate verdict come from the REST API through ``static/models.js``.
+has its own URL. Admins manage consumers on their page (plan, limits, capture, keys) through
+``static/manage.js``, which calls the REST API. Rendered from the services the REST routes
+call; the model page's chart and the promote button's gate verdict come from the REST API
+through ``static/models.js``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from gureum.schemas.common import Page
+from gureum.schemas.consumers import ConsumerKeyOut, PlanOut
 from gureum.schemas.models import ModelVersionOut, Stage
 from gureum.schemas.validations import ValidationOut
-from gureum.server.auth import Principal
+from gureum.server.auth import Principal, at_least
 from gureum.server.db.session import Database
 from gureum.server.errors import ApiError, NotFound
 from gureum.server.pagination import PageParams
@@ -31,6 +35,8 @@ router = APIRouter(include_in_schema=False)
 STAGES: tuple[str, ...] = get_args(Stage)
 Search = Annotated[str, Query(max_length=64)]
 PREVIEW_COLUMNS = 12
+MANAGE_PLANS = 100  # plan names suggested on the consumers page
+MANAGE_KEYS = 50  # keys listed per consumer there; the CLI lists more
 
 
 def _first(path: str, **query: str) -> str:
@@ -246,6 +252,23 @@ def dataset_version(
     )
 
 
+def _manage(
+    db: Database, principal: Principal, names: list[str]
+) -> tuple[list[PlanOut], dict[str, Page[ConsumerKeyOut]]]:
+    """What an admin's controls need: the plans to switch to and each shown consumer's keys
+    (none for anyone below admin, who gets no controls)."""
+    if not at_least(principal.role, "admin"):
+        return [], {}
+    plans = consumer_svc.list_plans(db, principal, PageParams(limit=MANAGE_PLANS, cursor=None))
+    keys = {
+        name: consumer_svc.list_keys(
+            db, principal, name, PageParams(limit=MANAGE_KEYS, cursor=None)
+        )
+        for name in names
+    }
+    return plans.items, keys
+
+
 @router.get("/consumers")
 def consumers(
     request: Request,
@@ -261,6 +284,7 @@ def consumers(
         listed = consumer_svc.list_consumers(db, p, PageParams(limit=PAGE_SIZE, cursor=cursor))
         report = usage.report(db, p, since=start, until=end, group_by="consumer", percentiles=False)
         bills = invoices.invoices(db, p, month)
+        plans, keys = _manage(db, p, [c.name for c in listed.items])
     except ApiError as exc:
         return error_page(request, signed, exc.status, exc.message)
     used: dict[str, dict[str, float]] = {}
@@ -280,6 +304,8 @@ def consumers(
         used=used,
         period=month,
         invoices=[i for i in bills.invoices if i.consumer in shown],
+        plans=plans,
+        keys=keys,
         first_page=cursor is None,
         first_href=_first("/consumers", period=period),
         next_href=_next_href("/consumers", listed.next_cursor, period=period),

@@ -1,5 +1,5 @@
 // Action forms: start a training job (jobs page) and deploy a model version (model version
-// page). Each is one call to the REST API with the page's CSRF token (G.api); the API decides
+// page). Each is one call to the REST API with the page's CSRF token (G.form); the API decides
 // who may, so a form a page should not have shown still changes nothing. On success the
 // browser goes to the new job's or endpoint's page, which follows it live.
 "use strict";
@@ -9,13 +9,6 @@
   if (train) wireTrain(train);
   const deploy = document.getElementById("deploy-form");
   if (deploy) wireDeploy(deploy);
-
-  // A refused request's message, with each field the API named ("params.epochs: ...").
-  function said(e) {
-    if (!Array.isArray(e.details) || !e.details.length) return e.message;
-    const fields = e.details.map((d) => (Array.isArray(d.loc) ? d.loc.slice(1).join(".") : "") + ": " + d.msg);
-    return e.message + ": " + fields.join("; ") + ".";
-  }
 
   function number(input, label, { min = -Infinity, whole = false } = {}) {
     const text = input.value.trim();
@@ -48,13 +41,7 @@
     return out;
   }
 
-  function failer(box) {
-    return (message) => { box.textContent = message; box.hidden = false; };
-  }
-
   function wireTrain(form) {
-    const problem = document.getElementById("train-error");
-    const fail = failer(problem);
     const hints = document.querySelectorAll("[data-recipe-params]");
     const showHint = () => {
       for (const h of hints) h.hidden = h.dataset.recipeParams !== form.elements.recipe.value;
@@ -67,15 +54,14 @@
         d.latest_version ? G.el("option", { value: d.name + ":" + d.latest_version }) : null].filter(Boolean)));
     }).catch(() => { /* suggestions only */ });
 
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      problem.hidden = true;
-      const f = form.elements;
-      let body;
-      try {
+    G.form(form, {
+      error: document.getElementById("train-error"),
+      prefix: "The job was not started: ",
+      read: (form) => {
+        const f = form.elements;
         const dataset = f.dataset.value.trim();
         if (!dataset) throw new Error("Name the dataset to train on (NAME or NAME:VERSION).");
-        body = {
+        const body = {
           kind: "train",
           recipe: f.recipe.value,
           dataset,
@@ -85,32 +71,22 @@
           priority: number(f.priority, "Priority", { min: -1000, whole: true }),
         };
         if (f.model.value.trim()) body.model = f.model.value.trim();
-      } catch (e) {
-        fail(e.message);
-        return;
-      }
-      const button = form.querySelector("button[type=submit]");
-      button.disabled = true;
-      try {
-        const job = await (await G.api("POST", "/v1/jobs", body)).json();
+        return body;
+      },
+      send: async (body) => (await G.api("POST", "/v1/jobs", body)).json(),
+      done: (job) => {
         G.say("Job " + job.id + " started.");
         location.assign("/jobs/" + encodeURIComponent(job.id));
-      } catch (e) {
-        fail("The job was not started: " + said(e));
-        button.disabled = false;
-      }
+      },
     });
   }
 
   function wireDeploy(form) {
-    const problem = document.getElementById("deploy-error");
-    const fail = failer(problem);
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      problem.hidden = true;
-      const f = form.elements;
-      let body;
-      try {
+    G.form(form, {
+      error: document.getElementById("deploy-error"),
+      prefix: "Not deployed: ",
+      read: (form) => {
+        const f = form.elements;
         const name = f.name.value.trim();
         if (!/^[a-z0-9]+(-[a-z0-9]+)*$/.test(name) || name.length > 63) {
           throw new Error("The endpoint name must be up to 63 lowercase letters and digits, with single “-” between them.");
@@ -118,7 +94,7 @@
         const min = number(f.min_replicas, "Min replicas", { min: 0, whole: true });
         const max = number(f.max_replicas, "Max replicas", { min: 1, whole: true });
         if (max < min) throw new Error("Max replicas must be at least min replicas.");
-        body = {
+        return {
           name,
           model: form.dataset.model,
           config: {
@@ -126,20 +102,12 @@
             resources: { cpus: number(f.cpus, "CPUs per replica", { min: 0 }) },
           },
         };
-      } catch (e) {
-        fail(e.message);
-        return;
-      }
-      const button = form.querySelector("button[type=submit]");
-      button.disabled = true;
-      try {
-        const ep = await (await G.api("POST", "/v1/endpoints", body)).json();
+      },
+      send: async (body) => (await G.api("POST", "/v1/endpoints", body)).json(),
+      done: (ep) => {
         G.say("Deploying " + ep.model_label + " as " + ep.name + ".");
         location.assign("/endpoints/" + encodeURIComponent(ep.name));
-      } catch (e) {
-        fail("Not deployed: " + said(e));
-        button.disabled = false;
-      }
+      },
     });
   }
 })();

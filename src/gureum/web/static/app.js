@@ -107,25 +107,130 @@ const G = (() => {
     return () => { stopped = true; };
   }
 
+  // A refused request's message with each field the API named ("params.epochs: ..."): the
+  // field's path in the body, without the leading "body".
+  function said(e) {
+    if (!Array.isArray(e.details) || !e.details.length) return e.message;
+    const fields = e.details.map((d) => {
+      const loc = Array.isArray(d.loc) ? d.loc.filter((part, i) => !(i === 0 && part === "body")) : [];
+      return loc.join(".") + ": " + (d.msg || d.message || "");
+    });
+    return e.message + ": " + fields.join("; ") + ".";
+  }
+
+  // A form's fields as a JSON body: by name, empty ones left out (the API's defaults apply),
+  // a ticked checkbox as true, data-type="float"/"int" (or type=number) as a number.
+  function fields(form) {
+    const out = {};
+    for (const input of form.elements) {
+      if (!input.name || input.disabled) continue;
+      if (input.type === "checkbox") { if (input.checked) out[input.name] = true; continue; }
+      const text = input.value.trim();
+      if (text === "") continue;
+      const type = input.dataset.type || (input.type === "number" ? "int" : "");
+      if (type) {
+        const value = Number(text);
+        if (!Number.isFinite(value)) throw new Error(labelOf(form, input) + " must be a number.");
+        out[input.name] = value;
+      } else {
+        out[input.name] = text;
+      }
+    }
+    return out;
+  }
+
+  function labelOf(form, input) {
+    const label = input.id ? form.querySelector('label[for="' + input.id + '"]') : null;
+    return label ? label.textContent.trim() : input.name;
+  }
+
+  // One form, one call: on submit, read(form) builds the body (an Error it throws is said in
+  // the form's error box and nothing is sent), the submit button is disabled (and relabelled
+  // busy) while send(body) runs, then done(out). A refusal is said in the box, prefixed, and
+  // the button is usable again; after a success it stays disabled (the page moves on) unless
+  // again is set. The defaults: the fields as JSON, POSTed to data-post, "Done." and a reload.
+  function form(node, options) {
+    const o = options || {};
+    const problem = o.error || node.querySelector(".error");
+    const button = node.querySelector("button[type=submit]");
+    const label = button ? button.textContent : "";
+    const read = o.read || fields;
+    const send = o.send || (async (payload) => (await api("POST", node.dataset.post, payload)).json());
+    const done = o.done || (() => {
+      say(node.dataset.done || "Done.");
+      setTimeout(() => location.reload(), 600);
+    });
+    const fail = (message) => {
+      if (!problem) { say(message, true); return; }
+      problem.textContent = message;
+      problem.hidden = false;
+    };
+    node.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      if (problem) { problem.hidden = true; problem.textContent = ""; }
+      let payload;
+      try {
+        payload = await read(node);
+      } catch (e) {
+        fail(e.message);
+        return;
+      }
+      const question = typeof o.confirm === "function" ? o.confirm(payload) : o.confirm;
+      if (question && !window.confirm(question)) return;
+      if (button) { button.disabled = true; if (o.busy) button.textContent = o.busy; }
+      let sent = false;
+      let failed = false;
+      try {
+        const out = await send(payload);
+        sent = true;
+        await done(out, payload);
+      } catch (e) {
+        failed = true;
+        fail(sent ? e.message : (o.prefix || "") + said(e));
+      } finally {
+        if (button && (failed || o.again)) {
+          button.disabled = false;
+          if (o.busy) button.textContent = label;
+        }
+      }
+    });
+  }
+
+  // One button, one call: an optional confirmation, the button disabled while send() runs,
+  // then done(out); a refusal is said in words (in the error box given, else flashed) and the
+  // button is usable again.
+  function button(node, options) {
+    const problem = options.error;
+    node.addEventListener("click", async () => {
+      const question = typeof options.confirm === "function" ? options.confirm() : options.confirm;
+      if (question && !window.confirm(question)) return;
+      if (problem) { problem.hidden = true; problem.textContent = ""; }
+      node.disabled = true;
+      try {
+        const out = await options.send();
+        await options.done(out);
+      } catch (e) {
+        if (problem) { problem.textContent = e.message; problem.hidden = false; } else say(e.message, true);
+        node.disabled = false;
+      }
+    });
+  }
+
   // <button data-action="/v1/..." data-confirm="..." data-done="..."> posts with the CSRF token.
   function wireActions(root, onDone) {
-    for (const button of root.querySelectorAll("button[data-action]")) {
-      button.addEventListener("click", async () => {
-        if (button.dataset.confirm && !window.confirm(button.dataset.confirm)) return;
-        button.disabled = true;
-        try {
-          await api("POST", button.dataset.action);
-          say(button.dataset.done || "Done.");
-          if (button.dataset.reload) setTimeout(() => location.reload(), 600);
-          if (onDone) onDone(button);
-        } catch (e) {
-          say(e.message, true);
-          button.disabled = false;
-        }
+    for (const node of root.querySelectorAll("button[data-action]")) {
+      button(node, {
+        confirm: node.dataset.confirm,
+        send: () => api("POST", node.dataset.action),
+        done: () => {
+          say(node.dataset.done || "Done.");
+          if (node.dataset.reload) setTimeout(() => location.reload(), 600);
+          if (onDone) onDone(node);
+        },
       });
     }
   }
 
   document.addEventListener("DOMContentLoaded", () => wireActions(document));
-  return { api, json, say, el, stateBadge, when, afterCursor, poll, ApiError };
+  return { api, json, say, el, stateBadge, when, afterCursor, poll, said, fields, form, button, ApiError };
 })();

@@ -1,6 +1,6 @@
 // Create forms: a member and an API key (admin pages), a consumer (consumers page), a retrain
 // pipeline (pipelines page).
-// Each <form data-post="/v1/..."> is sent as JSON with the page's CSRF token (G.api); empty
+// Each <form data-post="/v1/..."> is sent as JSON with the page's CSRF token (G.form); empty
 // fields are left out so the API's defaults apply. The API decides who may: a viewer gets its
 // 403 in words. A new key's secret is put in the page once, never in a URL or storage.
 "use strict";
@@ -24,54 +24,11 @@
     });
   }
 
-  function body(form) {
-    const out = {};
-    for (const input of form.elements) {
-      if (!input.name || input.disabled) continue;
-      if (input.type === "checkbox") { if (input.checked) out[input.name] = true; continue; }
-      const text = input.value.trim();
-      if (text === "") continue;
-      const type = input.dataset.type || (input.type === "number" ? "int" : "");
-      if (type) {
-        const value = Number(text);
-        if (!Number.isFinite(value)) throw new Error(labelOf(form, input) + " must be a number.");
-        out[input.name] = value;
-      } else {
-        out[input.name] = text;
-      }
-    }
-    return out;
-  }
-
-  function labelOf(form, input) {
-    const label = form.querySelector('label[for="' + input.id + '"]');
-    return label ? label.textContent.trim() : input.name;
-  }
-
-  // The API's message with each field it named: "name: String should match pattern ...".
-  function said(e) {
-    if (!Array.isArray(e.details) || !e.details.length) return e.message;
-    const fields = e.details.map((d) => (Array.isArray(d.loc) ? d.loc[d.loc.length - 1] : "") + ": " + d.msg);
-    return e.message + ": " + fields.join("; ") + ".";
-  }
-
+  // The fields as JSON to data-post (G.form); a new key's or consumer's secret is shown once,
+  // anything else is said and the page follows (data-go: the new thing's page) or reloads.
   function wire(form) {
-    const problem = form.querySelector(".error");
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      problem.hidden = true;
-      const button = form.querySelector("button[type=submit]");
-      let payload;
-      try {
-        payload = body(form);
-      } catch (e) {
-        problem.textContent = e.message;
-        problem.hidden = false;
-        return;
-      }
-      button.disabled = true;
-      try {
-        const out = await (await G.api("POST", form.dataset.post, payload)).json();
+    G.form(form, {
+      done: (out) => {
         if (form.id === "key-form") return showKey(form, out);
         if (form.id === "consumer-form") {
           return showSecret(form, out.token, "Consumer " + out.name + " added with key " + out.key_id + ".");
@@ -79,11 +36,7 @@
         G.say(form.dataset.done || "Done.");
         if (form.dataset.go) setTimeout(() => location.assign(form.dataset.go + encodeURIComponent(out.name)), 400);
         else setTimeout(() => location.reload(), 600);
-      } catch (e) {
-        problem.textContent = said(e);
-        problem.hidden = false;
-        button.disabled = false;
-      }
+      },
     });
   }
 

@@ -1,7 +1,7 @@
 // Operations pages: setting the workspace's budget (owners and admins), revoking API keys
 // (admins), approving, rejecting and following a pipeline run, and the capacity planner's
-// chart. Every change is a call to the REST API with the page's CSRF token (G.api); the API
-// decides who may, so a button a page should not have shown still changes nothing.
+// chart. Every change is a call to the REST API with the page's CSRF token (G.form, G.button);
+// the API decides who may, so a button a page should not have shown still changes nothing.
 "use strict";
 
 (() => {
@@ -23,74 +23,45 @@
   }
 
   function wireBudget(form) {
-    const problem = document.getElementById("budget-form-error");
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      problem.hidden = true;
-      const button = form.querySelector("button[type=submit]");
-      let body;
-      try {
-        body = {
-          monthly: amount(form.elements.monthly, "The monthly limit"),
-          per_job: amount(form.elements.per_job, "The per-job limit"),
-        };
-      } catch (e) {
-        problem.textContent = e.message;
-        problem.hidden = false;
-        return;
-      }
-      button.disabled = true;
-      try {
+    G.form(form, {
+      error: document.getElementById("budget-form-error"),
+      read: (form) => ({
+        monthly: amount(form.elements.monthly, "The monthly limit"),
+        per_job: amount(form.elements.per_job, "The per-job limit"),
+      }),
+      send: async (body) => {
         const path = "/v1/workspaces/" + encodeURIComponent(form.dataset.workspace) + "/budget";
-        const out = await (await G.api("PUT", path, body)).json();
+        return (await G.api("PUT", path, body)).json();
+      },
+      done: (out) => {
         G.say("Budget saved: " + (out.monthly === null ? "no monthly limit" : out.monthly + " " + out.currency + " a month") + ".");
         setTimeout(() => location.reload(), 600);
-      } catch (e) {
-        problem.textContent = said(e);
-        problem.hidden = false;
-        button.disabled = false;
-      }
+      },
     });
   }
 
-  // A refused request's message, with each field the API named: "per_job: Input should be
-  // greater than 0".
-  function said(e) {
-    if (!Array.isArray(e.details) || !e.details.length) return e.message;
-    const fields = e.details.map((d) => (Array.isArray(d.loc) ? d.loc[d.loc.length - 1] : "") + ": " + d.msg);
-    return e.message + ": " + fields.join("; ") + ".";
-  }
-
   function wireRevoke(button) {
-    button.addEventListener("click", async () => {
-      if (!window.confirm(button.dataset.confirm)) return;
-      button.disabled = true;
-      try {
-        const out = await (await G.api("DELETE", "/v1/keys/" + encodeURIComponent(button.dataset.revoke))).json();
+    G.button(button, {
+      confirm: button.dataset.confirm,
+      send: async () => (await G.api("DELETE", "/v1/keys/" + encodeURIComponent(button.dataset.revoke))).json(),
+      done: (out) => {
         button.parentElement.replaceChildren("revoked " + G.when(out.revoked_at));
         G.say("Key " + out.key_id + " revoked.");
-      } catch (e) {
-        G.say(e.message, true);
-        button.disabled = false;
-      }
+      },
     });
   }
 
   function wireRun(box) {
     const path = "/v1/pipelines/" + encodeURIComponent(box.dataset.name) + "/runs/" + box.dataset.run;
     for (const button of document.querySelectorAll("button[data-approve]")) {
-      button.addEventListener("click", async () => {
-        const approve = button.dataset.approve === "1";
-        if (!approve && !window.confirm("Reject the candidate? The run ends and production stays.")) return;
-        button.disabled = true;
-        try {
-          await G.api("POST", path + "/approve", { approve });
+      const approve = button.dataset.approve === "1";
+      G.button(button, {
+        confirm: approve ? "" : "Reject the candidate? The run ends and production stays.",
+        send: () => G.api("POST", path + "/approve", { approve }),
+        done: () => {
           G.say(approve ? "Approved." : "Rejected.");
           setTimeout(() => location.reload(), 600);
-        } catch (e) {
-          G.say(e.message, true);
-          button.disabled = false;
-        }
+        },
       });
     }
     if (!box.dataset.live) return;

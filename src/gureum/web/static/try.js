@@ -63,12 +63,6 @@
     return parsed;
   }
 
-  function said(e) {
-    if (!Array.isArray(e.details) || !e.details.length) return e.message;
-    const fields = e.details.map((d) => (Array.isArray(d.loc) ? d.loc.join(".") : "") + ": " + (d.msg || d.message || ""));
-    return e.message + ": " + fields.join("; ") + ".";
-  }
-
   function show(out) {
     const pictures = [];
     const words = [];
@@ -95,29 +89,13 @@
     result.hidden = false;
   }
 
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    problem.hidden = true;
-    const button = form.querySelector("button[type=submit]");
-    let body;
-    try {
-      body = { inputs: await inputs() };
-    } catch (e) {
-      problem.textContent = e.message;
-      problem.hidden = false;
-      return;
-    }
-    button.disabled = true;
-    button.textContent = "Running…";
-    try {
-      const out = await (await G.api("POST", "/v1/endpoints/" + encodeURIComponent(name) + "/try", body)).json();
-      show(out);
-    } catch (e) {
-      problem.textContent = said(e);
-      problem.hidden = false;
-    } finally {
-      button.disabled = false;
-      button.textContent = "Run";
-    }
+  // One call per Run; the button says it is running and is usable again after either answer.
+  G.form(form, {
+    error: problem,
+    busy: "Running…",
+    again: true,
+    read: async () => ({ inputs: await inputs() }),
+    send: async (body) => (await G.api("POST", "/v1/endpoints/" + encodeURIComponent(name) + "/try", body)).json(),
+    done: show,
   });
 })();
