@@ -10,13 +10,18 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from sqlalchemy import select
 
 from gureum.compute.resources import NodeInfo, demand
 from gureum.schemas.jobs import ACTIVE_STATES, TERMINAL_STATES, JobOut, JobState
+from gureum.server.auth import Principal
 from gureum.server.controllers.jobs import JobController
+from gureum.server.db.session import Database
+from gureum.server.db.tables import Dataset, DatasetVersion, Model, ModelVersion
 from gureum.server.deps import Serving
 from gureum.server.errors import ApiError
 from gureum.server.pagination import PageParams
+from gureum.server.services import capture as capture_svc
 from gureum.server.services import costs, usage
 from gureum.server.services import endpoints as endpoint_svc
 from gureum.server.services import jobs as job_svc
@@ -183,8 +188,36 @@ def endpoint(request: Request, signed: SignedIn, name: str) -> Response:
         out = endpoint_svc.get_endpoint(
             request.app.state.db, signed.principal, name[:63], serving.data_url, serving.live
         )
+        capture = capture_svc.get_capture(
+            request.app.state.db, signed.principal, out.name, serving.gauges
+        )
     except ApiError as exc:
         return error_page(request, signed, exc.status, exc.message)
     return page(
-        request, "endpoint.html", signed, title=f"Endpoint {out.name}", nav="endpoints", ep=out
+        request,
+        "endpoint.html",
+        signed,
+        title=f"Endpoint {out.name}",
+        nav="endpoints",
+        ep=out,
+        capture=capture,
+        trained_on=_trained_on(request.app.state.db, signed.principal, out.model, out.version),
     )
+
+
+def _trained_on(db: Database, principal: Principal, model: str, version: int) -> str:
+    """The dataset the served version was trained on: where its next version is curated to
+    by default (empty when the version names none, e.g. an imported model)."""
+    with db.read() as s:
+        name = s.scalar(
+            select(Dataset.name)
+            .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
+            .join(ModelVersion, ModelVersion.dataset_version_id == DatasetVersion.id)
+            .join(Model, Model.id == ModelVersion.model_id)
+            .where(
+                Model.workspace_id == principal.workspace_id,
+                Model.name == model,
+                ModelVersion.version == version,
+            )
+        )
+    return name or ""
