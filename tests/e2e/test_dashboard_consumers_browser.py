@@ -17,9 +17,10 @@ def test_an_admin_adds_a_consumer_and_sees_its_key_once(
     url = live_server.url
     sign_in(page, url, live_server.cloud.admin_key)
     page.goto(url + "/consumers")
-    page.get_by_label("Name", exact=True).fill("acme")
-    page.get_by_label("Price per request (empty: free)").fill("0.002")
-    page.get_by_label("Rate limit, requests per second (empty: none)").fill("5")
+    form = page.get_by_role("form", name="Add a consumer")  # the plan form has such fields too
+    form.get_by_label("Name", exact=True).fill("acme")
+    form.get_by_label("Price per request (empty: free)").fill("0.002")
+    form.get_by_label("Rate limit, requests per second (empty: none)").fill("5")
     page.get_by_role("button", name="Add consumer").click()
     token = page.locator("#new-key-token")
     expect(token).to_have_text(re.compile(r"^gck_\S+$"))

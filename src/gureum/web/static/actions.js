@@ -94,7 +94,7 @@
         const min = number(f.min_replicas, "Min replicas", { min: 0, whole: true });
         const max = number(f.max_replicas, "Max replicas", { min: 1, whole: true });
         if (max < min) throw new Error("Max replicas must be at least min replicas.");
-        return {
+        const body = {
           name,
           model: form.dataset.model,
           config: {
@@ -102,6 +102,12 @@
             resources: { cpus: number(f.cpus, "CPUs per replica", { min: 0 }) },
           },
         };
+        if (f.canary_percent.value.trim() !== "") {
+          const share = number(f.canary_percent, "Canary share", { min: 0 });
+          if (!(share > 0 && share < 100)) throw new Error("The canary share is a percentage above 0 and below 100.");
+          body.canary_percent = share;
+        }
+        return body;
       },
       send: async (body) => (await G.api("POST", "/v1/endpoints", body)).json(),
       done: (ep) => {

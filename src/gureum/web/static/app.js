@@ -119,7 +119,8 @@ const G = (() => {
   }
 
   // A form's fields as a JSON body: by name, empty ones left out (the API's defaults apply),
-  // a ticked checkbox as true, data-type="float"/"int" (or type=number) as a number.
+  // a ticked checkbox as true, data-type="float"/"int" (or type=number) as a number,
+  // data-type="list" as the comma-separated items.
   function fields(form) {
     const out = {};
     for (const input of form.elements) {
@@ -128,7 +129,9 @@ const G = (() => {
       const text = input.value.trim();
       if (text === "") continue;
       const type = input.dataset.type || (input.type === "number" ? "int" : "");
-      if (type) {
+      if (type === "list") {
+        out[input.name] = text.split(",").map((x) => x.trim()).filter((x) => x);
+      } else if (type) {
         const value = Number(text);
         if (!Number.isFinite(value)) throw new Error(labelOf(form, input) + " must be a number.");
         out[input.name] = value;
