@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from gureum.server.auth import at_least
 from gureum.server.errors import ApiError
 from gureum.server.pagination import PageParams
-from gureum.server.services import audit, keys, users, workspaces
+from gureum.server.services import audit, keys, shares, users, workspaces
 from gureum.web.pages import PAGE_SIZE, Cursor, SignedIn, _next_href
 from gureum.web.render import Signed, error_page, page
 
@@ -51,6 +51,8 @@ def admin(request: Request, signed: SignedIn, cursor: Cursor = None) -> Response
     try:
         members = users.list_members(db, p, PageParams(limit=PAGE_SIZE, cursor=cursor))
         visible = workspaces.list_visible(db, p, PageParams(limit=PAGE_SIZE, cursor=None))
+        quotas = workspaces.get_quotas(db, p, p.workspace_name)
+        share = shares.get_share(db, p, p.workspace_name)
     except ApiError as exc:
         return error_page(request, signed, exc.status, exc.message)
     return page(
@@ -63,6 +65,11 @@ def admin(request: Request, signed: SignedIn, cursor: Cursor = None) -> Response
         members=members.items,
         workspaces=visible.items,
         more_workspaces=visible.next_cursor is not None,
+        quotas=quotas,
+        share=share,
+        # As the services decide: an owner sets its workspace's quotas, a site admin any
+        # workspace's quotas and guaranteed share, and creates workspaces.
+        can_set_quotas=p.role == "owner" or p.is_site_admin,
         first_page=cursor is None,
         first_href="/admin",
         next_href=_next_href("/admin", members.next_cursor),

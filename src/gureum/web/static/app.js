@@ -151,14 +151,15 @@ const G = (() => {
   // the form's error box and nothing is sent), the submit button is disabled (and relabelled
   // busy) while send(body) runs, then done(out). A refusal is said in the box, prefixed, and
   // the button is usable again; after a success it stays disabled (the page moves on) unless
-  // again is set. The defaults: the fields as JSON, POSTed to data-post, "Done." and a reload.
+  // again is set. The defaults: the fields as JSON, sent to data-post (with data-method, POST
+  // unless it says PUT or PATCH), "Done." and a reload.
   function form(node, options) {
     const o = options || {};
     const problem = o.error || node.querySelector(".error");
     const button = node.querySelector("button[type=submit]");
     const label = button ? button.textContent : "";
     const read = o.read || fields;
-    const send = o.send || (async (payload) => (await api("POST", node.dataset.post, payload)).json());
+    const send = o.send || (async (payload) => (await api(node.dataset.method || "POST", node.dataset.post, payload)).json());
     const done = o.done || (() => {
       say(node.dataset.done || "Done.");
       setTimeout(() => location.reload(), 600);
