@@ -11,36 +11,13 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
-from gureum.server.db.tables_serving import Endpoint
 from gureum.server.services import endpoints as endpoints_service
 from gureum.server.services import models as models_service
-from gureum.server.services.endpoints import endpoint_token
 from tests.conftest import LiveServer
 from tests.e2e.browser_helpers import Page, expect, expect_refusals, shot, sign_in
 from tests.integration.test_curate_api import Traffic
-from tests.integration.web_helpers import key_of_role
-
-
-class _Replicas:
-    """What :class:`Traffic` needs of a cloud: its endpoints' rows and replica clients."""
-
-    def __init__(self, live: LiveServer) -> None:
-        self.cloud = live.cloud
-
-    def row(self, name: str) -> Endpoint:
-        with self.cloud.app.state.db.read() as s:
-            ep = s.scalars(select(Endpoint).where(Endpoint.name == name)).one()
-            s.expunge(ep)
-        return ep
-
-    def replica(self, name: str) -> object:
-        client = self.cloud.http()
-        client.headers["Authorization"] = (
-            f"Bearer {endpoint_token(self.cloud.app.state.serving.secret, self.row(name))}"
-        )
-        return client
+from tests.integration.web_helpers import LiveReplicas, key_of_role
 
 
 @pytest.fixture
@@ -68,7 +45,7 @@ def captured(live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.Monkey
     assert made.status_code == 201, made.text
     deployed = admin.post("/v1/endpoints", json={"name": "shop", "model": "returns:1"})
     assert deployed.status_code in (200, 201), deployed.text
-    traffic = Traffic(_Replicas(live_server), "shop")  # type: ignore[arg-type]
+    traffic = Traffic(LiveReplicas(live_server.cloud), "shop")  # type: ignore[arg-type]
     rated = traffic.calls(
         [
             ({"inputs": [{"price": 99, "garment": "coat"}]}, {"outputs": [{"prediction": "no"}]}),

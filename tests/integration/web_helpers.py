@@ -67,16 +67,32 @@ def recorded_endpoint(admin: TestClient | httpx.Client, name: str = "shop") -> N
         assert deployed.status_code in (200, 201), deployed.text
 
 
+class LiveReplicas:
+    """A cloud's endpoints as their replicas reach the control plane: the endpoint's row and a
+    client holding its own token (what ``test_curate_api.Traffic`` ships captured calls with)."""
+
+    def __init__(self, cloud: Cloud) -> None:
+        self.cloud = cloud
+
+    def row(self, name: str) -> Endpoint:
+        with self.cloud.app.state.db.read() as s:
+            ep: Endpoint = s.scalars(select(Endpoint).where(Endpoint.name == name)).one()
+            s.expunge(ep)
+        return ep
+
+    def replica(self, name: str) -> TestClient:
+        client = TestClient(self.cloud.app, raise_server_exceptions=False)
+        token = endpoint_token(self.cloud.app.state.serving.secret, self.row(name))
+        client.headers["Authorization"] = f"Bearer {token}"
+        return client
+
+
 def ship_usage(cloud: Cloud, name: str = "shop", per_day: int = 5) -> None:
     """Metered calls over the last three days, sent the way replicas send them (the
     endpoint's own token to the internal usage route)."""
-    with cloud.app.state.db.read() as s:
-        ep = s.scalars(select(Endpoint).where(Endpoint.name == name)).one()
-        s.expunge(ep)
-    replica = TestClient(cloud.app)
-    replica.headers["Authorization"] = (
-        f"Bearer {endpoint_token(cloud.app.state.serving.secret, ep)}"
-    )
+    replicas = LiveReplicas(cloud)
+    ep = replicas.row(name)
+    replica = replicas.replica(name)
     now = utcnow()
     records = [
         UsageIn(

@@ -94,7 +94,7 @@ def triggers_text(p: PipelineOut) -> str:
     return ", ".join(parts) or "by hand only"
 
 
-def _pipeline_facts(p: PipelineOut) -> dict[str, Any]:
+def pipeline_facts(p: PipelineOut) -> dict[str, Any]:
     c = p.config
     metric = c.metric or "the recipe's own metric"
     if c.metric and c.higher_is_better is not None:
@@ -110,7 +110,8 @@ def _pipeline_facts(p: PipelineOut) -> dict[str, Any]:
     return {
         "name": p.name,
         "retrains": f"{p.model} from endpoint {p.endpoint}'s calls into dataset {p.dataset}",
-        "triggers": triggers_text(p)
+        "triggers": ("paused (pipelines resume): " if not c.enabled else "")
+        + triggers_text(p)
         + (cooldown if c.schedule or c.after_labels or c.on_drift else ""),
         "next scheduled": _when(p.next_scheduled_at),
         "curates": ", ".join(curate) or "every captured call",
@@ -188,7 +189,7 @@ def _approve_hint(r: RunOut) -> str:
 
 
 def _render_pipeline(p: PipelineOut, run: RunOut | None) -> None:
-    console.print(kv_table({k: v for k, v in _pipeline_facts(p).items() if v is not None}))
+    console.print(kv_table({k: v for k, v in pipeline_facts(p).items() if v is not None}))
     if run is None:
         console.print(f"no runs yet: start one with `gureum pipelines run {p.name}`")
         return
@@ -549,4 +550,7 @@ def delete_cmd(name: NameArg, output: OutputOpt = Format.table) -> None:
 
 
 def register(root: typer.Typer) -> None:
+    from gureum.cli import pipelines_update  # it builds on this module's helpers
+
+    pipelines_update.register(app)
     root.add_typer(app, name="pipelines")

@@ -26,7 +26,7 @@ from gureum.schemas.capture import (
     CaptureUpdate,
     FeedbackSummary,
 )
-from gureum.schemas.drift import DriftOut
+from gureum.schemas.drift import DriftHistoryOut, DriftOut
 from gureum.schemas.endpoints import (
     EndpointConfig,
     EndpointCreate,
@@ -288,6 +288,18 @@ class EndpointsAPI:
             "GET", f"/v1/endpoints/{segment(name)}/drift", params={"window_s": window_s}
         )
         return DriftOut.model_validate(data)
+
+    def drift_history(
+        self, name: str, *, window_s: int = 86_400, buckets: int = 24
+    ) -> DriftHistoryOut:
+        """The drift score of ``buckets`` consecutive windows over the last ``window_s``
+        seconds, oldest first, with the PSI of the features that drifted most."""
+        data = self._t.json(
+            "GET",
+            f"/v1/endpoints/{segment(name)}/drift/history",
+            params={"window_s": window_s, "buckets": buckets},
+        )
+        return DriftHistoryOut.model_validate(data)
 
     def list(self) -> builtins.list[EndpointOut]:
         return [EndpointOut.model_validate(e) for e in pages(self._t, "/v1/endpoints")]

@@ -22,6 +22,7 @@ from gureum.schemas.pipelines import (
     ApprovalIn,
     PipelineCreate,
     PipelineOut,
+    PipelineUpdate,
     RunEventOut,
     RunOut,
     RunState,
@@ -76,6 +77,30 @@ class PipelinesAPI:
 
     def get(self, name: str) -> PipelineOut:
         return PipelineOut.model_validate(self._t.json("GET", self._path(name)))
+
+    def update(self, name: str, /, **changes: Any) -> PipelineOut:
+        """Change some of the pipeline's settings; the others stay as they are.
+
+        ``changes`` are :class:`~gureum.schemas.pipelines.PipelineUpdate`'s fields (those of
+        :meth:`create` but the name, and ``enabled``: ``False`` pauses the triggers); ``None``
+        clears an optional one (``schedule=None`` stops the schedule). Checked here first; the
+        server checks the result as at creation, and while a run is in progress lets only the
+        triggers change (409 ``run_in_progress``)."""
+        try:
+            body = PipelineUpdate(**changes)
+        except ValidationError as exc:
+            raise _invalid(exc, "pipeline update") from exc
+        data = self._t.json(
+            "PATCH", self._path(name), json=body.model_dump(mode="json", exclude_unset=True)
+        )
+        return PipelineOut.model_validate(data)
+
+    def pause(self, name: str) -> PipelineOut:
+        """Stop the triggers (schedule, labels, drift); a run by hand still starts."""
+        return self.update(name, enabled=False)
+
+    def resume(self, name: str) -> PipelineOut:
+        return self.update(name, enabled=True)
 
     def delete(self, name: str) -> None:
         """Remove the pipeline; no run starts from it again."""

@@ -74,3 +74,31 @@ class DriftOut(Out):
     reference: DriftReference
     features: list[FeatureDrift] = Field(default_factory=list)
     quality: DriftQuality = Field(default_factory=DriftQuality)
+
+
+class DriftPoint(Out):
+    """One bucket of a drift history: the window's score as the drift report computes it."""
+
+    since: datetime
+    until: datetime
+    captured_calls: int
+    samples: int
+    score: float | None  # None below min_samples
+    verdict: DriftVerdict | None
+    # PSI of the features that drifted most over the whole history (at most a few).
+    features: dict[str, float] = Field(default_factory=dict)
+
+
+class DriftHistoryOut(Out):
+    """The drift score over consecutive windows ending now, oldest first (computed on demand
+    from the captured calls, a bounded sample of each window)."""
+
+    endpoint: str
+    model: str
+    recipe: str
+    window_s: int  # the whole span
+    bucket_s: int  # each point's window
+    min_samples: int
+    calls_per_bucket: int  # captured calls read at most per bucket (the newest)
+    reference: DriftReference
+    points: list[DriftPoint]

@@ -106,12 +106,46 @@ class PipelineCreate(In):
     params: dict[str, Any] = Field(
         default_factory=dict, description="training parameters over the last good ones"
     )
+    enabled: bool = Field(
+        default=True,
+        description="false pauses the triggers (schedule, labels, drift); a run by hand starts",
+    )
 
     @model_validator(mode="after")
     def _metric_direction(self) -> Self:
         if self.higher_is_better is not None and self.metric is None:
             raise ValueError("higher_is_better goes with metric")
         return self
+
+
+# What a run in progress does not read: these may change while one is active.
+TRIGGER_FIELDS = frozenset({"schedule", "after_labels", "on_drift", "cooldown_minutes", "enabled"})
+
+
+class PipelineUpdate(In):
+    """Some of a pipeline's settings (PATCH): only the fields given change, with the same
+    checks as at creation; ``null`` clears an optional one (``schedule``, ``on_drift``, ...).
+    While a run is in progress only the triggers (TRIGGER_FIELDS) may change."""
+
+    model: str | None = Field(default=None, min_length=1, max_length=64)
+    endpoint: str | None = Field(default=None, min_length=1, max_length=63)
+    dataset: str | None = Field(default=None, pattern=NAME_PATTERN)
+    schedule: str | None = Field(default=None, max_length=120)
+    after_labels: int | None = Field(default=None, ge=1, le=10_000_000)
+    on_drift: float | None = Field(default=None, gt=0, le=100)
+    cooldown_minutes: float | None = Field(default=None, ge=0, le=MAX_CANARY_MINUTES)
+    canary_percent: float | None = Field(default=None, gt=0, lt=100)
+    canary_minutes: float | None = Field(default=None, gt=0, le=MAX_CANARY_MINUTES)
+    approve: Literal["auto", "manual"] | None = None
+    min_requests: int | None = Field(default=None, ge=1, le=10_000_000)
+    min_feedback: int | None = Field(default=None, ge=0, le=10_000_000)
+    max_rating_drop: float | None = Field(default=None, ge=0, le=4)
+    min_rating: int | None = Field(default=None, ge=1, le=5)
+    labelled_only: bool | None = None
+    metric: str | None = Field(default=None, max_length=100)
+    higher_is_better: bool | None = None
+    params: dict[str, Any] | None = None
+    enabled: bool | None = None
 
 
 class PipelineOut(Out):

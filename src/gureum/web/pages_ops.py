@@ -5,6 +5,8 @@ Rendered from the services the REST routes call (``services/pipelines.py``,
 ``services/drift.py``). Starting, cancelling and approving a run are calls to the REST API
 from ``static/ops.js`` (developers and up, with the session's CSRF token), as the job page's
 cancel is: a viewer's page has no such button and the API answers a viewer's call with 403.
+Editing a pipeline is a PATCH from ``static/pipeline_edit.js`` under the same rules; the drift
+page's chart over time is drawn by ``static/drift_chart.js`` from the REST history route.
 """
 
 from __future__ import annotations
@@ -168,4 +170,6 @@ def pipeline_drift(
         problem=problem,
         window=window,
         windows=WINDOWS,
+        buckets=min(drift_svc.DEFAULT_BUCKETS, window // drift_svc.MIN_BUCKET_S),
+        history_calls=drift_svc.HISTORY_CALLS,
     )

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 
 from gureum.schemas.capture import CapturedRecordOut, CaptureOut, CaptureUpdate, FeedbackSummary
 from gureum.schemas.common import ErrorBody
-from gureum.schemas.drift import DriftOut
+from gureum.schemas.drift import DriftHistoryOut, DriftOut
 from gureum.server.deps import DbDep, Developer, ServingDep, StoreDep, Viewer
 from gureum.server.services import capture as svc
 from gureum.server.services import drift
@@ -67,3 +67,18 @@ def drift_of(
     """Live inputs (the calls captured in the last ``window_s`` seconds) against the served
     model's training data: PSI per feature, data-quality checks, a verdict (numbers only)."""
     return drift.endpoint_drift(db, store, principal, name, window_s)
+
+
+@router.get("/{name}/drift/history")
+def drift_history(
+    name: Name,
+    db: DbDep,
+    store: StoreDep,
+    principal: Viewer,
+    window_s: Annotated[int, Query(ge=60, le=90 * 86_400)] = drift.DEFAULT_WINDOW_S,
+    buckets: Annotated[int, Query(ge=1, le=drift.MAX_BUCKETS)] = drift.DEFAULT_BUCKETS,
+) -> DriftHistoryOut:
+    """The drift score over time: ``buckets`` consecutive windows covering the last
+    ``window_s`` seconds, oldest first (each at least a minute; a bounded sample of each
+    window's captured calls), with the PSI of the features that drifted most."""
+    return drift.endpoint_history(db, store, principal, name, window_s, buckets)

@@ -1,4 +1,4 @@
-"""Retrain pipelines: create, list, start a run, follow it, cancel or approve it."""
+"""Retrain pipelines: create, list, change, start a run, follow it, cancel or approve it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from gureum.schemas.common import ErrorBody, Page
-from gureum.schemas.pipelines import ApprovalIn, PipelineCreate, PipelineOut, RunEventOut, RunOut
+from gureum.schemas.pipelines import (
+    ApprovalIn,
+    PipelineCreate,
+    PipelineOut,
+    PipelineUpdate,
+    RunEventOut,
+    RunOut,
+)
 from gureum.server.deps import DbDep, Developer, Viewer
 from gureum.server.pagination import PageParams, page_params
 from gureum.server.services import pipelines as svc
@@ -47,6 +54,14 @@ def list_pipelines(db: DbDep, principal: Viewer, params: Params) -> Page[Pipelin
 @router.get("/{name}")
 def get_pipeline(name: Name, db: DbDep, principal: Viewer) -> PipelineOut:
     return svc.get_pipeline(db, principal, name)
+
+
+@router.patch("/{name}")
+def update(name: Name, body: PipelineUpdate, db: DbDep, principal: Developer) -> PipelineOut:
+    """Change the settings given (the others stay), checked as at creation; ``null`` clears
+    an optional one and ``enabled: false`` pauses the triggers. While a run is in progress
+    only the triggers may change (409 ``run_in_progress``)."""
+    return svc.update(db, principal, name, body)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)

@@ -80,6 +80,8 @@ class PipelineController(Looped):
             if p is None:
                 return None
             config = dict(p.config)
+            if not config.get("enabled", True):  # paused: runs start by hand only
+                return None
             if p.next_run_at is not None and p.next_run_at <= now:
                 return f"on schedule {config.get('schedule')}"
             cooled = p.last_run_at is None or now - p.last_run_at >= timedelta(

@@ -17,14 +17,22 @@ from __future__ import annotations
 import csv
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gureum.schemas.drift import DriftOut, DriftQuality, DriftReference, FeatureDrift
+from gureum.schemas.drift import (
+    DriftHistoryOut,
+    DriftOut,
+    DriftPoint,
+    DriftQuality,
+    DriftReference,
+    FeatureDrift,
+)
 from gureum.server.auth import Principal
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Dataset, DatasetFile, DatasetVersion, Model, ModelVersion
@@ -103,12 +111,37 @@ class _Plan:
     dataset: str
     split: dict[str, Any]
     files: list[data.TrainingFile]
-    records: list[CapturedRequest]
+    records: Sequence[data.Record]
     since: datetime
     until: datetime
 
 
-def _plan(s: Session, store: ArtifactStore, ep: Endpoint, window_s: int) -> _Plan:
+def _limit(recipe: str) -> int:
+    return data.PICTURE_SAMPLE if recipe == "image-classifier" else data.LIVE_CALLS
+
+
+def _records(
+    s: Session, endpoint_id: int, since: datetime, until: datetime | None, limit: int
+) -> list[data.Record]:
+    """The newest ``limit`` captured calls with inputs from ``since`` (to ``until``: none for
+    the latest window, so a replica's clock a little ahead still counts); only the columns
+    drift reads (whole rows cost several times as much to load)."""
+    c = CapturedRequest
+    where = [c.endpoint_id == endpoint_id, c.has_inputs.is_(True), c.time >= since]
+    if until is not None:
+        where.append(c.time < until)
+    rows = s.execute(
+        select(c.request_id, c.route, c.object, c.line)
+        .where(*where)
+        .order_by(c.time.desc(), c.request_id)
+        .limit(limit)
+    )
+    return list(rows.all())
+
+
+def _plan(
+    s: Session, store: ArtifactStore, ep: Endpoint, window_s: int, read_records: bool = True
+) -> _Plan:
     served = s.get(ModelVersion, ep.version_id)
     assert served is not None  # an endpoint's version cannot be deleted (RESTRICT)
     recipe = served.recipe or ""
@@ -135,19 +168,7 @@ def _plan(s: Session, store: ArtifactStore, ep: Endpoint, window_s: int) -> _Pla
     ]
     until = datetime.now(UTC)
     since = until - timedelta(seconds=window_s)
-    records = list(
-        s.scalars(
-            select(CapturedRequest)
-            .where(
-                CapturedRequest.endpoint_id == ep.id,
-                CapturedRequest.has_inputs.is_(True),
-                # No upper bound: a replica's clock a little ahead still counts.
-                CapturedRequest.time >= since,
-            )
-            .order_by(CapturedRequest.time.desc(), CapturedRequest.request_id)
-            .limit(data.PICTURE_SAMPLE if recipe == "image-classifier" else data.LIVE_CALLS)
-        )
-    )
+    records = _records(s, ep.id, since, None, _limit(recipe)) if read_records else []
     drop = served.params.get("drop") if isinstance(served.params.get("drop"), list) else []
     return _Plan(
         endpoint=ep.name,
@@ -303,3 +324,90 @@ def drift_score(
     """The largest feature PSI of the window (what a pipeline's ``--on-drift THRESHOLD``
     compares), or None when there are too few captured calls to say."""
     return compute(db, store, endpoint_name, window_s).score
+
+
+# -- history ------------------------------------------------------------------------------------
+
+DEFAULT_BUCKETS = 24
+MAX_BUCKETS = 48
+MIN_BUCKET_S = 60
+# Captured calls read per bucket at most (the newest of each): the whole history reads about
+# as many as one report does.
+HISTORY_CALLS = 2_000
+HISTORY_PICTURES = 250
+# Features whose PSI each point carries: those that drifted most over the history.
+HISTORY_FEATURES = 6
+
+
+def _point(
+    store: ArtifactStore, plan: _Plan, trained: _Trained
+) -> tuple[DriftPoint, dict[str, float]]:
+    samples, calls = _live(store, plan)
+    result = _compare(trained.stats, plan, samples) if len(samples) >= MIN_SAMPLES else None
+    psi = {f.name: round(f.psi, 4) for f in result.features} if result is not None else {}
+    score = result.score if result is not None else None
+    point = DriftPoint(
+        since=plan.since,
+        until=plan.until,
+        captured_calls=calls,
+        samples=len(samples),
+        score=score,
+        verdict=stats.verdict(score) if score is not None else None,
+    )
+    return point, psi
+
+
+def endpoint_history(
+    db: Database,
+    store: ArtifactStore,
+    principal: Principal,
+    name: str,
+    window_s: int = DEFAULT_WINDOW_S,
+    buckets: int = DEFAULT_BUCKETS,
+) -> DriftHistoryOut:
+    """The drift score of ``buckets`` consecutive windows covering the last ``window_s``
+    seconds, oldest first (viewer role). Computed on demand: each bucket reads its newest
+    HISTORY_CALLS captured calls, so the cost is bounded whatever the traffic; the training
+    statistics are the report's (cached)."""
+    principal.require("viewer")
+    buckets = max(1, min(buckets, MAX_BUCKETS, window_s // MIN_BUCKET_S))
+    step = timedelta(seconds=window_s / buckets)
+    with db.read() as s:
+        ep = find_endpoint(s, principal.workspace_id, name)
+        plan = _plan(s, store, ep, window_s, read_records=False)
+        per_bucket = HISTORY_PICTURES if plan.recipe == "image-classifier" else HISTORY_CALLS
+        spans = [
+            (plan.until - (buckets - i) * step, plan.until - (buckets - i - 1) * step)
+            for i in range(buckets)
+        ]
+        chunks = [
+            _records(s, ep.id, lo, None if i == buckets - 1 else hi, per_bucket)
+            for i, (lo, hi) in enumerate(spans)
+        ]
+    trained = _reference(db, store, plan)
+    points: list[DriftPoint] = []
+    psis: list[dict[str, float]] = []
+    for (lo, hi), records in zip(spans, chunks, strict=True):
+        point, psi = _point(store, replace(plan, records=records, since=lo, until=hi), trained)
+        points.append(point)
+        psis.append(psi)
+    worst: dict[str, float] = {}
+    for psi in psis:
+        for k, v in psi.items():
+            worst[k] = max(worst.get(k, 0.0), v)
+    keep = sorted(worst, key=lambda k: (-worst[k], k))[:HISTORY_FEATURES]
+    for point, psi in zip(points, psis, strict=True):
+        point.features = {k: psi[k] for k in keep if k in psi}
+    return DriftHistoryOut(
+        endpoint=plan.endpoint,
+        model=plan.model,
+        recipe=plan.recipe,
+        window_s=window_s,
+        bucket_s=round(step.total_seconds()),
+        min_samples=MIN_SAMPLES,
+        calls_per_bucket=per_bucket,
+        reference=DriftReference(
+            dataset=plan.dataset, samples=trained.samples, total=trained.total
+        ),
+        points=points,
+    )

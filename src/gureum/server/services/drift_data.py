@@ -14,7 +14,7 @@ import binascii
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Generic, TypeVar
+from typing import IO, Any, Generic, Protocol, TypeVar
 
 from gureum.datasets.readers import (
     JSONL_EXTENSIONS,
@@ -26,7 +26,6 @@ from gureum.datasets.readers import (
 )
 from gureum.datasets.split import row_validation_mask
 from gureum.recipes.dataset import SplitRule
-from gureum.server.db.tables_capture import CapturedRequest
 from gureum.server.services import curate_rules as rules
 from gureum.server.services.capture import read_lines
 from gureum.storage.store import ArtifactStore
@@ -204,9 +203,21 @@ class Call:
     input: Any
 
 
-def captured_inputs(
-    store: ArtifactStore, workspace_id: int, rows: Sequence[CapturedRequest]
-) -> list[Call]:
+class Record(Protocol):
+    """What drift reads of a captured call's row: a row of captured_requests, or just these
+    columns (cheaper to load than the whole row)."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def route(self) -> str: ...
+    @property
+    def object(self) -> str: ...
+    @property
+    def line(self) -> int: ...
+
+
+def captured_inputs(store: ArtifactStore, workspace_id: int, rows: Sequence[Record]) -> list[Call]:
     """The calls' inputs, blobs resolved; a record whose line cannot be read is left out."""
 
     def read(sha256: str) -> bytes:

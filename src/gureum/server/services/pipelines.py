@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -20,9 +21,11 @@ from gureum.schemas.common import Page
 from gureum.schemas.pipelines import (
     ACTIVE_RUN_STATES,
     STEPS,
+    TRIGGER_FIELDS,
     ApprovalIn,
     PipelineCreate,
     PipelineOut,
+    PipelineUpdate,
     RunEventOut,
     RunOut,
     RunState,
@@ -97,25 +100,31 @@ def gate_metric(config: dict[str, Any], recipe: str) -> list[tuple[str, bool]]:
         return []
 
 
+def _check_target(s: Session, workspace_id: int, cfg: PipelineCreate) -> None:
+    """What create (and an update of the model, endpoint or gate) checks: the endpoint serves
+    a version of the model, of a recipe pipelines retrain, trained by a job, with a metric."""
+    version, model = served_version(s, workspace_id, cfg.endpoint)
+    label = f"{model}:{version.version}"
+    if model != cfg.model:
+        raise Unprocessable(
+            f"endpoint {cfg.endpoint!r} serves {label}, not a version of {cfg.model!r}"
+        )
+    if version.recipe not in RECIPES:
+        raise Unprocessable(
+            f"{label} is a {version.recipe or 'model without a recipe'}; pipelines retrain "
+            f"models of the recipes {', '.join(RECIPES)}"
+        )
+    training_job(s, version, label)
+    if not gate_metric(cfg.model_dump(), version.recipe or ""):
+        raise Unprocessable(f"say which metric a {version.recipe} candidate must beat")
+
+
 def create(db: Database, principal: Principal, body: PipelineCreate) -> PipelineOut:
     principal.require("developer")
     ws = principal.workspace_id
     cron = _cron(body.schedule)
     with db.write() as s:
-        version, model = served_version(s, ws, body.endpoint)
-        label = f"{model}:{version.version}"
-        if model != body.model:
-            raise Unprocessable(
-                f"endpoint {body.endpoint!r} serves {label}, not a version of {body.model!r}"
-            )
-        if version.recipe not in RECIPES:
-            raise Unprocessable(
-                f"{label} is a {version.recipe or 'model without a recipe'}; pipelines retrain "
-                f"models of the recipes {', '.join(RECIPES)}"
-            )
-        training_job(s, version, label)
-        if not gate_metric(body.model_dump(), version.recipe or ""):
-            raise Unprocessable(f"say which metric a {version.recipe} candidate must beat")
+        _check_target(s, ws, body)
         now = utcnow()
         row = Pipeline(
             workspace_id=ws,
@@ -124,7 +133,7 @@ def create(db: Database, principal: Principal, body: PipelineCreate) -> Pipeline
             endpoint_name=body.endpoint,
             dataset_name=body.dataset,
             config=body.model_dump(mode="json"),
-            next_run_at=cron.next_after(now) if cron is not None else None,
+            next_run_at=cron.next_after(now) if cron is not None and body.enabled else None,
             labels_since=now,
             run_count=0,
             created_by=principal.user_id,
@@ -137,6 +146,48 @@ def create(db: Database, principal: Principal, body: PipelineCreate) -> Pipeline
             raise Conflict(f"a pipeline named {body.name!r} exists in this workspace") from None
         audit.record(s, principal, "pipeline.create", "pipeline", body.name, row.config)
         return pipeline_out(s, row)
+
+
+def update(db: Database, principal: Principal, name: str, body: PipelineUpdate) -> PipelineOut:
+    """Change the settings given (the same checks as create). A run in progress reads the
+    pipeline's settings as it goes, so while one is active only its triggers may change
+    (409 ``run_in_progress`` otherwise); pausing (``enabled: false``) stops the triggers."""
+    principal.require("developer")
+    given = body.model_dump(mode="json", exclude_unset=True)
+    with db.write() as s:
+        p = find_pipeline(s, principal.workspace_id, name, lock=True)
+        old = PipelineCreate.model_validate(p.config).model_dump(mode="json")
+        changed = {k: v for k, v in given.items() if old.get(k) != v}
+        if not changed:
+            return pipeline_out(s, p)
+        try:
+            new = PipelineCreate.model_validate({**old, **given})
+        except ValidationError as exc:
+            details = [
+                {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors()
+            ]
+            first = details[0]
+            where = first["loc"][-1] if len(first["loc"]) > 1 else "body"
+            msg = str(first["msg"]).removeprefix("Value error, ")
+            raise Unprocessable(f"{where}: {msg}", details=details) from None
+        cron = _cron(new.schedule)
+        active = _active_run(s, p.id)
+        held = sorted(set(changed) - TRIGGER_FIELDS)
+        if active is not None and held:
+            raise RunInProgress(
+                f"run {active.number} of {name!r} is in progress and reads {', '.join(held)}; "
+                f"change them once it ends, or cancel it (gureum pipelines cancel {name})",
+                details={"run": active.number, "fields": held},
+            )
+        if {"model", "endpoint", "metric", "higher_is_better"} & changed.keys():
+            _check_target(s, principal.workspace_id, new)
+        p.model_name, p.endpoint_name, p.dataset_name = new.model, new.endpoint, new.dataset
+        p.config = new.model_dump(mode="json")
+        if {"schedule", "enabled"} & changed.keys():
+            p.next_run_at = cron.next_after(utcnow()) if cron is not None and new.enabled else None
+        audit.record(s, principal, "pipeline.update", "pipeline", name, changed)
+        return pipeline_out(s, p)
 
 
 def find_pipeline(s: Session, workspace_id: int, name: str, *, lock: bool = False) -> Pipeline:

@@ -159,9 +159,11 @@ const G = (() => {
     const button = node.querySelector("button[type=submit]");
     const label = button ? button.textContent : "";
     const read = o.read || fields;
-    const send = o.send || (async (payload) => (await api(node.dataset.method || "POST", node.dataset.post, payload)).json());
+    // Read as attributes: a form's control named like a property ("dataset") hides it.
+    const data = (name) => node.getAttribute("data-" + name);
+    const send = o.send || (async (payload) => (await api(data("method") || "POST", data("post"), payload)).json());
     const done = o.done || (() => {
-      say(node.dataset.done || "Done.");
+      say(data("done") || "Done.");
       setTimeout(() => location.reload(), 600);
     });
     const fail = (message) => {

@@ -33,8 +33,10 @@
         if (form.id === "consumer-form") {
           return showSecret(form, out.token, "Consumer " + out.name + " added with key " + out.key_id + ".");
         }
-        G.say(form.dataset.done || "Done.");
-        if (form.dataset.go) setTimeout(() => location.assign(form.dataset.go + encodeURIComponent(out.name)), 400);
+        // Attributes, not form.dataset: the pipeline form has a control named "dataset".
+        const go = form.getAttribute("data-go");
+        G.say(form.getAttribute("data-done") || "Done.");
+        if (go) setTimeout(() => location.assign(go + encodeURIComponent(out.name)), 400);
         else setTimeout(() => location.reload(), 600);
       },
     });
