@@ -5,11 +5,13 @@ the garments sample with their default parameters, for ``--seconds`` of this pro
 time each (``time.process_time``: machine load from other work does not change the budget).
 A run stops inside the epoch that crosses the budget; its last complete epoch's checkpoint is
 then resumed with ``epochs`` set to that epoch, which saves the model as the recipe's own
-train does. Both models are evaluated with the shared measurement (kernel MMD against the
-held-out pictures in a fixed CNN's features, that CNN's accuracy on samples asked for a class)
-and their sample grids are copied to ``docs/images/``.
+train does. Both models are evaluated with the shared measurement (``recipes.sample_quality``:
+KID against the held-out pictures in a fixed CNN's features, that CNN's accuracy on samples
+asked for a class) and their sample grids are copied to ``docs/images/`` (``--label`` added to
+the names, so runs side by side keep theirs). The load average before and after is printed: on a
+shared machine, use ``--threads 1`` (waiting threads spin and count as CPU time).
 
-    .venv/bin/python -m benchmarks.diffusion_vs_vae [--seconds 180] [--count 320]
+    .venv/bin/python -m benchmarks.diffusion_vs_vae [--seconds 180] [--count 320] [--label L]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -50,7 +53,12 @@ class CpuBudget:
 
 
 def run(
-    recipe_name: str, ds: LocalDataset, root: Path, seconds: float, extra: dict[str, str]
+    recipe_name: str,
+    ds: LocalDataset,
+    root: Path,
+    seconds: float,
+    extra: dict[str, str],
+    label: str = "",
 ) -> dict[str, Any]:
     recipe = get_recipe(recipe_name)
     ctx = LocalRunContext(root / recipe_name)
@@ -67,7 +75,7 @@ def run(
     out = recipe.train(ctx, ds, done)  # resumes at the last epoch: saves the model
     cpu1, wall1 = time.process_time(), time.perf_counter()
     evaluation = recipe.evaluate(ctx, out.model_dir, ds)
-    tag = "".join(f"-{k}{v}" for k, v in sorted(extra.items()))
+    tag = "".join(f"-{k}{v}" for k, v in sorted(extra.items())) + (f"-{label}" if label else "")
     grid = IMAGES / f"bench-{recipe_name}{tag}.png"
     IMAGES.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ctx.artifacts_dir / "samples" / "all.png", grid)
@@ -91,6 +99,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=320, help="garments pictures")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--only", choices=RECIPES, help="run one recipe")
+    ap.add_argument("--label", default="", help="added to the grids' file names")
     ap.add_argument(
         "--param",
         action="append",
@@ -109,13 +118,16 @@ def main() -> None:
         key, _, value = pair.partition("=")
         extra[name][key] = value
     names = [args.only] if args.only else list(RECIPES)
-    rows = [run(name, ds, root, args.seconds, extra[name]) for name in names]
+    load_before = os.getloadavg()
+    rows = [run(name, ds, root, args.seconds, extra[name], args.label) for name in names]
+    print(f"load average before {load_before}, after {os.getloadavg()}")
     keys = [
         "epochs",
         "steps",
         "train_cpu_s",
         "train_wall_s",
         "mmd",
+        "mmd_std",
         "mmd_reference",
         "class_accuracy",
         "eval_cpu_s",

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from gureum import samples
 from gureum.recipes import InvalidParams, LocalDataset, LocalRunContext, get_recipe, prepare
 from gureum.recipes.base import BadInput, OverBudget, parse_params
-from gureum.recipes.diffusion_nets import Diffusion, generate, scheduler_config
+from gureum.recipes.diffusion_nets import Diffusion, generate, min_snr_weight, scheduler_config
 from gureum.recipes.image_diffusion import DiffusionPredictor, ImageDiffusion, _val_loss
 from gureum.recipes.images import load_split
 from gureum.serving.deployment import ModelServer
@@ -237,6 +237,8 @@ def test_bad_training_parameters_are_refused(garments: LocalDataset) -> None:
         prepare(NAME, {"sampler": "euler"}, garments)
     with pytest.raises(InvalidParams, match="parameter 'guidance': Input should be less"):
         prepare(NAME, {"guidance": "11"}, garments)
+    with pytest.raises(InvalidParams, match="parameter 'snr_gamma': Input should be greater"):
+        prepare(NAME, {"snr_gamma": "-1"}, garments)
     _, params = prepare(NAME, {"image_size": "64", "sample_steps": "10"}, garments)
     assert params.model_dump()["image_size"] == 64
 
@@ -246,8 +248,9 @@ def test_evaluation_reports_the_image_generator_metrics_and_exports_a_diffusers_
 ) -> None:
     ctx, model_dir = trained
     result = ImageDiffusion().evaluate(ctx, model_dir, garments)
-    assert {"mmd", "mmd_reference", "class_accuracy", "val_loss"} <= set(result.metrics)
+    assert {"mmd", "mmd_std", "mmd_reference", "class_accuracy", "val_loss"} <= set(result.metrics)
     assert 0.0 <= result.metrics["class_accuracy"] <= 1.0
+    assert result.details["generated_pictures"] == 2 * result.details["validation_pictures"]
     assert result.details["sampling"] == {"sampler": "ddim", "steps": 3, "guidance": 2.0}
     names = {p.name for p in result.artifacts}
     assert {"all.png", "dress.png", "skirt.png", "evaluation.json"} <= names
@@ -288,3 +291,35 @@ def test_sampling_with_an_exact_denoiser_lands_on_the_data(prediction: str, samp
             sampler=sampler,
         )
         assert (out - (picture + 1) / 2).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_min_snr_weighting_caps_the_easy_noise_levels_and_zero_is_the_plain_loss(
+    prediction: str,
+) -> None:
+    """min-SNR-gamma: the weight is min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v), so
+    nearly clean levels (SNR far over gamma) weigh little and noisy ones keep their loss; with
+    ``snr_gamma=0`` (and in ``val_loss``) the loss is the plain mean squared error."""
+    params = {**TINY, "prediction": prediction}
+    weighted = Diffusion(5, parse_params(NAME, ImageDiffusion.Params, params).model_dump())
+    assert weighted.snr_gamma == 5.0  # the default
+    abar = weighted.noise.alphas_cumprod
+    t = torch.tensor([0, 500, 999])
+    snr = abar[t] / (1 - abar[t])
+    assert snr[0] > 1000 and snr[1] < 5  # the cosine schedule's clean and noisy ends
+    w = min_snr_weight(weighted.noise, t, 5.0, prediction == "v_prediction")
+    denom = snr + 1 if prediction == "v_prediction" else snr
+    assert torch.allclose(w, torch.minimum(snr, torch.tensor(5.0)) / denom)
+    assert w[0] < 0.01 and w[1] > 10 * w[0]
+    plain = dict(parse_params(NAME, ImageDiffusion.Params, params).model_dump())
+    del plain["snr_gamma"]  # a model saved before the option: trained with the plain loss
+    unweighted = Diffusion(5, plain)
+    assert unweighted.snr_gamma == 0.0
+    unweighted.net.load_state_dict(weighted.net.state_dict())
+    x, y = torch.rand(6, 3, 16, 16), torch.arange(6) % 5
+    losses = []
+    for model, kwargs in ((weighted, {}), (weighted, {"weighted": False}), (unweighted, {})):
+        torch.manual_seed(3)
+        with torch.no_grad():
+            losses.append(float(model.loss(model.net, x, y, **kwargs)))
+    assert losses[1] == pytest.approx(losses[2]) and losses[0] != pytest.approx(losses[1])

@@ -81,6 +81,8 @@ class Diffusion(nn.Module):
         self.n_classes = max(1, n_classes)
         self.captions = params.get("conditioning", "class") == "caption"
         self.label_dropout = float(params["label_dropout"])
+        # Models saved before the option trained with the plain loss.
+        self.snr_gamma = float(params.get("snr_gamma", 0.0))
         self.net: UNet2DModel | CaptionUNet
         if self.captions:
             self.null_class = PAD  # a row of it is the empty caption
@@ -99,11 +101,18 @@ class Diffusion(nn.Module):
         return {"loss": self.loss(self.net, x, y, self.label_dropout)}
 
     def loss(
-        self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, label_dropout: float = 0.0
+        self,
+        net: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        label_dropout: float = 0.0,
+        weighted: bool = True,
     ) -> torch.Tensor:
         """The DDPM loss of ``net`` on pictures ``x`` in [0, 1] of classes (or captions' word
         ids) ``y``: a random noise level per picture, and the class made "no class" (the
-        caption empty) for ``label_dropout`` of them."""
+        caption empty) for ``label_dropout`` of them. With ``snr_gamma`` (and ``weighted``)
+        each picture's error is weighted by min-SNR-gamma (Hang et al. 2023): the nearly clean
+        noise levels, easy and many, stop dominating the gradient."""
         clean = x * 2 - 1
         noise = torch.randn_like(clean)
         steps = self.noise.config.num_train_timesteps
@@ -112,11 +121,14 @@ class Diffusion(nn.Module):
         drop = (torch.rand(len(y), device=y.device) < label_dropout).view(-1, *[1] * (y.dim() - 1))
         labels = torch.where(drop, torch.full_like(y, self.null_class), y)
         predicted = net(noisy, t, class_labels=labels).sample
-        if self.noise.config.prediction_type == "v_prediction":
-            target = self.noise.get_velocity(clean, noise, t)
-        else:
-            target = noise
-        return F.mse_loss(predicted, target)
+        v_pred = self.noise.config.prediction_type == "v_prediction"
+        target = self.noise.get_velocity(clean, noise, t) if v_pred else noise
+        if not (weighted and self.snr_gamma > 0):
+            return F.mse_loss(predicted, target)
+        per_picture = (predicted - target).pow(2).flatten(1).mean(1)
+        weight = min_snr_weight(self.noise, t, self.snr_gamma, v_pred)
+        loss: torch.Tensor = (per_picture * weight).mean()
+        return loss
 
     @torch.no_grad()
     def update_ema(self) -> float:
@@ -126,6 +138,17 @@ class Diffusion(nn.Module):
         self._ema.step(self.net.parameters())
         self.ema_steps.fill_(self._ema.optimization_step)
         return float(self._ema.cur_decay_value or 0.0)
+
+
+def min_snr_weight(
+    noise: DDPMScheduler, t: torch.Tensor, gamma: float, v_prediction: bool
+) -> torch.Tensor:
+    """min(SNR, gamma) / SNR for an epsilon target, / (SNR + 1) for a v target: min-SNR-gamma
+    expressed for the target the network predicts (the x0 loss capped at ``gamma``)."""
+    abar: torch.Tensor = noise.alphas_cumprod.to(t.device)[t]
+    snr = abar / (1 - abar)
+    capped = snr.clamp(max=gamma)
+    return capped / (snr + 1) if v_prediction else capped / snr
 
 
 @torch.no_grad()

@@ -467,7 +467,8 @@ def _caption_ids(ds: LocalDataset, files: list[DataFile], vocab: Vocab) -> torch
 @torch.no_grad()
 def _val_loss(model: Diffusion, x: torch.Tensor, y: torch.Tensor, dev: torch.device) -> float:
     """The EMA model's DDPM loss on held-out pictures, at noise fixed by a seed (the training
-    run's random state is left as it was)."""
+    run's random state is left as it was); unweighted, so models trained with and without
+    min-SNR weighting compare."""
     if not len(x):
         return float("nan")
     total = 0.0
@@ -475,5 +476,5 @@ def _val_loss(model: Diffusion, x: torch.Tensor, y: torch.Tensor, dev: torch.dev
         torch.manual_seed(EVAL_SEED)
         for i in range(0, len(x), 256):
             xb, yb = x[i : i + 256].to(dev), y[i : i + 256].to(dev)
-            total += float(model.loss(model.ema_net, xb, yb)) * len(xb)
+            total += float(model.loss(model.ema_net, xb, yb, weighted=False)) * len(xb)
     return total / len(x)

@@ -113,6 +113,9 @@ class DiffusionParams(RecipeParams):
         0.1, ge=0, lt=1, description="share of training pictures shown without their class"
     )
     ema_decay: float = Field(0.99, ge=0, lt=1, description="ceiling of the EMA's decay")
+    snr_gamma: float = Field(
+        5.0, ge=0, le=100, description="min-SNR-gamma loss weighting; 0 for the plain loss"
+    )
     sampler: Sampler = Field("ddim", description="default for serving")
     sample_steps: int = Field(25, ge=1, le=MAX_SAMPLE_STEPS, description="default steps")
     guidance: float = Field(2.0, ge=0, le=MAX_GUIDANCE, description="default guidance scale")
