@@ -25,7 +25,9 @@ the last job has ended): utilisation (CPU-seconds Ray had handed out, sampled ev
 the cluster's CPU-seconds), the share of requests answered within ``--target-ms``, the training
 makespan (first submission until the last job ended), preemptions (the jobs' "preempted"
 events). Preemption settings are those of a fixed cluster (no node autoscaler to wait for):
-``GUREUM_PREEMPT_AFTER_S`` 0 and the minimum run and hold of ``--min-run-s`` / ``--hold-s``.
+``GUREUM_PREEMPT_AFTER_S`` 0 and the minimum run and hold of ``--min-run-s`` / ``--hold-s``;
+the serving headroom (``GUREUM_SERVING_HEADROOM_REPLICAS``) is the server's default unless
+``--headroom`` sets it (it changes nothing in ``split``, whose serving part is always free).
 
     flock /tmp/ray.lock .venv/bin/python -m benchmarks.bench_pool [--quick] [--runs 1]
 """
@@ -300,6 +302,10 @@ def one_config(
         "submit_s": rnd(submitted, 1),
         "makespan_s": rnd(makespan, 1),
         "mean_job_completion_s": rnd(sum(e - t0 for e in ends) / len(ends), 1) if ends else None,
+        # Per job, last attempt: started (Ray gave it its CPU) to ended, and submitted to
+        # started: what a job costs beyond its steps on this machine, and how long it queued.
+        "median_job_last_attempt_s": rnd(med(_spans(jobs, "started_at", "finished_at")), 1),
+        "median_job_queued_s": rnd(med(_spans(jobs, "created_at", "started_at")), 1),
         "run_s": rnd(window, 1),
         "utilisation": rnd(held / (cfg["cpus"] * window), 3),
         "cpu_seconds_held": rnd(held, 1),
@@ -319,6 +325,14 @@ def one_config(
         "load": [load, load_average()],
         "waited_for_free_cluster_s": rnd(settle_s, 1),
     }
+
+
+def _spans(jobs: dict[str, Any], start: str, end: str) -> list[float]:
+    return [
+        _epoch(getattr(j, end)) - _epoch(getattr(j, start))
+        for j in jobs.values()
+        if getattr(j, start) is not None and getattr(j, end) is not None
+    ]
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -368,6 +382,12 @@ def main() -> None:
     ap.add_argument("--min-run-s", type=float, default=5.0, help="GUREUM_PREEMPT_MIN_RUN_S")
     ap.add_argument("--hold-s", type=float, default=5.0, help="GUREUM_PREEMPT_HOLD_S")
     ap.add_argument(
+        "--headroom",
+        type=int,
+        default=None,
+        help="GUREUM_SERVING_HEADROOM_REPLICAS (the server's default, 1, if unset; 0: none)",
+    )
+    ap.add_argument(
         "--drain-s",
         type=float,
         default=None,
@@ -388,12 +408,15 @@ def main() -> None:
         "preempt_min_run_s": args.min_run_s,
         "preempt_hold_s": args.hold_s,
         "drain_s": args.drain_s,
+        "serving_headroom_replicas": args.headroom,
         "job_timeout_s": 900.0,
     }
     # The server reads its settings from GUREUM_* (a fixed cluster: nothing to wait for).
     os.environ["GUREUM_PREEMPT_AFTER_S"] = str(cfg["preempt_after_s"])
     os.environ["GUREUM_PREEMPT_MIN_RUN_S"] = str(cfg["preempt_min_run_s"])
     os.environ["GUREUM_PREEMPT_HOLD_S"] = str(cfg["preempt_hold_s"])
+    if args.headroom is not None:
+        os.environ["GUREUM_SERVING_HEADROOM_REPLICAS"] = str(args.headroom)
     if args.drain_s is not None:
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(args.drain_s)
     exit_on_sigterm()  # unwinds through ServingCloud, which stops the Ray head

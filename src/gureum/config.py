@@ -96,6 +96,16 @@ class Settings(BaseSettings):
     preempt_min_run_s: float = Field(default=60.0, ge=0)
     preempt_hold_s: float = Field(default=30.0, ge=0)
     preempt_grace_s: float = Field(default=30.0, ge=0)
+    # Serving headroom: for every endpoint application that serves (a replica running) and may
+    # still scale up, room for this many more of its replicas is kept free of new training
+    # jobs, so the next scale-up is placed at once; when a scale-up eats into it, the pool
+    # preempts in the background (after `preempt_after_s`, as for a waiting replica) to
+    # restore it. 0: no headroom, training may fill the pool and a scale-up waits for a
+    # preemption. `serving_headroom_max_cpus` / `_gpus` cap the headroom of all endpoints
+    # together (None: no cap).
+    serving_headroom_replicas: int = Field(default=1, ge=0, le=1000)
+    serving_headroom_max_cpus: float | None = Field(default=None, ge=0)
+    serving_headroom_max_gpus: float | None = Field(default=None, ge=0)
     # Node autoscaling (docs/operations.md, "Node autoscaling"): queued jobs and replicas waiting
     # for room ask Ray's autoscaler for nodes (request_resources), cleared when nothing waits.
     # `autoscaling_config` names the cluster's autoscaler config (cluster launcher YAML, or any

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from gureum import samples
 from gureum.client import Client
+from gureum.compute.resources import NodeInfo
 from gureum.config import Settings
 from gureum.server.controllers.pool import PoolController
 from gureum.server.db.base import utcnow
@@ -178,6 +179,7 @@ def test_a_cancel_stops_at_once_without_a_checkpoint_grace(env: Env) -> None:
 def test_guaranteed_shares_are_set_by_site_admins_and_bad_input_is_refused(env: Env) -> None:
     empty = env.client.workspaces.get_share("default")
     assert (empty.cpus, empty.gpus, empty.used_cpus, empty.borrowed_cpus) == (None, None, 0, 0)
+    env.fake.nodes = lambda: [NodeInfo("node-1", {"CPU": 64.0, "GPU": 2.0})]  # type: ignore[method-assign]
     out = env.client.workspaces.set_share("default", cpus=4, gpus=1)
     assert (out.workspace, out.cpus, out.gpus) == ("default", 4, 1)
 

@@ -248,3 +248,61 @@ def _endpoint_row(s: Session, workspace_id: int) -> Endpoint:
     s.add(ep)
     s.flush()
     return ep
+
+
+def test_a_workspace_takes_back_its_share_from_a_borrower_which_resumes_after(
+    tmp_path: Path, ray_cluster: str, database_url: str
+) -> None:
+    """research is guaranteed 2 of the 4 CPUs; default (no share) borrows 3 for a long job;
+    research's 2-CPU job preempts it through the queue, runs first, and the borrower resumes
+    from its checkpoint once the room is back."""
+    home = tmp_path / "home"
+    settings = Settings(
+        home=home,
+        database_url=database_url,
+        artifacts=str(home / "artifacts"),
+        ray_address=ray_cluster,
+        port=free_port(),
+        serve_port=free_port(),
+        preempt_after_s=0.0,
+        preempt_min_run_s=0.0,
+        preempt_hold_s=2.0,
+    )
+    live = Live(settings)
+    try:
+        token = bootstrap(live.app.state.db)
+        assert token is not None
+        client = Client(live.url, token)
+        client.workspaces.create("research")
+        key = client.keys.create("research-key", workspace="research").token
+        research = Client(live.url, key)
+        client.workspaces.set_share("research", cpus=2)
+        borrower = client.jobs.train(
+            "script", None, code_dir=_long_script(tmp_path), resources={"cpus": 3}, max_retries=0
+        )
+        wait_for(
+            lambda: any("checkpoint 2 saved" in e.message for e in client.jobs.events(borrower.id)),
+            timeout=60,
+            what="the borrower's checkpoints",
+        )
+        mine_code = tmp_path / "mine"
+        mine_code.mkdir()
+        (mine_code / "main.py").write_text('print("within the share", flush=True)\n')
+        mine = research.jobs.train("script", None, code_dir=mine_code, resources={"cpus": 2})
+        done = research.jobs.wait(mine.id, poll_s=0.3, timeout_s=90)
+        assert done.state == "succeeded", done.error
+        events = client.jobs.events(borrower.id)
+        preempted = [e for e in events if e.kind == "preempted"]
+        assert preempted and "workspace research" in preempted[0].message, events
+        assert "borrowed capacity" in preempted[0].message
+        finished = client.jobs.wait(borrower.id, poll_s=0.3, timeout_s=120)
+        messages = [f"{e.kind}: {e.message}" for e in client.jobs.events(borrower.id)]
+        assert finished.state == "succeeded", (finished.error, messages)
+        assert finished.attempt == 2
+        assert any(m.startswith("resume: resuming from checkpoint") for m in messages), messages
+        # research's job went first: the borrower's second attempt began after it started.
+        after = client.jobs.events(borrower.id)
+        second = next(e.time for e in after if e.message == "starting (attempt 2)")
+        assert done.started_at is not None and second >= done.started_at, (second, done)
+    finally:
+        live.stop()

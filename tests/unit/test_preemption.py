@@ -1,5 +1,6 @@
 """The pool's choice of jobs to preempt for a replica Ray cannot place, and the controller's
-tick over fakes: who starves, how much is taken, nothing preempted in vain."""
+tick over fakes: who starves, how much is taken, nothing preempted in vain; the headroom kept
+for serving's next replicas; guaranteed shares taken back through the queue."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from gureum.config import Settings
 from gureum.schemas.endpoints import ReplicaResources
-from gureum.server.controllers.pool import PoolController
+from gureum.server.controllers.pool import PoolController, serving_room
 from gureum.server.services.preemption import (
     Candidate,
     Share,
@@ -16,6 +17,7 @@ from gureum.server.services.preemption import (
     fits,
     replica_demand,
 )
+from gureum.server.services.share_reclaim import Waiting, reclaims, within_share_first
 from gureum.serving.backend import AppState
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -167,3 +169,97 @@ def test_a_replica_starves_after_preempt_after_s() -> None:
     assert set(pool.starving(now_s=111.0)) == {"ep-1"}
     assert set(pool.starving(now_s=115.0)) == {"ep-1", "ep-2"}
     assert pool.starving(now_s=109.0) == {}
+
+
+# -- serving headroom ----------------------------------------------------------------------------
+
+
+def _apps(**config: object) -> dict[str, tuple[int, dict[str, object]]]:
+    base: dict[str, object] = {"resources": {"cpus": 1}, "autoscaling": {"max_replicas": 3}}
+    return {"ep-1": (1, base | config), "ep-2": (2, base | config)}
+
+
+def test_headroom_is_the_next_replica_of_each_endpoint_that_serves_and_may_grow() -> None:
+    states = {
+        "ep-1": AppState("RUNNING", "", 1, 1, replicas=1),
+        "ep-2": AppState("RUNNING", "", 3, 2, replicas=3),  # at max_replicas: nothing more
+        "ep-9": AppState("RUNNING", "", 1, 9, replicas=1),  # not one of ours
+    }
+    unplaced, headroom = serving_room(states, _apps(), Settings())
+    assert unplaced == {} and headroom == {"ep-1": (1, {"CPU": 1.0})}
+    two = serving_room(states, _apps(), Settings(serving_headroom_replicas=2))[1]
+    assert two == {"ep-1": (1, {"CPU": 2.0})}
+    assert serving_room(states, _apps(), Settings(serving_headroom_replicas=0))[1] == {}
+
+
+def test_headroom_counts_replicas_placed_but_not_running_and_keeps_waiting_ones() -> None:
+    states = {
+        # 1 running, 1 placed and loading, 1 waiting for room: max 3 reached, no headroom.
+        "ep-1": AppState("RUNNING", "", 1, 1, starting=1, starting_since=1.0, replicas=3),
+        # Scaled to zero: serves nothing, keeps no headroom.
+        "ep-2": AppState("RUNNING", "", 0, 2, replicas=0),
+    }
+    unplaced, headroom = serving_room(states, _apps(), Settings())
+    assert unplaced == {"CPU": 1.0} and headroom == {}
+    # A fake backend that does not count replicas: running + waiting is the floor.
+    legacy = {"ep-1": AppState("RUNNING", "", 1, 1, starting=1, starting_since=1.0)}
+    assert serving_room(legacy, _apps(), Settings())[1] == {"ep-1": (1, {"CPU": 1.0})}
+
+
+def test_the_headroom_of_all_endpoints_together_is_capped() -> None:
+    states = {
+        "ep-1": AppState("RUNNING", "", 1, 1, replicas=1),
+        "ep-2": AppState("RUNNING", "", 1, 2, replicas=1),
+    }
+    capped = serving_room(states, _apps(), Settings(serving_headroom_max_cpus=1.5))[1]
+    assert list(capped) == ["ep-1"]
+    gpu = _apps(resources={"cpus": 1, "gpus": 1})
+    assert serving_room(states, gpu, Settings(serving_headroom_max_gpus=0))[1] == {}
+
+
+# -- guaranteed shares taken back ----------------------------------------------------------------
+
+
+def test_a_job_within_its_share_takes_back_only_what_others_borrowed() -> None:
+    shares = {1: Share(cpus=4)}
+    running = borrowing(
+        [
+            job("lent-low", 2, ws=2, priority=-5),
+            job("lent-high", 2, ws=2, priority=5),
+            job("pinned", 2, ws=2, priority=-9, preemptible=False),
+            job("young", 2, ws=2, priority=-9, ran_s=10),
+            job("own", 2, ws=3, priority=-9),
+        ],
+        shares | {3: Share(cpus=2)},
+    )
+    wanted = Waiting("q", 1, 0, {"CPU": 2})
+    out = reclaims([wanted], {}, running, {}, shares, NOW, 60)
+    # ws 3's job is within its own share; pinned and young cannot go: the lowest priority
+    # among the rest.
+    assert [(w.job_id, ids(v)) for w, v in out] == [("q", ["lent-low"])]
+    # Beyond the share (4 used already): it waits like any other job, nothing is preempted.
+    assert reclaims([wanted], {}, running, {1: {"CPU": 4}}, shares, NOW, 60) == []
+    # No share at all, or room enough already: nothing either.
+    assert reclaims([wanted], {}, running, {}, {}, NOW, 60) == []
+    assert reclaims([wanted], {"CPU": 2}, running, {}, shares, NOW, 60) == []
+
+
+def test_reclaims_follow_the_queue_and_take_nothing_in_vain() -> None:
+    shares = {1: Share(cpus=6)}
+    running = borrowing([job("a", 2, ws=2, priority=1), job("b", 2, ws=2, priority=2)], {})
+    queue = [Waiting("first", 1, 5, {"CPU": 2}), Waiting("second", 1, 1, {"CPU": 2})]
+    out = reclaims(queue, {"CPU": 1}, running, {}, shares, NOW, 60)
+    assert [(w.job_id, ids(v)) for w, v in out] == [("first", ["a"]), ("second", ["b"])]
+    big = [Waiting("huge", 1, 5, {"CPU": 6})]  # all borrowers together are not enough
+    assert reclaims(big, {"CPU": 1}, running, {}, shares, NOW, 60) == []
+
+
+def test_the_queue_puts_jobs_within_their_share_before_borrowers() -> None:
+    queue = [
+        Waiting("borrower", 2, 9, {"CPU": 2}),
+        Waiting("mine-1", 1, 1, {"CPU": 2}),
+        Waiting("mine-2", 1, 0, {"CPU": 2}),  # beyond the share once mine-1 is in
+    ]
+    order = within_share_first(queue, {}, {1: Share(cpus=3)}, lambda w: w.need)
+    assert [w.job_id for w in order] == ["mine-1", "borrower", "mine-2"]
+    assert within_share_first(queue, {}, {}, lambda w: w.need) == queue

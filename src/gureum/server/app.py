@@ -170,8 +170,11 @@ def create_app(
 def _pool(
     jobs: JobController, endpoints: EndpointController, db: Database, settings: Settings
 ) -> PoolController:
-    """Serving first: endpoint replicas Ray cannot place preempt training jobs."""
-    return PoolController(db, lambda: endpoints.states, jobs.backend.available, settings, jobs.wake)
+    """Serving first: endpoint replicas Ray cannot place preempt training jobs, and the job
+    queue leaves the room serving needs next free."""
+    pool = PoolController(db, lambda: endpoints.states, jobs.backend.available, settings, jobs.wake)
+    jobs.reserved = pool.reserved
+    return pool
 
 
 def _nodes(

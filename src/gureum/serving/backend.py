@@ -73,6 +73,9 @@ class AppState:
     # training jobs for them (server/controllers/pool.py).
     starting: int = 0
     starting_since: float | None = None
+    # Replicas in any state (waiting, starting, running, draining: each holds or asks for
+    # room): how many more autoscaling may still add (the pool keeps room for them).
+    replicas: int = 0
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,7 @@ class RayServeBackend:
                 app.route_prefix,
                 len(waiting),
                 min(waiting, default=None),
+                len(dep.replicas) if dep else 0,
             )
         return out
 

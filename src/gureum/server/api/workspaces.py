@@ -62,7 +62,17 @@ def get_share(name: str, db: DbDep, principal: Viewer) -> WorkspaceShareOut:
     return shares.get_share(db, principal, name)
 
 
-@router.put("/{name}/share", responses={403: {"model": ErrorBody}, 422: {"model": ErrorBody}})
-def set_share(name: str, body: WorkspaceShare, db: DbDep, principal: Viewer) -> WorkspaceShareOut:
-    """Set the workspace's guaranteed share of the pool (site admins)."""
-    return shares.set_share(db, principal, name, body)
+@router.put(
+    "/{name}/share",
+    responses={403: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+def set_share(
+    name: str, body: WorkspaceShare, db: DbDep, jobs: JobsDep, principal: Viewer
+) -> WorkspaceShareOut:
+    """Set the workspace's guaranteed share of the pool (site admins); the shares together
+    may not promise more than the cluster has (its nodes and those the autoscaler may add)."""
+    nodes = jobs.nodes() if jobs is not None else None
+    out = shares.set_share(db, principal, name, body, shares.capacity(nodes))
+    if jobs is not None:
+        jobs.wake()  # a job now within its share goes first
+    return out

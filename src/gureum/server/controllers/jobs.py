@@ -2,11 +2,13 @@
 
 Every tick it (1) stores what running attempts reported, (2) stops what was cancelled or ran
 past its timeout, (3) settles attempts that ended: success registers the model, a lost worker
-is retried from the last checkpoint, and (4) starts queued jobs in priority order as quotas and
-free resources allow, recording why the others wait. It keeps no state that matters in memory:
-a controller started after a crash re-attaches to the attempts still on the cluster (their
-supervisors kept every report) and settles the ones that ended meanwhile, so no job is left
-"running" forever. The compute engine is behind ``ComputeBackend``; tests inject a fake.
+is retried from the last checkpoint, and (4) starts queued jobs in priority order (those within
+their workspace's guaranteed share first) as quotas and free resources allow, leaving free the
+room the pool keeps for serving, recording why the others wait. It keeps no state that
+matters in memory: a controller started after a crash re-attaches to the attempts still on
+the cluster (their supervisors kept every report) and settles the ones that ended meanwhile,
+so no job is left "running" forever. The compute engine is behind ``ComputeBackend``; tests
+inject a fake.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,14 @@ from gureum.server.controllers.loop import ControlLoop, Looped, each
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Dataset, DatasetVersion, Job, Workspace
-from gureum.server.services import base_models, budget_enforce, costs, job_results, preemption
+from gureum.server.services import (
+    base_models,
+    budget_enforce,
+    costs,
+    job_results,
+    preemption,
+    share_reclaim,
+)
 from gureum.server.services.jobs import add_event, dataset_manifest, model_files, settle
 from gureum.server.services.secrets import values as secret_values
 from gureum.server.services.site_settings import allow_unsandboxed
@@ -70,6 +79,9 @@ class JobController(Looped):
     preempt_grace_s: float = 30.0
     # Nodes Ray's autoscaler may add (node_demand.possible_nodes): what could run counts them.
     may_add: list[NodeInfo] = field(default_factory=list)
+    # The room serving needs kept free (the pool controller's ``reserved``: replicas Ray has
+    # not placed and endpoints' headroom for their next replicas); no job is started into it.
+    reserved: Callable[[], Mapping[str, float]] | None = None
     loop: ControlLoop = field(init=False)
 
     def __post_init__(self) -> None:
@@ -278,9 +290,16 @@ class JobController(Looped):
                 )
             }
             held = budget_enforce.held_reasons(s, set(quotas))
+            shares = preemption.shares(s)
             s.expunge_all()
         usage: dict[int, _Usage] = defaultdict(_Usage)
         free = dict(self.backend.available())
+        kept = dict(self.reserved()) if self.reserved is not None else {}
+        _take(free, kept)
+        if shares:  # a job within its workspace's guaranteed share before borrowers
+            queued = share_reclaim.within_share_first(
+                queued, _held_by(active), shares, preemption.held
+            )
         for j in active:
             r = Resources.model_validate(j.resources)
             u = usage[j.workspace_id]
@@ -308,6 +327,8 @@ class JobController(Looped):
                 missing = shortfall(need, free)
                 if missing:
                     reason = "waiting for " + ", ".join(missing)
+                    if kept and not shortfall(need, _plus(free, kept)):
+                        reason += f" ({describe(kept)} kept free for serving's next replicas)"
                     _take(free, need)  # held for it: lower priorities do not jump the queue
             if reason is not None:
                 if reason != job.wait_reason:
@@ -390,6 +411,18 @@ class JobController(Looped):
             if job.recipe == "script" and self.home is not None
             else {},
         )
+
+
+def _held_by(active: list[Job]) -> dict[int, dict[str, float]]:
+    """What each workspace's active jobs hold."""
+    out: dict[int, dict[str, float]] = {}
+    for j in active:
+        out[j.workspace_id] = _plus(out.get(j.workspace_id, {}), preemption.held(j))
+    return out
+
+
+def _plus(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
+    return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in {*a, *b}}
 
 
 def _take(free: dict[str, float], need: Mapping[str, float]) -> None:

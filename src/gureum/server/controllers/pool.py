@@ -8,6 +8,15 @@ training jobs that are preemptible and past ``preempt_min_run_s`` (``services.pr
 in one fenced write: the job controller stops them and queues them again with their
 checkpoints, and Ray then places the replica in the room they left. Ray decides placement; this
 decides who yields.
+
+Serving headroom (``serving_headroom_replicas``): for every endpoint application that serves
+and may still scale up, room for its next replicas is kept free; the job queue does not start
+jobs into it (``reserved``, which also holds the room of replicas Ray has not placed), so a
+scale-up is placed at once. When a scale-up (or anything else) eats into it, the pool
+preempts in the background, ``preempt_after_s`` later as for a waiting replica, to restore it:
+the preemption is off the replica's critical path. Guaranteed shares are taken back through
+the queue (``services.share_reclaim``): a queued job within its workspace's share preempts
+other workspaces' jobs on borrowed capacity.
 """
 
 from __future__ import annotations
@@ -15,14 +24,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
 
 from gureum.config import Settings
 from gureum.schemas.endpoints import EndpointConfig
 from gureum.server.controllers.loop import ControlLoop, Looped
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
+from gureum.server.db.tables import Job
 from gureum.server.db.tables_serving import Endpoint
-from gureum.server.services import preemption
+from gureum.server.services import preemption, share_reclaim
+from gureum.server.services.preemption import fits, plus
 from gureum.serving.backend import AppState
 
 log = logging.getLogger(__name__)
@@ -30,6 +45,44 @@ TICK_S = 1.0
 # After room is made for a replica, how long (beyond the victims' checkpoint grace) Ray and the
 # endpoint controller's view get to show it placed before that replica may preempt again.
 SETTLE_S = 15.0
+# A reservation older than this (the pool stopped ticking) no longer holds the queue back.
+RESERVE_STALE_S = 10.0
+
+
+def minus(free: Mapping[str, float], need: Mapping[str, float]) -> dict[str, float]:
+    return plus(free, {k: -v for k, v in need.items()})
+
+
+def serving_room(
+    states: Mapping[str, AppState],
+    endpoints: Mapping[str, tuple[int, dict[str, Any]]],
+    settings: Settings,
+) -> tuple[dict[str, float], dict[str, tuple[int, dict[str, float]]]]:
+    """What serving needs kept free: the replicas Ray has not placed (summed), and per
+    application that serves (a replica running) and may still scale up, the room of its next
+    ``serving_headroom_replicas`` replicas (application -> endpoint id, room), within the caps
+    of ``serving_headroom_max_cpus`` / ``_gpus`` (applications by name)."""
+    unplaced: dict[str, float] = {}
+    headroom: dict[str, tuple[int, dict[str, float]]] = {}
+    cap = {"CPU": settings.serving_headroom_max_cpus, "GPU": settings.serving_headroom_max_gpus}
+    total: dict[str, float] = {}
+    for name in sorted(states):
+        st, known = states[name], endpoints.get(name)
+        if known is None or st.endpoint_id not in (None, known[0]):
+            continue  # not one of this control plane's endpoints
+        config = EndpointConfig.model_validate(known[1])
+        need = preemption.replica_demand(config.resources)
+        unplaced = plus(unplaced, *([need] * st.starting))
+        replicas = max(st.replicas, st.running + st.starting)
+        more = min(settings.serving_headroom_replicas, config.autoscaling.max_replicas - replicas)
+        if st.running < 1 or more < 1:
+            continue
+        room = {k: v * more for k, v in need.items()}
+        after = plus(total, room)
+        if any(c is not None and after.get(k, 0.0) > c + preemption.EPS for k, c in cap.items()):
+            continue
+        total, headroom[name] = after, (known[0], room)
+    return unplaced, headroom
 
 
 class PoolController(Looped):
@@ -50,7 +103,19 @@ class PoolController(Looped):
         # Per application, when room was made for each of its waiting replicas: the view of
         # Ray Serve lags a tick, and a replica already placed must not preempt twice.
         self._granted: dict[str, list[float]] = {}
+        # Per application, since when its headroom has not been free.
+        self._short: dict[str, float] = {}
+        self._reserved: dict[str, float] = {}
+        self._reserved_at = 0.0
         self.loop = ControlLoop("gureum-pool", self.tick, tick_s)
+
+    def reserved(self) -> dict[str, float]:
+        """The room the job queue leaves free for serving (Ray resource names): replicas Ray
+        has not placed and the headroom of endpoints that may scale up; nothing when the pool
+        has not ticked lately."""
+        if time.monotonic() - self._reserved_at > RESERVE_STALE_S:
+            return {}
+        return dict(self._reserved)
 
     def starving(self, now_s: float | None = None) -> dict[str, AppState]:
         """Applications with a replica waiting for room longer than ``preempt_after_s``."""
@@ -66,6 +131,7 @@ class PoolController(Looped):
 
     def tick(self) -> None:
         now_s = time.time()
+        states = dict(self.states())
         starving = self.starving(now_s)
         window = self.settings.preempt_grace_s + SETTLE_S
         self._granted = {
@@ -73,13 +139,38 @@ class PoolController(Looped):
             for name, times in self._granted.items()
             if name in starving and (recent := [t for t in times if now_s - t < window])
         }
-        if not starving:
-            return
+        now = utcnow()
         with self.db.read() as s:
             endpoints = preemption.endpoint_apps(s)
             candidates, stopping = preemption.running_candidates(s)
-        free = preemption.plus(self.available(), stopping)
-        now = utcnow()
+            shares = preemption.shares(s)
+            waiting = share_reclaim.queued(s, now) if shares else []
+            used = share_reclaim.used_by_workspace(s) if waiting else {}
+        unplaced, headroom = serving_room(states, endpoints, self.settings)
+        self._reserved = plus(unplaced, *(room for _, room in headroom.values()))
+        self._reserved_at = time.monotonic()
+        available = self.available()
+        free = plus(available, stopping)
+        # What the job queue sees (``reserved`` held back): what a job taking a share back finds.
+        queue_free = minus(free, self._reserved)
+        free = self._place_waiting(starving, endpoints, free, candidates, now, now_s)
+        if not unplaced:  # a waiting replica first: the headroom is the next one's
+            free = self._restore_headroom(headroom, free, candidates, now, now_s)
+        else:
+            self._short.clear()
+        if waiting:
+            self._reclaim(waiting, queue_free, candidates, used, shares, now)
+
+    def _place_waiting(
+        self,
+        starving: Mapping[str, AppState],
+        endpoints: Mapping[str, tuple[int, dict[str, Any]]],
+        free: dict[str, float],
+        candidates: list[preemption.Candidate],
+        now: datetime,
+        now_s: float,
+    ) -> dict[str, float]:
+        """Preempt for the replicas waiting longest first; returns what is left free."""
         oldest_first = sorted(starving.items(), key=lambda kv: kv[1].starting_since or 0.0)
         for name, st in oldest_first:
             known = endpoints.get(name)
@@ -95,21 +186,90 @@ class PoolController(Looped):
                 if victims is None:
                     break  # no room to be made for it: nothing is stopped in vain
                 for v in victims:
-                    free = preemption.plus(free, v.need)
+                    free = plus(free, v.need)
                     candidates.remove(v)
-                free = preemption.plus(free, {k: -v for k, v in need.items()})
+                free = minus(free, need)
                 if victims:
                     self._preempt(ep_id, victims, need)
                     granted.append(now_s)
+        return free
+
+    def _restore_headroom(
+        self,
+        headroom: Mapping[str, tuple[int, dict[str, float]]],
+        free: dict[str, float],
+        candidates: list[preemption.Candidate],
+        now: datetime,
+        now_s: float,
+    ) -> dict[str, float]:
+        """Preempt, in the background, to give back the headroom that has not been free for
+        ``preempt_after_s`` (a node the autoscaler adds may restore it first)."""
+        self._short = {n: t for n, t in self._short.items() if n in headroom}
+        for name, (ep_id, room) in headroom.items():
+            if fits(room, free):
+                self._short.pop(name, None)
+                free = minus(free, room)
+                continue
+            since = self._short.setdefault(name, now_s)
+            if now_s - since < self.settings.preempt_after_s:
+                continue
+            victims = preemption.choose_victims(
+                room, free, candidates, now, self.settings.preempt_min_run_s
+            )
+            if not victims:
+                continue  # none can be preempted yet: tried again next tick
+            for v in victims:
+                free = plus(free, v.need)
+                candidates.remove(v)
+            free = minus(free, room)
+            self._preempt(ep_id, victims, room, headroom=True)
+        return free
+
+    def _reclaim(
+        self,
+        waiting: list[share_reclaim.Waiting],
+        free: dict[str, float],
+        candidates: list[preemption.Candidate],
+        used: Mapping[int, Mapping[str, float]],
+        shares: Mapping[int, preemption.Share],
+        now: datetime,
+    ) -> None:
+        """Queued jobs within their workspace's share take back what others borrowed."""
+        with self.db.read() as s:
+            starting = preemption.plus(
+                {},
+                *(
+                    preemption.held(j)
+                    for j in s.scalars(select(Job).where(Job.state == "starting"))
+                ),
+            )
+        free = minus(free, starting)
+        # Within the share first, as the job queue orders them.
+        order = share_reclaim.within_share_first(waiting, used, shares, lambda w: w.need)
+        chosen = share_reclaim.reclaims(
+            order, free, candidates, used, shares, now, self.settings.preempt_min_run_s
+        )
+        marked: list[str] = []
+        for w, victims in chosen:
+            with self.db.write() as s:  # fenced: a deposed leader preempts nothing
+                marked += share_reclaim.reclaim(s, w, victims)
+        if marked:
+            self.preempted += len(marked)
+            log.info("preempted %s for guaranteed shares", ", ".join(marked))
+            self.wake_jobs()
 
     def _preempt(
-        self, ep_id: int, victims: list[preemption.Candidate], need: Mapping[str, float]
+        self,
+        ep_id: int,
+        victims: list[preemption.Candidate],
+        need: Mapping[str, float],
+        headroom: bool = False,
     ) -> None:
         with self.db.write() as s:  # fenced: a deposed leader preempts nothing
             ep = s.get(Endpoint, ep_id, with_for_update=True)
             if ep is None or ep.state == "deleting":
                 return
-            marked = preemption.preempt(s, victims, ep, need)
+            marked = preemption.preempt(s, victims, ep, need, headroom)
         if marked:
             self.preempted += len(marked)
             log.info("preempted %s for endpoint %s", ", ".join(marked), ep_id)

@@ -53,6 +53,10 @@ GiB = 1024**3
 EPS = 1e-9
 EVENT = "preempted"  # the job event kind (metrics count these)
 WAIT_REASON = "preempted: serving needed the capacity; resumes from its last checkpoint"
+RECLAIM_PREFIX = "preempted for workspace"
+RECLAIM_WAIT = (
+    "preempted: a workspace took back its guaranteed share; resumes from its last checkpoint"
+)
 
 # The Serve applications one endpoint may have.
 APP_ROLES = ("primary", "canary", "shadow")
@@ -184,12 +188,10 @@ def choose_victims(
     return chosen
 
 
-def preempt(
-    s: Session, victims: Sequence[Candidate], endpoint: Endpoint, need: Mapping[str, float]
-) -> list[str]:
-    """Ask the job controller to stop each victim for ``endpoint``'s replica (its attempt is
-    re-queued with its checkpoint when it ends); returns the jobs marked. A job that changed
-    meanwhile (ended, stopping already, made non-preemptible) is left alone."""
+def mark(s: Session, victims: Sequence[Candidate], why: str, **data: Any) -> list[str]:
+    """Ask the job controller to stop each victim (its attempt is re-queued with its
+    checkpoint when it ends), ``why`` saying for what; returns the jobs marked. A job that
+    changed meanwhile (ended, stopping already, made non-preemptible) is left alone."""
     marked: list[str] = []
     for v in victims:
         job = s.get(Job, v.job_id, with_for_update=True)
@@ -202,27 +204,38 @@ def preempt(
             continue
         share = "borrowed capacity (beyond its workspace's guaranteed share)"
         reason = (
-            f"preempted for endpoint {endpoint.name}: a replica ({describe(need)}) had no room "
-            f"on the cluster; priority {job.priority} on "
-            f"{share if v.borrowed else 'its workspace guaranteed share'} yields to serving"
+            f"{why}; priority {job.priority} on "
+            f"{share if v.borrowed else 'its workspace guaranteed share'} yields"
         )
         job.stop_state, job.stop_reason = PREEMPT, reason
-        add_event(
-            s,
-            job,
-            EVENT,
-            reason,
-            endpoint=endpoint.name,
-            attempt=job.attempt,
-            borrowed=v.borrowed,
-        )
+        add_event(s, job, EVENT, reason, attempt=job.attempt, borrowed=v.borrowed, **data)
         marked.append(job.id)
+    return marked
+
+
+def preempt(
+    s: Session,
+    victims: Sequence[Candidate],
+    endpoint: Endpoint,
+    need: Mapping[str, float],
+    headroom: bool = False,
+) -> list[str]:
+    """Stop ``victims`` for ``endpoint``: a replica of it waiting for room or, ``headroom``,
+    the room kept free for its next replica (``Settings.serving_headroom_replicas``)."""
+    what = (
+        f"room for its next replica ({describe(need)}) had been taken"
+        if headroom
+        else f"a replica ({describe(need)}) had no room on the cluster"
+    )
+    why = f"preempted for endpoint {endpoint.name}: {what}; serving comes first"
+    marked = mark(s, victims, why, endpoint=endpoint.name, headroom=headroom)
     if marked:
+        purpose = "keep room for its next replica" if headroom else "place a replica"
         endpoint_svc.add_event(
             s,
             endpoint,
             "preempt",
-            f"preempted job(s) {', '.join(marked)} to place a replica ({describe(need)})",
+            f"preempted job(s) {', '.join(marked)} to {purpose} ({describe(need)})",
             jobs=marked,
         )
     return marked
@@ -230,12 +243,14 @@ def preempt(
 
 def requeue(s: Session, job: Job, hold_s: float) -> None:
     """A preempted attempt ended: the job is queued again (its span recorded, its time limit
-    keeping what is left) and waits ``hold_s`` before it may start, so the replica it made
-    room for takes the room first; its next attempt resumes from its last checkpoint."""
+    keeping what is left) and waits ``hold_s`` before it may start, so the replica (or the
+    job within its share) it made room for takes the room first; its next attempt resumes
+    from its last checkpoint."""
     now = utcnow()
     costs.end_span(s, job, now)
+    reclaimed = (job.stop_reason or "").startswith(RECLAIM_PREFIX)
     job.state, job.stop_state, job.stop_reason = "queued", None, None
-    job.wait_reason, job.report_seq = WAIT_REASON, 0
+    job.wait_reason, job.report_seq = (RECLAIM_WAIT if reclaimed else WAIT_REASON), 0
     job.not_before = now + timedelta(seconds=hold_s)
     add_event(
         s,
@@ -277,8 +292,9 @@ def running_candidates(s: Session) -> tuple[list[Candidate], dict[str, float]]:
 
 
 class PreemptionCollector(Collector):
-    """``gureum_preemptions_total``: the jobs of a workspace preempted for serving (from their
-    events, so every API server reports the same count and a restart loses none)."""
+    """``gureum_preemptions_total``: the jobs of a workspace preempted, for serving or a
+    guaranteed share (from their events, so every API server reports the same count and a
+    restart loses none)."""
 
     def __init__(self, db: Database, workspace_id: int, workspace: str) -> None:
         self.db, self.workspace_id, self.workspace = db, workspace_id, workspace
@@ -292,7 +308,8 @@ class PreemptionCollector(Collector):
             )
         counter = CounterMetricFamily(
             "gureum_preemptions",
-            "Training jobs preempted so that an endpoint's replica could be placed.",
+            "Training jobs preempted for serving (a replica, or room kept for the next one) "
+            "or for a workspace taking back its guaranteed share.",
             labels=["workspace"],
         )
         counter.add_metric([self.workspace], float(count or 0))

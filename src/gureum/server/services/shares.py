@@ -6,14 +6,17 @@ workspace's owner can make for it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gureum.compute.resources import NodeInfo
 from gureum.schemas.jobs import WorkspaceShare, WorkspaceShareOut
 from gureum.server.auth import Principal
 from gureum.server.db.session import Database
 from gureum.server.db.tables import Workspace
-from gureum.server.errors import Forbidden
+from gureum.server.errors import Conflict, Forbidden
 from gureum.server.services import preemption
 from gureum.server.services.audit import record
 from gureum.server.services.workspaces import visible
@@ -42,10 +45,49 @@ def get_share(db: Database, principal: Principal, name: str) -> WorkspaceShareOu
         return _out(s, ws)
 
 
+def capacity(nodes: Sequence[NodeInfo] | None) -> dict[str, float] | None:
+    """The CPUs and GPUs of ``nodes`` (the cluster's, and those its autoscaler may add); None
+    when the cluster is not known (no cluster joined yet): shares are then not checked."""
+    if not nodes:
+        return None
+    total = preemption.plus({}, *(n.total for n in nodes))
+    return {"CPU": total.get("CPU", 0.0), "GPU": total.get("GPU", 0.0)}
+
+
+def _check_sum(s: Session, ws: Workspace, body: WorkspaceShare, cap: dict[str, float]) -> None:
+    """Refuse a share that raises the sum of all guaranteed shares beyond the cluster: a
+    promise the pool could not keep, even by preempting every borrower."""
+    # Every workspace row locked: two shares set at once are checked one after the other.
+    rows = s.execute(
+        select(Workspace.id, Workspace.share_cpus, Workspace.share_gpus).with_for_update()
+    ).all()
+    others = [r for r in rows if r[0] != ws.id]
+    for i, key, label, new, old in (
+        (1, "CPU", "CPUs", body.cpus, ws.share_cpus),
+        (2, "GPU", "GPUs", body.gpus, ws.share_gpus),
+    ):
+        if not new or new <= (old or 0.0):
+            continue  # lowering (or keeping) a share is always allowed
+        total = new + sum(r[i] or 0.0 for r in others)
+        if total > cap[key] + preemption.EPS:
+            raise Conflict(
+                f"the guaranteed shares would add up to {total:g} {label} but the cluster has "
+                f"{cap[key]:g} {label} (counting the nodes its autoscaler may add): at most "
+                f"{max(0.0, cap[key] - total + new):g} {label} can be guaranteed to workspace "
+                f"{ws.name}; lower another workspace's share first"
+            )
+
+
 def set_share(
-    db: Database, principal: Principal, name: str, body: WorkspaceShare
+    db: Database,
+    principal: Principal,
+    name: str,
+    body: WorkspaceShare,
+    cap: dict[str, float] | None = None,
 ) -> WorkspaceShareOut:
-    """Replace the workspace's share (site admins); a field left out is no guarantee."""
+    """Replace the workspace's share (site admins); a field left out is no guarantee.
+    ``cap``: the cluster's CPUs and GPUs (``capacity``), which the shares together may not
+    exceed (None: not checked)."""
     principal.require("admin")
     with db.write() as s:
         ws, _ = visible(s, principal, name)
@@ -53,6 +95,8 @@ def set_share(
             raise Forbidden("only site admins can set a workspace's guaranteed share of the pool")
         locked = s.scalar(select(Workspace).where(Workspace.id == ws.id).with_for_update())
         assert locked is not None
+        if cap is not None:
+            _check_sum(s, locked, body, cap)
         locked.share_cpus, locked.share_gpus = body.cpus, body.gpus
         record(s, principal, "workspace.share", "workspace", name, body.model_dump())
         s.flush()
