@@ -9,7 +9,6 @@ step; Ctrl-C only stops the waiting, never the run.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -30,6 +29,21 @@ from gureum.cli.output import (
     fail,
     kv_table,
     table,
+)
+from gureum.cli.pipeline_options import (
+    AfterLabelsOpt,
+    ApproveOpt,
+    CanaryMinutesOpt,
+    CanaryOpt,
+    CooldownOpt,
+    HigherIsBetterOpt,
+    MaxRatingDropOpt,
+    MetricOpt,
+    MinFeedbackOpt,
+    MinRatingOpt,
+    MinRequestsOpt,
+    OnDriftOpt,
+    ScheduleOpt,
 )
 from gureum.client import Client
 from gureum.schemas.pipelines import PipelineCreate, PipelineOut, RunEventOut, RunOut, RunState
@@ -54,11 +68,6 @@ NameArg = Annotated[str, typer.Argument(metavar="NAME", help="the pipeline's nam
 RunOpt = Annotated[
     int | None, typer.Option("--run", min=1, help="the run's number (default: the latest)")
 ]
-
-
-class ApproveMode(StrEnum):
-    auto = "auto"
-    manual = "manual"
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -302,53 +311,22 @@ def create_cmd(
     model: Annotated[str, typer.Option("--model", help="the model to retrain (NAME)")],
     endpoint: Annotated[str, typer.Option("--endpoint", help="the endpoint it serves on")],
     dataset: Annotated[str, typer.Option("--dataset", help="the dataset curated versions join")],
-    schedule: Annotated[
-        str | None, typer.Option("--schedule", metavar="CRON", help='UTC, e.g. "0 3 * * 1"')
-    ] = None,
-    after_labels: Annotated[
-        int | None, typer.Option("--after-labels", metavar="N", help="run after N new ratings")
-    ] = None,
-    on_drift: Annotated[
-        float | None,
-        typer.Option("--on-drift", metavar="SCORE", help="run when the drift score reaches this"),
-    ] = None,
-    cooldown_minutes: Annotated[
-        float | None,
-        typer.Option("--cooldown-minutes", help="triggers start no run sooner after the last"),
-    ] = None,
-    canary: Annotated[
-        float | None, typer.Option("--canary", metavar="PCT", help="the canary's share, %")
-    ] = None,
-    canary_minutes: Annotated[
-        float | None, typer.Option("--canary-minutes", metavar="MIN", help="the canary's window")
-    ] = None,
-    approve: Annotated[
-        ApproveMode | None,
-        typer.Option("--approve", help="manual: a person approves each candidate before canary"),
-    ] = None,
-    min_requests: Annotated[
-        int | None, typer.Option("--min-requests", help="canary requests needed to promote")
-    ] = None,
-    min_feedback: Annotated[
-        int | None, typer.Option("--min-feedback", help="ratings of canary answers needed")
-    ] = None,
-    max_rating_drop: Annotated[
-        float | None,
-        typer.Option("--max-rating-drop", help="how far the canary's mean rating may fall"),
-    ] = None,
-    min_rating: Annotated[
-        int | None, typer.Option("--min-rating", help="curate only calls rated at least this")
-    ] = None,
+    schedule: ScheduleOpt = None,
+    after_labels: AfterLabelsOpt = None,
+    on_drift: OnDriftOpt = None,
+    cooldown_minutes: CooldownOpt = None,
+    canary: CanaryOpt = None,
+    canary_minutes: CanaryMinutesOpt = None,
+    approve: ApproveOpt = None,
+    min_requests: MinRequestsOpt = None,
+    min_feedback: MinFeedbackOpt = None,
+    max_rating_drop: MaxRatingDropOpt = None,
+    min_rating: MinRatingOpt = None,
     labelled_only: Annotated[
         bool, typer.Option("--labelled-only", help="curate only calls with a corrected label")
     ] = False,
-    metric: Annotated[
-        str | None, typer.Option("--metric", help="the gate's metric (default: the recipe's)")
-    ] = None,
-    higher_is_better: Annotated[
-        bool | None,
-        typer.Option("--higher-is-better/--lower-is-better", help="direction of --metric"),
-    ] = None,
+    metric: MetricOpt = None,
+    higher_is_better: HigherIsBetterOpt = None,
     param: ParamOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
