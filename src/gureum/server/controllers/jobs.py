@@ -327,7 +327,7 @@ class JobController(Looped):
                 missing = shortfall(need, free)
                 if missing:
                     reason = "waiting for " + ", ".join(missing)
-                    if kept and not shortfall(need, _plus(free, kept)):
+                    if kept and not shortfall(need, preemption.plus(free, kept)):
                         reason += f" ({describe(kept)} kept free for serving's next replicas)"
                     _take(free, need)  # held for it: lower priorities do not jump the queue
             if reason is not None:
@@ -417,12 +417,8 @@ def _held_by(active: list[Job]) -> dict[int, dict[str, float]]:
     """What each workspace's active jobs hold."""
     out: dict[int, dict[str, float]] = {}
     for j in active:
-        out[j.workspace_id] = _plus(out.get(j.workspace_id, {}), preemption.held(j))
+        out[j.workspace_id] = preemption.plus(out.get(j.workspace_id, {}), preemption.held(j))
     return out
-
-
-def _plus(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
-    return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in {*a, *b}}
 
 
 def _take(free: dict[str, float], need: Mapping[str, float]) -> None:
