@@ -302,6 +302,54 @@ def test_a_key_made_after_the_snapshot_is_looked_up_again(
     assert control.access_calls == before + 1
 
 
+def test_a_new_key_while_the_control_plane_is_down_is_503_to_retry_not_401(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replica_module, "UNKNOWN_KEY_REFRESH_S", 0.0)
+    core = make()
+    control = control_of(core)
+    control.keys.append(key("k9", "fresh", 9, "newco"))
+    control.down = True
+    status, code, headers = refused(admit(core, "Bearer gck_k9_fresh"))
+    assert (status, code, headers["retry-after"]) == (503, "keys_unconfirmed", "1")
+    control.down = False  # the SDK's retry then gets in; a made-up key is still 401
+    assert caller(admit(core, "Bearer gck_k9_fresh")).name == "newco"
+    assert refused(admit(core, "Bearer gck_nope_x"))[:2] == (401, "unauthorized")
+
+
+def test_a_key_lookup_waits_for_the_background_fetch_that_began_after_the_call(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background loop's fetch, begun after the call came in but not yet answered, may
+    hold the key: the lookup waits for it rather than refusing with the older table."""
+    monkeypatch.setattr(replica_module, "UNKNOWN_KEY_REFRESH_S", 60.0)  # no fetch of its own
+    core = make()
+    control = control_of(core)
+    control.keys.append(key("k9", "fresh", 9, "newco"))
+    began, answer = threading.Event(), threading.Event()
+    fetch = control.access
+
+    def slow_access() -> AccessSnapshot:
+        began.set()
+        answer.wait(5)
+        return fetch()
+
+    control.access = slow_access  # type: ignore[method-assign]
+
+    async def main() -> bool:
+        since = time.monotonic()
+        background = threading.Thread(target=core.refresh)
+        background.start()
+        await asyncio.to_thread(began.wait, 5)
+        threading.Timer(0.2, answer.set).start()
+        await core._refreshed_since(since)
+        knows = core.access.knows("k9")
+        await asyncio.to_thread(background.join, 5)
+        return knows
+
+    assert asyncio.run(main()) is True
+
+
 # -- metering --------------------------------------------------------------------------------------
 
 

@@ -278,8 +278,9 @@ def train_generator(
         console.print(f"trained in {seconds:.0f}s; registered [bold]{job.model_version}[/bold]")
         console.print(_metrics_table(metrics))
         console.print(
-            "mmd: kernel MMD between generated and held-out pictures in a small CNN's feature "
-            "space (lower is better; mmd_reference is what real pictures score)",
+            "mmd: KID (unbiased kernel MMD^2) between generated and held-out pictures in the "
+            "garment classifier's feature space (lower is better; about 0 for real pictures; "
+            "mmd_reference is what real pictures score, mmd_std its spread)",
             soft_wrap=True,
         )
         console.print(f"samples, one row per class: {grid}", soft_wrap=True)

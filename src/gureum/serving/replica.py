@@ -64,6 +64,7 @@ REFRESH_S = 2.0
 # the proxy learns it is up; a first request later than this after start-up came on its own.
 COLD_WINDOW_S = 30.0
 UNKNOWN_KEY_REFRESH_S = 0.5
+REFRESH_POLL_S = 0.01
 # Leases a request waits for before a 503 (others waiting with it may take a block first).
 LEASE_TRIES = 4
 JSON = "application/json"
@@ -248,7 +249,8 @@ class ReplicaCore:
         )
         self.in_flight = 0
         self.batch_sizes: Counter[int] = Counter()
-        self._last_refresh = 0.0
+        self._last_refresh = 0.0  # when the latest fetch of the key table began
+        self._refreshed_from = 0.0  # when the latest fetch that has ended began
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         # How long the last request that waited for a replica to start waited (held by Ray
@@ -287,6 +289,8 @@ class ReplicaCore:
             except (httpx.HTTPError, ValueError):
                 log.warning("could not fetch the endpoint's keys", exc_info=True)
                 return False
+            finally:
+                self._refreshed_from = started
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH_S):
@@ -306,8 +310,10 @@ class ReplicaCore:
         """Check a caller. A key the table does not know may be newer than the table: the
         table is fetched again (in a thread, one fetch at a time, at most one started every
         UNKNOWN_KEY_REFRESH_S) before the 401, and a key still unknown then is remembered as
-        such for a while, so a flood of made-up keys costs no more fetches. A consumer whose
-        leased block of its quota is spent waits for the next block (in a thread)."""
+        such for a while, so a flood of made-up keys costs no more fetches. If that fetch
+        failed, the key can be neither confirmed nor refused: 503 with Retry-After (the SDK
+        retries), never a 401 for a key that may be valid. A consumer whose leased block of
+        its quota is spent waits for the next block (in a thread)."""
         arrived = time.monotonic()
         parts = split_bearer(authorization)
         if (
@@ -317,7 +323,10 @@ class ReplicaCore:
             and not self.access.known_unknown(parts[0])
         ):
             await self._refreshed_since(arrived)
-            if not self.access.knows(parts[0]) and self.access.loaded_at >= arrived:
+            if not self.access.knows(parts[0]):
+                if self.access.loaded_at < arrived:  # the fetch after the call came failed
+                    message = "the endpoint cannot confirm this key with its control plane; retry"
+                    return error_reply(503, "keys_unconfirmed", message, 1)
                 self.access.mark_unknown(parts[0])
         result = self.authorize(authorization)
         for _ in range(LEASE_TRIES):
@@ -333,18 +342,18 @@ class ReplicaCore:
         return result
 
     async def _refreshed_since(self, since: float) -> None:
-        for _ in range(4):
+        """Until a fetch of the table that began at or after ``since`` has ended (ours or the
+        background loop's: one that began earlier may predate the key)."""
+        while self._refreshed_from < since:
             task = self._refresh_task
             if task is not None and not task.done():
                 await asyncio.shield(task)
-                continue
-            if self._last_refresh >= since:
-                return
-            wait = UNKNOWN_KEY_REFRESH_S - (time.monotonic() - self._last_refresh)
-            if wait > 0:
+            elif self._last_refresh >= since:  # the background loop's fetch, under way
+                await asyncio.sleep(REFRESH_POLL_S)
+            elif (wait := UNKNOWN_KEY_REFRESH_S - (time.monotonic() - self._last_refresh)) > 0:
                 await asyncio.sleep(wait)
-                continue
-            self._refresh_task = asyncio.ensure_future(asyncio.to_thread(self.refresh))
+            else:
+                self._refresh_task = asyncio.ensure_future(asyncio.to_thread(self.refresh))
 
     def _start_lease(self, consumer_id: int) -> asyncio.Future[bool]:
         task = self._leasing.get(consumer_id)
