@@ -399,16 +399,25 @@ class ModelServer:
         a model that answers within INLINE_PREDICT_MS runs on the event loop, where the thread
         hop would cost more than the time it frees."""
         predict = self.core.predictor.predict
-        started = time.perf_counter()
+        took: list[float] = []
+
+        def timed(batch: list[Any]) -> list[Any]:
+            # The model's own time, not the thread hop's: a loaded machine delays the hop.
+            started = time.perf_counter()
+            try:
+                return predict(batch)
+            finally:
+                took.append((time.perf_counter() - started) * 1000)
+
         try:
             if self._predict_ms < INLINE_PREDICT_MS:
-                outputs: list[Any] = predict(inputs)
+                outputs: list[Any] = timed(inputs)
             else:
-                outputs = await asyncio.to_thread(predict, inputs)
+                outputs = await asyncio.to_thread(timed, inputs)
         finally:
-            took = (time.perf_counter() - started) * 1000
-            timed = self._predict_ms != float("inf")
-            self._predict_ms = self._predict_ms + (took - self._predict_ms) * 0.2 if timed else took
+            if took:
+                ms, known = took[0], self._predict_ms != float("inf")
+                self._predict_ms = self._predict_ms + (ms - self._predict_ms) * 0.2 if known else ms
         return outputs
 
     async def _openai(self, route: str, body: bytes, content_type: str | None) -> Reply:
