@@ -158,6 +158,38 @@ def test_a_waiting_replica_goes_before_the_headroom(env: Env, settings: Settings
     assert pool.preempted == 2 and _stop_state(env, second["id"]) == "preempt"
 
 
+def test_a_replica_placed_in_the_headroom_but_not_yet_on_a_node_preempts_nothing(
+    env: Env, settings: Settings
+) -> None:
+    """Ray gives a placed replica its node only once its worker has started: until then the
+    cluster's use shows its room taken, and no job is stopped for it."""
+    settings.preempt_after_s, settings.preempt_min_run_s = 0.0, 0.0
+    jobs = [env.submit(priority=-1, resources={"cpus": 1}) for _ in range(2)]
+    _running(env, *jobs)
+    ep_id = _endpoint(env, max_replicas=2)
+    app = app_name(ep_id)
+    since = utcnow().timestamp() - 1
+    # 1 running replica and 1 starting without a node; nothing free.
+    states = {app: AppState("RUNNING", "", 1, ep_id, starting=1, starting_since=since, replicas=2)}
+    env.fake.free = {"CPU": 0.0}
+    total = {"CPU": 4.0}  # 2 jobs + 2 replicas: the starting one holds its CPU already
+    pool = PoolController(
+        env.app.state.db,
+        lambda: states,
+        env.fake.available,
+        settings,
+        list,
+        nodes=lambda: [NodeInfo(node_id="node-1", total=total)],
+    )
+    env.jobs.reserved = pool.reserved
+    pool.tick()
+    assert pool.preempted == 0 and pool.reserved() == {}
+    # On 3 CPUs the same view means the replica waits for room: a job goes.
+    total["CPU"] = 3.0
+    pool.tick()
+    assert pool.preempted == 1 and pool.reserved() == {"CPU": 1.0}
+
+
 # -- guaranteed shares taken back ----------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from gureum.config import Settings
 from gureum.schemas.endpoints import ReplicaResources
-from gureum.server.controllers.pool import PoolController, serving_room
+from gureum.server.controllers.pool import PLACING_S, PoolController, placed_unseen, serving_room
 from gureum.server.services.preemption import (
     Candidate,
     Share,
@@ -263,3 +263,24 @@ def test_the_queue_puts_jobs_within_their_share_before_borrowers() -> None:
     order = within_share_first(queue, {}, {1: Share(cpus=3)}, lambda w: w.need)
     assert [w.job_id for w in order] == ["mine-1", "borrower", "mine-2"]
     assert within_share_first(queue, {}, {}, lambda w: w.need) == queue
+
+
+def test_a_replica_whose_room_ray_already_handed_out_counts_as_placed() -> None:
+    """Ray shows a placed replica without a node until its worker has started: what Ray has
+    handed out beyond the jobs and the replicas with a node pays for it."""
+    # 2 CPUs of jobs, ep-1: 1 running + 1 without a node; ep-2: 1 without a node.
+    states = {
+        "ep-1": AppState("RUNNING", "", 1, 1, starting=1, starting_since=100.0, replicas=2),
+        "ep-2": AppState("RUNNING", "", 0, 2, starting=1, starting_since=101.0, replicas=1),
+    }
+    jobs = {"CPU": 2.0}
+    # 3 CPUs handed out: jobs and ep-1's running replica; both waiting replicas wait.
+    assert placed_unseen(states, _apps(), {"CPU": 3.0}, jobs, 102.0) == {}
+    # 4: one more, the oldest waiting replica's (ep-1); 5: both.
+    assert placed_unseen(states, _apps(), {"CPU": 4.0}, jobs, 102.0) == {"ep-1": 1}
+    assert placed_unseen(states, _apps(), {"CPU": 5.0}, jobs, 102.0) == {"ep-1": 1, "ep-2": 1}
+    # Waiting longer than PLACING_S: room taken by something else no longer delays it.
+    late = 100.0 + PLACING_S + 1
+    assert placed_unseen(states, _apps(), {"CPU": 5.0}, jobs, late) == {}
+    # Applications of another control plane are neither explained nor placed.
+    assert placed_unseen({"ep-9": states["ep-1"]}, _apps(), {"CPU": 9.0}, jobs, 102.0) == {}

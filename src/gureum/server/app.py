@@ -172,7 +172,14 @@ def _pool(
 ) -> PoolController:
     """Serving first: endpoint replicas Ray cannot place preempt training jobs, and the job
     queue leaves the room serving needs next free."""
-    pool = PoolController(db, lambda: endpoints.states, jobs.backend.available, settings, jobs.wake)
+    pool = PoolController(
+        db,
+        lambda: endpoints.states,
+        jobs.backend.available,
+        settings,
+        jobs.wake,
+        nodes=jobs.backend.nodes,
+    )
     jobs.reserved = pool.reserved
     return pool
 

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
+from gureum.compute.resources import NodeInfo
 from gureum.config import Settings
 from gureum.schemas.endpoints import EndpointConfig
 from gureum.server.controllers.loop import ControlLoop, Looped
@@ -49,8 +51,57 @@ SETTLE_S = 15.0
 RESERVE_STALE_S = 10.0
 
 
+# A replica Ray has placed shows no node until its worker process has started (seconds on a
+# busy node: Python, Ray and the model server's imports). Within this time of the oldest
+# waiting replica's start, waiting replicas whose room the cluster's use already pays for
+# count as placed (``placed_unseen``).
+PLACING_S = 15.0
+
+
 def minus(free: Mapping[str, float], need: Mapping[str, float]) -> dict[str, float]:
     return plus(free, {k: -v for k, v in need.items()})
+
+
+def _ours(
+    name: str, st: AppState, endpoints: Mapping[str, tuple[int, dict[str, Any]]]
+) -> dict[str, float] | None:
+    """One replica's demand of an application of this control plane's endpoints, else None."""
+    known = endpoints.get(name)
+    if known is None or st.endpoint_id not in (None, known[0]):
+        return None
+    return preemption.replica_demand(EndpointConfig.model_validate(known[1]).resources)
+
+
+def placed_unseen(
+    states: Mapping[str, AppState],
+    endpoints: Mapping[str, tuple[int, dict[str, Any]]],
+    used: Mapping[str, float],
+    jobs_held: Mapping[str, float],
+    now_s: float,
+) -> dict[str, int]:
+    """Per application, how many of its replicas without a node Ray has placed already: what
+    Ray has handed out (``used``) beyond what jobs and the replicas with a node hold pays for
+    them, oldest application first. Without it, a replica placed in the headroom looked
+    unplaced until its worker had started, and a job was preempted for room it already had.
+    Only within PLACING_S of their start: room taken by something else (a validation task,
+    another Ray user) delays a needed preemption by that long at most."""
+    explained = dict(jobs_held)
+    waiting: list[tuple[float, str, int, dict[str, float]]] = []
+    for name, st in states.items():
+        need = _ours(name, st, endpoints)
+        if need is None:
+            continue
+        explained = plus(explained, *([need] * max(0, st.replicas - st.starting)))
+        since = st.starting_since
+        if st.starting > 0 and since is not None and now_s - since < PLACING_S:
+            waiting.append((since, name, st.starting, need))
+    left = minus(used, explained)
+    placed: dict[str, int] = {}
+    for _, name, n, need in sorted(waiting, key=lambda w: (w[0], w[1])):
+        while placed.get(name, 0) < n and fits(need, left):
+            left = minus(left, need)
+            placed[name] = placed.get(name, 0) + 1
+    return placed
 
 
 def serving_room(
@@ -68,10 +119,10 @@ def serving_room(
     total: dict[str, float] = {}
     for name in sorted(states):
         st, known = states[name], endpoints.get(name)
-        if known is None or st.endpoint_id not in (None, known[0]):
+        need = _ours(name, st, endpoints)
+        if known is None or need is None:
             continue  # not one of this control plane's endpoints
         config = EndpointConfig.model_validate(known[1])
-        need = preemption.replica_demand(config.resources)
         unplaced = plus(unplaced, *([need] * st.starting))
         replicas = max(st.replicas, st.running + st.starting)
         more = min(settings.serving_headroom_replicas, config.autoscaling.max_replicas - replicas)
@@ -94,10 +145,13 @@ class PoolController(Looped):
         settings: Settings,
         wake: Callable[[], None],
         tick_s: float = TICK_S,
+        nodes: Callable[[], Sequence[NodeInfo]] | None = None,
     ) -> None:
         """``states``: Ray Serve's applications as the endpoint controller last read them;
-        ``available``: the cluster's free resources; ``wake``: the job controller's."""
-        self.db, self.states, self.available = db, states, available
+        ``available``: the cluster's free resources; ``wake``: the job controller's;
+        ``nodes``: the cluster's alive nodes (without it, every replica without a node is
+        taken as waiting for room)."""
+        self.db, self.states, self.available, self.nodes = db, states, available, nodes
         self.settings, self.wake_jobs = settings, wake
         self.preempted = 0  # jobs this server's pool preempted (for logs and tests)
         # Per application, when room was made for each of its waiting replicas: the view of
@@ -117,13 +171,15 @@ class PoolController(Looped):
             return {}
         return dict(self._reserved)
 
-    def starving(self, now_s: float | None = None) -> dict[str, AppState]:
+    def starving(
+        self, now_s: float | None = None, states: Mapping[str, AppState] | None = None
+    ) -> dict[str, AppState]:
         """Applications with a replica waiting for room longer than ``preempt_after_s``."""
         now_s = time.time() if now_s is None else now_s
         after = self.settings.preempt_after_s
         return {
             name: st
-            for name, st in self.states().items()
+            for name, st in (self.states() if states is None else states).items()
             if st.starting > 0
             and st.starting_since is not None
             and now_s - st.starting_since >= after
@@ -132,13 +188,7 @@ class PoolController(Looped):
     def tick(self) -> None:
         now_s = time.time()
         states = dict(self.states())
-        starving = self.starving(now_s)
-        window = self.settings.preempt_grace_s + SETTLE_S
-        self._granted = {
-            name: recent
-            for name, times in self._granted.items()
-            if name in starving and (recent := [t for t in times if now_s - t < window])
-        }
+        placing = self.nodes is not None and any(st.starting for st in states.values())
         now = utcnow()
         with self.db.read() as s:
             endpoints = preemption.endpoint_apps(s)
@@ -146,10 +196,20 @@ class PoolController(Looped):
             shares = preemption.shares(s)
             waiting = share_reclaim.queued(s, now) if shares else []
             used = share_reclaim.used_by_workspace(s) if waiting else {}
+            jobs_held = preemption.held_by_jobs(s) if placing else {}
+        available = self.available()
+        if placing:
+            states = self._seen_placed(states, endpoints, available, jobs_held, now_s)
+        starving = self.starving(now_s, states)
+        window = self.settings.preempt_grace_s + SETTLE_S
+        self._granted = {
+            name: recent
+            for name, times in self._granted.items()
+            if name in starving and (recent := [t for t in times if now_s - t < window])
+        }
         unplaced, headroom = serving_room(states, endpoints, self.settings)
         self._reserved = plus(unplaced, *(room for _, room in headroom.values()))
         self._reserved_at = time.monotonic()
-        available = self.available()
         free = plus(available, stopping)
         # What the job queue sees (``reserved`` held back): what a job taking a share back finds.
         queue_free = minus(free, self._reserved)
@@ -160,6 +220,31 @@ class PoolController(Looped):
             self._short.clear()
         if waiting:
             self._reclaim(waiting, queue_free, candidates, used, shares, now)
+
+    def _seen_placed(
+        self,
+        states: dict[str, AppState],
+        endpoints: Mapping[str, tuple[int, dict[str, Any]]],
+        available: Mapping[str, float],
+        jobs_held: Mapping[str, float],
+        now_s: float,
+    ) -> dict[str, AppState]:
+        """``states`` with the replicas Ray has placed but not yet shown on a node taken off
+        the waiting ones (``placed_unseen``)."""
+        assert self.nodes is not None
+        try:
+            total = plus({}, *(n.total for n in self.nodes()))
+        except Exception:
+            log.warning("cannot list the cluster's nodes", exc_info=True)
+            return states
+        placed = placed_unseen(states, endpoints, minus(total, available), jobs_held, now_s)
+        for name, n in placed.items():
+            st = states[name]
+            left = st.starting - n
+            states[name] = replace(
+                st, starting=left, starting_since=st.starting_since if left else None
+            )
+        return states
 
     def _place_waiting(
         self,

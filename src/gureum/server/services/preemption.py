@@ -267,6 +267,12 @@ def held(job: Job) -> dict[str, float]:
     return scaled(demand(Resources.model_validate(job.resources)), job.workers)
 
 
+def held_by_jobs(s: Session) -> dict[str, float]:
+    """What running and starting jobs hold, or may already hold, on the cluster."""
+    jobs = s.scalars(select(Job).where(Job.state.in_(("running", "starting"))))
+    return plus({}, *(held(j) for j in jobs))
+
+
 def shares(s: Session) -> dict[int, Share]:
     """The guaranteed shares set (workspaces without one guarantee nothing)."""
     rows = s.execute(
