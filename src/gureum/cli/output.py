@@ -119,7 +119,9 @@ def fail(
     if output is Format.json:
         print_json({"error": {"code": code, "message": message}})
     else:
-        err_console.print(f"[red]error:[/red] {message}")
+        # One line, as written: no markup read in it (a server's "[...]" is text) and no
+        # wrapping at the console's width (the terminal wraps; scripts grep it whole).
+        err_console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
     raise typer.Exit(exit_code)
 
 
