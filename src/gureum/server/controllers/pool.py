@@ -7,7 +7,8 @@ stop will free, cannot hold one such replica, it preempts the lowest-priority ru
 training jobs that are preemptible and past ``preempt_min_run_s`` (``services.preemption``),
 in one fenced write: the job controller stops them and queues them again with their
 checkpoints, and Ray then places the replica in the room they left. Ray decides placement; this
-decides who yields.
+decides who yields. A replica Ray has placed but still shows without a node (its worker
+starting) is told apart by the cluster's use (``placed_unseen``) and preempts nothing.
 
 Serving headroom (``serving_headroom_replicas``): for every endpoint application that serves
 and may still scale up, room for its next replicas is kept free; the job queue does not start
@@ -258,11 +259,10 @@ class PoolController(Looped):
         """Preempt for the replicas waiting longest first; returns what is left free."""
         oldest_first = sorted(starving.items(), key=lambda kv: kv[1].starting_since or 0.0)
         for name, st in oldest_first:
-            known = endpoints.get(name)
-            if known is None or st.endpoint_id not in (None, known[0]):
+            need = _ours(name, st, endpoints)
+            if need is None:
                 continue  # not one of this control plane's endpoints
-            ep_id, config = known
-            need = preemption.replica_demand(EndpointConfig.model_validate(config).resources)
+            ep_id = endpoints[name][0]
             granted = self._granted.setdefault(name, [])
             for _ in range(max(0, st.starting - len(granted))):
                 victims = preemption.choose_victims(
