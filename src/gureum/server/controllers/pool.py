@@ -29,15 +29,12 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from gureum.compute.resources import NodeInfo
 from gureum.config import Settings
 from gureum.schemas.endpoints import EndpointConfig
 from gureum.server.controllers.loop import ControlLoop, Looped
 from gureum.server.db.base import utcnow
 from gureum.server.db.session import Database
-from gureum.server.db.tables import Job
 from gureum.server.db.tables_serving import Endpoint
 from gureum.server.services import preemption, share_reclaim
 from gureum.server.services.preemption import fits, plus
@@ -321,13 +318,7 @@ class PoolController(Looped):
     ) -> None:
         """Queued jobs within their workspace's share take back what others borrowed."""
         with self.db.read() as s:
-            starting = preemption.plus(
-                {},
-                *(
-                    preemption.held(j)
-                    for j in s.scalars(select(Job).where(Job.state == "starting"))
-                ),
-            )
+            starting = preemption.held_by_jobs(s, ("starting",))
         free = minus(free, starting)
         # Within the share first, as the job queue orders them.
         order = share_reclaim.within_share_first(waiting, used, shares, lambda w: w.need)

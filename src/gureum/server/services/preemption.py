@@ -267,9 +267,9 @@ def held(job: Job) -> dict[str, float]:
     return scaled(demand(Resources.model_validate(job.resources)), job.workers)
 
 
-def held_by_jobs(s: Session) -> dict[str, float]:
-    """What running and starting jobs hold, or may already hold, on the cluster."""
-    jobs = s.scalars(select(Job).where(Job.state.in_(("running", "starting"))))
+def held_by_jobs(s: Session, states: Sequence[str] = ("running", "starting")) -> dict[str, float]:
+    """What the jobs in ``states`` hold, or may already hold, on the cluster."""
+    jobs = s.scalars(select(Job).where(Job.state.in_(states)))
     return plus({}, *(held(j) for j in jobs))
 
 
