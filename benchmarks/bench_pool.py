@@ -278,11 +278,13 @@ def one_config(
     for j in jobs.values():
         states[j.state] = states.get(j.state, 0) + 1
     preempted_at: list[float] = []  # seconds after the first submission
+    why: list[tuple[float, str]] = []  # and what the pool said
     resumed = 0
     for job_id in ids:
         for e in cloud.client.jobs.events(job_id):
             if e.kind == "preempted":
                 preempted_at.append(rnd(_epoch(e.time) - t0, 1))
+                why.append((preempted_at[-1], e.message))
             resumed += e.kind == "resume"
     endpoint_events = [
         (rnd(_epoch(e.time) - t0, 1), e.kind)
@@ -315,6 +317,14 @@ def one_config(
         "cpus_held_every_5s": sampler.timeline(HELD, t0),
         "preemptions": len(preempted_at),
         "preempted_at_s": sorted(preempted_at),
+        "preempted_why": sorted(why),
+        # Replicas (running, any state) and CPUs held, every sample from 5 s before the first
+        # burst to 20 s after it: when Serve asked, when Ray placed, what the pool did.
+        "burst_timeline_s": [
+            (rnd(t - t0, 1), c.get(name), c.get(HELD, (0, 0))[0])
+            for t, c in sampler.samples
+            if cfg["burst_starts_s"][0] - 5 <= t - t0 <= cfg["burst_starts_s"][0] + 20
+        ],
         "resumes": resumed,
         "endpoint_events_s": endpoint_events,
         **served,

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     # Serving headroom: for every endpoint application that serves (a replica running) and may
     # still scale up, room for this many more of its replicas is kept free of new training
     # jobs, so the next scale-up is placed at once; when a scale-up eats into it, the pool
-    # preempts in the background (after `preempt_after_s`, as for a waiting replica) to
+    # preempts in the background (after `preempt_after_s` and at least 3 s) to
     # restore it. 0: no headroom, training may fill the pool and a scale-up waits for a
     # preemption. `serving_headroom_max_cpus` / `_gpus` cap the headroom of all endpoints
     # together (None: no cap).

@@ -16,7 +16,7 @@ from gureum import samples
 from gureum.client import Client
 from gureum.compute.resources import NodeInfo
 from gureum.config import Settings
-from gureum.server.controllers.pool import PoolController
+from gureum.server.controllers.pool import HEADROOM_CONFIRM_S, PoolController
 from gureum.server.db.base import utcnow
 from gureum.server.db.tables import Job, Model, ModelVersion, Workspace
 from gureum.server.db.tables_serving import Endpoint
@@ -155,7 +155,37 @@ def test_a_waiting_replica_goes_before_the_headroom(env: Env, settings: Settings
     env.fake.emit(first["id"], 1, {"type": "end", "outcome": "cancelled", "error": None})
     env.jobs.tick()
     pool.tick()
+    assert pool.preempted == 1  # short for less than HEADROOM_CONFIRM_S: not yet
+    _backdate_short(pool)
+    pool.tick()
     assert pool.preempted == 2 and _stop_state(env, second["id"]) == "preempt"
+
+
+def test_headroom_short_for_a_tick_preempts_nothing(env: Env, settings: Settings) -> None:
+    """For a tick the headroom can look taken while the views catch up (a job's CPU handed on
+    as it ends): with ``preempt_after_s`` 0 that must not cost a job its progress."""
+    settings.preempt_after_s, settings.preempt_min_run_s = 0.0, 0.0
+    job = env.submit(priority=-1, resources={"cpus": 1})
+    _running(env, job)
+    ep_id = _endpoint(env, max_replicas=3)
+    states = {app_name(ep_id): AppState("RUNNING", "", 1, ep_id, replicas=1)}
+    env.fake.free = {"CPU": 0.0}
+    pool = _pool(env, settings, states)
+    pool.tick()
+    assert pool.preempted == 0
+    env.fake.free = {"CPU": 1.0}  # it was the views catching up: the room is free again
+    pool.tick()
+    assert pool.preempted == 0 and pool._short == {}
+    env.fake.free = {"CPU": 0.0}  # taken again: the wait starts over
+    pool.tick()
+    assert pool.preempted == 0
+    _backdate_short(pool)
+    pool.tick()
+    assert pool.preempted == 1 and _stop_state(env, job["id"]) == "preempt"
+
+
+def _backdate_short(pool: PoolController) -> None:
+    pool._short = {k: t - HEADROOM_CONFIRM_S for k, t in pool._short.items()}
 
 
 def test_a_replica_placed_in_the_headroom_but_not_yet_on_a_node_preempts_nothing(

@@ -14,7 +14,8 @@ Serving headroom (``serving_headroom_replicas``): for every endpoint application
 and may still scale up, room for its next replicas is kept free; the job queue does not start
 jobs into it (``reserved``, which also holds the room of replicas Ray has not placed), so a
 scale-up is placed at once. When a scale-up (or anything else) eats into it, the pool
-preempts in the background, ``preempt_after_s`` later as for a waiting replica, to restore it:
+preempts in the background, ``preempt_after_s`` later as for a waiting replica (and not before
+HEADROOM_CONFIRM_S: a shortage for a tick is the views catching up), to restore it:
 the preemption is off the replica's critical path. Guaranteed shares are taken back through
 the queue (``services.share_reclaim``): a queued job within its workspace's share preempts
 other workspaces' jobs on borrowed capacity.
@@ -47,6 +48,11 @@ TICK_S = 1.0
 SETTLE_S = 15.0
 # A reservation older than this (the pool stopped ticking) no longer holds the queue back.
 RESERVE_STALE_S = 10.0
+# The headroom is restored only once it has been short this long (and ``preempt_after_s``):
+# for a tick or two it can look taken while the cluster's views catch up (a job's CPU handed on
+# as it ends, a replica placed but not yet seen), and a preemption for that costs a job its
+# step and a restart for nothing. Off any replica's critical path, so waiting is cheap.
+HEADROOM_CONFIRM_S = 3.0
 
 
 # A replica Ray has placed shows no node until its worker process has started (seconds on a
@@ -285,7 +291,8 @@ class PoolController(Looped):
         now_s: float,
     ) -> dict[str, float]:
         """Preempt, in the background, to give back the headroom that has not been free for
-        ``preempt_after_s`` (a node the autoscaler adds may restore it first)."""
+        ``preempt_after_s`` (a node the autoscaler adds may restore it first), nor for
+        HEADROOM_CONFIRM_S."""
         self._short = {n: t for n, t in self._short.items() if n in headroom}
         for name, (ep_id, room) in headroom.items():
             if fits(room, free):
@@ -293,7 +300,7 @@ class PoolController(Looped):
                 free = minus(free, room)
                 continue
             since = self._short.setdefault(name, now_s)
-            if now_s - since < self.settings.preempt_after_s:
+            if now_s - since < max(self.settings.preempt_after_s, HEADROOM_CONFIRM_S):
                 continue
             victims = preemption.choose_victims(
                 room, free, candidates, now, self.settings.preempt_min_run_s
