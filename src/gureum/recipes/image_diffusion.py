@@ -29,7 +29,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +202,17 @@ class DiffusionPredictor:
                 f'"time_budget_s" must be a number of seconds over 0, at most '
                 f"{d.time_budget_s:g} (this model's; got {budget:g})"
             )
+        base = _Job(
+            None,
+            req.count,
+            req.seed,
+            req.steps or d.sample_steps,
+            d.guidance if req.guidance is None else req.guidance,
+            req.sampler or d.sampler,
+            budget,
+        )
         if self.vocab is not None:
-            return self._caption_job(req, budget)
+            return self._caption_job(req, base)
         if req.prompt is not None or req.negative_prompt is not None:
             raise BadInput(
                 '"prompt" needs a model trained with conditioning=caption; this one is '
@@ -215,20 +224,11 @@ class DiffusionPredictor:
             raise BadInput(f'"class" is required; one of: {", ".join(self.classes)}')
         if cls not in self.classes:
             raise BadInput(f"unknown class {cls!r}; the model knows: {', '.join(self.classes)}")
-        return _Job(
-            cls,
-            req.count,
-            req.seed,
-            req.steps or d.sample_steps,
-            d.guidance if req.guidance is None else req.guidance,
-            req.sampler or d.sampler,
-            budget,
-        )
+        return replace(base, cls=cls)
 
-    def _caption_job(self, req: DiffusionRequest, budget: float) -> _Job:
+    def _caption_job(self, req: DiffusionRequest, base: _Job) -> _Job:
         """A caption model's input: ``prompt`` (or ``class``, read as the prompt) as word ids."""
         assert self.vocab is not None
-        d = self.defaults
         prompt = req.prompt if req.prompt is not None else req.class_
         if prompt is None:
             raise BadInput(
@@ -237,20 +237,14 @@ class DiffusionPredictor:
             )
         negative = req.negative_prompt or ""
         pos, neg = self.vocab.encode(prompt), self.vocab.encode(negative)
-        return _Job(
-            None,
-            req.count,
-            req.seed,
-            req.steps or d.sample_steps,
-            d.guidance if req.guidance is None else req.guidance,
-            req.sampler or d.sampler,
-            budget,
-            prompt,
-            negative,
-            tuple(pos.ids),
-            tuple(neg.ids),
-            pos.truncated or neg.truncated,
-            tuple(dict.fromkeys(pos.unknown + neg.unknown)),
+        return replace(
+            base,
+            prompt=prompt,
+            negative=negative,
+            ids=tuple(pos.ids),
+            negative_ids=tuple(neg.ids),
+            truncated=pos.truncated or neg.truncated,
+            unknown=tuple(dict.fromkeys(pos.unknown + neg.unknown)),
         )
 
     def predict(self, inputs: list[Any]) -> list[Any]:
