@@ -32,6 +32,7 @@ class FakeBackend:
     """Stands in for Ray: attempts are scripted by the test through ``emit``."""
 
     cpus: float = 4.0
+    view_lag_s: float = 0.0  # ``free`` is exact unless a test says otherwise
     free: dict[str, float] = field(default_factory=dict)
     launched: list[JobSpec] = field(default_factory=list)
     queues: dict[tuple[str, int], list[Item]] = field(default_factory=dict)
@@ -217,6 +218,28 @@ def test_queue_orders_by_priority_then_age_and_says_why_jobs_wait(env: Env) -> N
     waiting = env.job(low["id"])
     assert waiting["state"] == "queued" and waiting["wait_reason"] == "waiting for 2 CPUs"
     assert any(e["kind"] == "wait" for e in env.events(low["id"]))
+
+
+def test_a_job_just_started_keeps_its_room_while_rays_view_lags(env: Env) -> None:
+    """Ray's view of free resources can show a CPU free for a moment after the job given it
+    has started: the queue must not launch a second job into it (on a shared pool, that
+    job took serving's headroom and the pool preempted one for it)."""
+    env.fake.cpus, env.fake.view_lag_s = 1.0, 2.0
+    first = env.submit(resources={"cpus": 1})
+    env.controller.tick()
+    env.fake.emit(first["id"], 1, {"type": "started", "node_id": "node-1"})
+    env.controller.tick()
+    assert env.job(first["id"])["state"] == "running"
+    second = env.submit(resources={"cpus": 1})
+    env.controller.tick()  # Ray's view (the fake's 1 CPU free) does not show the first yet
+    assert [s.job_id for s in env.fake.launched] == [first["id"]]
+    assert env.job(second["id"])["wait_reason"] == "waiting for 1 CPU"
+    with env.controller.db.write() as s:  # past view_lag_s: Ray's view is taken as it is
+        row = s.get(Job, first["id"])
+        assert row is not None and row.started_at is not None
+        row.started_at -= timedelta(seconds=env.fake.view_lag_s)
+    env.controller.tick()
+    assert [s.job_id for s in env.fake.launched] == [first["id"], second["id"]]
 
 
 def test_workspace_quotas_hold_jobs_in_the_queue_with_the_reason(env: Env) -> None:

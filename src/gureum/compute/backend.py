@@ -15,6 +15,11 @@ from gureum.compute.spec import JobSpec, Report
 
 
 class ComputeBackend(Protocol):
+    # How long after an attempt has reported ``started`` ``available`` may still show its
+    # resources free (Ray's view of the cluster catches up asynchronously); the job queue
+    # counts such an attempt as holding its room for that long.
+    view_lag_s: float
+
     def nodes(self) -> list[NodeInfo]:
         """Alive nodes and their total resources."""
         ...

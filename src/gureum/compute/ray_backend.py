@@ -98,6 +98,11 @@ class RayBackend:
             if n.get("Alive")
         ]
 
+    # Ray's available_resources() comes from its control service, which raylets update
+    # asynchronously: on a busy 2-core machine it showed a just-started job's CPU free for
+    # about a second, and the queue launched a second job into it.
+    view_lag_s = 2.0
+
     def available(self) -> Mapping[str, float]:
         return dict(ray.available_resources())  # type: ignore[no-untyped-call]
 

@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -300,18 +301,24 @@ class JobController(Looped):
             queued = share_reclaim.within_share_first(
                 queued, _held_by(active), shares, preemption.held
             )
+        now = utcnow()
+        just_started = now - timedelta(seconds=self.backend.view_lag_s)
         for j in active:
             r = Resources.model_validate(j.resources)
             u = usage[j.workspace_id]
             u.cpus += r.cpus * j.workers
             u.gpus += r.gpus * j.workers
             u.jobs += 1
-            # Starting: Ray has not given it its resources yet. Being preempted: what it frees
-            # is the waiting replica's, not the next queued job's (its end may reach Ray before
-            # it reaches us; counted twice until then, which only delays the queue).
-            if j.state == "starting" or j.stop_state == PREEMPT:
+            # Starting: Ray has not given it its resources yet. Just started: Ray's view of
+            # what is free may not show it yet (``view_lag_s``; a second job was launched into
+            # its CPU, on a shared pool into serving's headroom). Being preempted: what it
+            # frees is the waiting replica's, not the next queued job's (its end may reach Ray
+            # before it reaches us). Counted twice until Ray's view catches up, which only
+            # delays the queue.
+            at = j.started_at
+            recent = j.state == "running" and at is not None and at > just_started
+            if j.state == "starting" or j.stop_state == PREEMPT or recent:
                 _take(free, scaled(demand(r), j.workers))
-        now = utcnow()
         for job in queued:
             r = Resources.model_validate(job.resources)
             need = scaled(demand(r), job.workers)
