@@ -251,7 +251,7 @@ def test_evaluation_reports_the_image_generator_metrics_and_exports_a_diffusers_
     assert {"mmd", "mmd_std", "mmd_reference", "class_accuracy", "val_loss"} <= set(result.metrics)
     assert 0.0 <= result.metrics["class_accuracy"] <= 1.0
     assert result.details["generated_pictures"] == 2 * result.details["validation_pictures"]
-    assert result.details["sampling"] == {"sampler": "ddim", "steps": 3, "guidance": 2.0}
+    assert result.details["sampling"] == {"sampler": "dpm-solver", "steps": 3, "guidance": 2.0}
     names = {p.name for p in result.artifacts}
     assert {"all.png", "dress.png", "skirt.png", "evaluation.json"} <= names
     files = ImageDiffusion().export(model_dir, tmp_path / "out")

@@ -116,7 +116,9 @@ class DiffusionParams(RecipeParams):
     snr_gamma: float = Field(
         5.0, ge=0, le=100, description="min-SNR-gamma loss weighting; 0 for the plain loss"
     )
-    sampler: Sampler = Field("ddim", description="default for serving")
+    # DPM-Solver++: at 25 steps its samples scored as real pictures where DDIM's (25 and 50
+    # steps) were blotchy, on the same model (docs/benchmarks.md, issue 15).
+    sampler: Sampler = Field("dpm-solver", description="default for grids, evaluation, serving")
     sample_steps: int = Field(25, ge=1, le=MAX_SAMPLE_STEPS, description="default steps")
     guidance: float = Field(2.0, ge=0, le=MAX_GUIDANCE, description="default guidance scale")
     grid_every: int = Field(10, ge=0, le=5000, description="epochs between sample grids; 0 none")
