@@ -277,15 +277,14 @@ def one_config(
     states: dict[str, int] = {}
     for j in jobs.values():
         states[j.state] = states.get(j.state, 0) + 1
-    preempted_at: list[float] = []  # seconds after the first submission
-    why: list[tuple[float, str]] = []  # and what the pool said
+    why: list[tuple[float, str]] = []  # seconds after the first submission, what the pool said
     resumed = 0
     for job_id in ids:
         for e in cloud.client.jobs.events(job_id):
             if e.kind == "preempted":
-                preempted_at.append(rnd(_epoch(e.time) - t0, 1))
-                why.append((preempted_at[-1], e.message))
+                why.append((rnd(_epoch(e.time) - t0, 1), e.message))
             resumed += e.kind == "resume"
+    why.sort()
     endpoint_events = [
         (rnd(_epoch(e.time) - t0, 1), e.kind)
         for e in cloud.client.endpoints.events(name)
@@ -315,9 +314,9 @@ def one_config(
         "training_work_cpu_s": work,
         "training_goodput_cpus": rnd(work / makespan, 2) if ends else None,
         "cpus_held_every_5s": sampler.timeline(HELD, t0),
-        "preemptions": len(preempted_at),
-        "preempted_at_s": sorted(preempted_at),
-        "preempted_why": sorted(why),
+        "preemptions": len(why),
+        "preempted_at_s": [t for t, _ in why],
+        "preempted_why": why,
         # Replicas (running, any state) and CPUs held, every sample from 5 s before the first
         # burst to 20 s after it: when Serve asked, when Ray placed, what the pool did.
         "burst_timeline_s": [
